@@ -1,0 +1,176 @@
+#include "config/config.h"
+
+#include <openssl/evp.h>
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace esp {
+namespace {
+
+std::string DecodeBase64(const std::string& text, const std::string& where) {
+  std::string out((text.size() / 4 + 1) * 3, '\0');
+  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(text.data()),
+                                static_cast<int>(text.size()));
+  if (n < 0 || text.size() % 4 != 0) throw ConfigError(where + ": invalid base64 '" + text + "'");
+  std::size_t padding = 0;
+  for (auto it = text.rbegin(); it != text.rend() && *it == '='; ++it) ++padding;
+  out.resize(static_cast<std::size_t>(n) - padding);
+  return out;
+}
+
+std::string ShardLabel(std::size_t index, const ShardConfig& shard) {
+  std::ostringstream os;
+  os << "shard " << index;
+  if (!shard.name.empty()) os << " (" << shard.name << ")";
+  return os.str();
+}
+
+std::string Bound(const std::string& key) { return key.empty() ? "unbounded" : "\"" + PrintableKey(key) + "\""; }
+
+std::string ReadBoundary(const YAML::Node& node, const char* field, const std::string& where) {
+  const std::string b64_field = std::string(field) + "_base64";
+  if (node[b64_field]) {
+    if (node[field]) throw ConfigError(where + ": give either '" + field + "' or '" + b64_field + "', not both");
+    return DecodeBase64(node[b64_field].as<std::string>(), where);
+  }
+  if (!node[field] || node[field].IsNull()) return "";
+  return node[field].as<std::string>();
+}
+
+std::string NormalizeEndpoint(std::string endpoint) {
+  for (const char* scheme : {"http://", "https://", "unix://"}) {
+    if (endpoint.starts_with(scheme)) return endpoint.substr(std::string(scheme).size());
+  }
+  return endpoint;
+}
+
+ShardConfig ReadShard(const YAML::Node& node, std::size_t index) {
+  const std::string where = "shard " + std::to_string(index);
+  if (!node.IsMap()) throw ConfigError(where + ": expected a mapping with start, end and address");
+  static const std::set<std::string> known = {"name",         "start", "end",      "start_base64",
+                                              "end_base64",   "address", "endpoints", "tls"};
+  for (const auto& item : node) {
+    const auto key = item.first.as<std::string>();
+    if (!known.contains(key)) throw ConfigError(where + ": unknown field '" + key + "'");
+  }
+  ShardConfig shard;
+  shard.name = node["name"] ? node["name"].as<std::string>() : "shard-" + std::to_string(index);
+  shard.start = ReadBoundary(node, "start", where);
+  shard.end = ReadBoundary(node, "end", where);
+  if (node["address"]) shard.endpoints.push_back(node["address"].IsNull() ? "" : node["address"].as<std::string>());
+  if (node["endpoints"]) {
+    if (!node["endpoints"].IsSequence()) throw ConfigError(where + ": 'endpoints' must be a list");
+    for (const auto& endpoint : node["endpoints"]) {
+      shard.endpoints.push_back(endpoint.IsNull() ? "" : endpoint.as<std::string>());
+    }
+  }
+  for (auto& endpoint : shard.endpoints) endpoint = NormalizeEndpoint(endpoint);
+  if (const auto tls = node["tls"]) {
+    TlsClientConfig t;
+    if (tls["ca_file"]) t.ca_file = tls["ca_file"].as<std::string>();
+    if (tls["cert_file"]) t.cert_file = tls["cert_file"].as<std::string>();
+    if (tls["key_file"]) t.key_file = tls["key_file"].as<std::string>();
+    if (tls["server_name"]) t.server_name = tls["server_name"].as<std::string>();
+    shard.tls = t;
+  }
+  return shard;
+}
+
+}  // namespace
+
+std::string PrintableKey(const std::string& key) {
+  static const char* const kHex = "0123456789abcdef";
+  std::string out;
+  for (const unsigned char c : key) {
+    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '"') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out += "\\x";
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 0xf]);
+    }
+  }
+  return out;
+}
+
+void ValidateConfig(const Config& config) {
+  const auto& shards = config.shards;
+  if (shards.empty()) throw ConfigError("no shards configured: 'shards' needs at least one entry");
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    const auto& s = shards[i];
+    const std::string label = ShardLabel(i, s);
+    if (!names.insert(s.name).second) throw ConfigError(label + ": duplicate shard name '" + s.name + "'");
+    if (s.endpoints.empty()) throw ConfigError(label + ": no endpoint; set 'address' or 'endpoints'");
+    for (const auto& endpoint : s.endpoints) {
+      if (endpoint.empty()) throw ConfigError(label + ": empty endpoint address");
+    }
+    const bool last = i + 1 == shards.size();
+    if (s.end.empty() && !last) {
+      throw ConfigError(label + ": end is unbounded but more shards follow; shards overlap");
+    }
+    if (!s.end.empty() && s.start >= s.end) {
+      throw ConfigError(label + ": start " + Bound(s.start) + " is not below end " + Bound(s.end));
+    }
+    if (i == 0) {
+      if (!s.start.empty()) {
+        throw ConfigError(label + ": the first shard must start at \"\" so that the whole keyspace is covered (starts at " +
+                          Bound(s.start) + ")");
+      }
+      continue;
+    }
+    const auto& prev = shards[i - 1];
+    const std::string prev_label = ShardLabel(i - 1, prev);
+    if (s.start < prev.start) {
+      throw ConfigError("shards are not sorted: " + label + " starts at " + Bound(s.start) +
+                        ", before " + prev_label + " at " + Bound(prev.start));
+    }
+    if (s.start < prev.end) {
+      throw ConfigError(label + " overlaps " + prev_label + ": it starts at " + Bound(s.start) +
+                        " but " + prev_label + " ends at " + Bound(prev.end));
+    }
+    if (s.start > prev.end) {
+      throw ConfigError("gap in the keyspace between " + prev_label + " (ends at " + Bound(prev.end) +
+                        ") and " + label + " (starts at " + Bound(s.start) + ")");
+    }
+  }
+  if (!shards.back().end.empty()) {
+    throw ConfigError(ShardLabel(shards.size() - 1, shards.back()) +
+                      ": the last shard must end at \"\" (unbounded) so that the whole keyspace is covered (ends at " +
+                      Bound(shards.back().end) + ")");
+  }
+}
+
+Config ParseConfig(const std::string& yaml_text) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(std::string("invalid YAML: ") + e.what());
+  }
+  if (!root.IsMap() || !root["shards"]) throw ConfigError("no shards configured: missing 'shards'");
+  const auto shards = root["shards"];
+  if (!shards.IsSequence()) throw ConfigError("'shards' must be a list");
+  Config config;
+  try {
+    for (std::size_t i = 0; i < shards.size(); ++i) config.shards.push_back(ReadShard(shards[i], i));
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(std::string("invalid shard entry: ") + e.what());
+  }
+  ValidateConfig(config);
+  return config;
+}
+
+Config LoadConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError("cannot read config file " + path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return ParseConfig(buffer.str());
+}
+
+}  // namespace esp

@@ -1,0 +1,53 @@
+#pragma once
+// Proxy configuration: the shard layout and how to reach each shard.
+//
+// The original project's format loads unchanged:
+//   shards:
+//     - {start: "", end: i, address: 127.0.0.1:12379}
+//     - {start: i, end: s, address: 127.0.0.1:22379}
+//     - {start: s, end: "", address: 127.0.0.1:32379}
+// Extensions: `name`, `endpoints: [...]` (every member of the shard's cluster), `start_base64` /
+// `end_base64` for binary boundaries, and a per-shard `tls` block.
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace esp {
+
+struct TlsClientConfig {
+  std::string ca_file;    // trusted CA bundle; empty: the system's roots
+  std::string cert_file;  // client certificate for mutual TLS (optional)
+  std::string key_file;
+  std::string server_name;  // name checked against the shard's certificate (optional)
+};
+
+struct ShardConfig {
+  std::string name;
+  std::string start;  // inclusive; "" on the first shard means "from the smallest key"
+  std::string end;    // exclusive; "" on the last shard means "to the end of the keyspace"
+  std::vector<std::string> endpoints;  // host:port of each member
+  std::optional<TlsClientConfig> tls;
+};
+
+struct Config {
+  std::vector<ShardConfig> shards;
+};
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Parses and validates; throws ConfigError with a message naming the offending shard.
+Config ParseConfig(const std::string& yaml_text);
+Config LoadConfigFile(const std::string& path);
+
+// Checks the shard layout: at least one shard, sorted, contiguous, covering the whole keyspace,
+// every shard with at least one non-empty endpoint.
+void ValidateConfig(const Config& config);
+
+// Printable form of a key for messages: printable ASCII as is, other bytes as \xNN.
+std::string PrintableKey(const std::string& key);
+
+}  // namespace esp

@@ -1,0 +1,187 @@
+#include "kv/kv_service.h"
+
+#include <memory>
+#include <sstream>
+
+#include "common/etcd_errors.h"
+#include "common/methods.h"
+#include "kv/range_merge.h"
+#include "kv/txn_routing.h"
+#include "kv/validation.h"
+#include "upstream/scatter_gather.h"
+#include "upstream/typed_call.h"
+
+namespace esp {
+namespace {
+
+using etcdserverpb::CompactionRequest;
+using etcdserverpb::DeleteRangeRequest;
+using etcdserverpb::DeleteRangeResponse;
+using etcdserverpb::PutRequest;
+using etcdserverpb::RangeRequest;
+using etcdserverpb::RangeResponse;
+using etcdserverpb::TxnRequest;
+
+constexpr UnaryOptions kRead{.idempotent = true};
+constexpr UnaryOptions kWrite{.idempotent = false};
+
+Status Unparsable() { return {StatusCode::kInternal, "grpc: error unmarshalling request"}; }
+
+std::string DescribeShards(const ShardMap& map, const std::vector<RangePiece>& pieces) {
+  std::ostringstream os;
+  for (std::size_t i = 0; i < pieces.size(); ++i) os << (i ? ", " : "") << map.Describe(pieces[i].shard);
+  return os.str();
+}
+
+bool IsReadOnly(const TxnRequest& txn) {
+  for (const auto* branch : {&txn.success(), &txn.failure()}) {
+    for (const auto& op : *branch) {
+      if (op.has_request_put() || op.has_request_delete_range()) return false;
+      if (op.has_request_txn() && !IsReadOnly(op.request_txn())) return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+KvService::KvService(const TopologyHolder& topology, KvOptions options)
+    : topology_(topology), options_(options) {}
+
+void KvService::Register(Router& router) {
+  const auto bind = [this](auto method) {
+    return [this, method](CallContextPtr ctx, std::string bytes, UnaryDone done) {
+      (this->*method)(std::move(ctx), std::move(bytes), std::move(done));
+    };
+  };
+  router.AddUnary(methods::kRange, bind(&KvService::Range));
+  router.AddUnary(methods::kPut, bind(&KvService::Put));
+  router.AddUnary(methods::kDeleteRange, bind(&KvService::DeleteRange));
+  router.AddUnary(methods::kTxn, bind(&KvService::Txn));
+  router.AddUnary(methods::kCompact, bind(&KvService::Compact));
+}
+
+// Single-shard requests are forwarded as the client's own bytes and answered with the shard's
+// own bytes: nothing is re-encoded on the common path.
+
+void KvService::Range(CallContextPtr ctx, std::string bytes, UnaryDone done) {
+  RangeRequest request;
+  if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
+  if (Status s = CheckRangeRequest(request); !s.ok()) return done(std::move(s), {});
+  const auto topology = topology_.Get();
+  const auto pieces = topology->map.Split(request.key(), request.range_end());
+  if (pieces.size() == 1) {
+    topology->shards[pieces[0].shard]->Unary(methods::kRange, ctx, std::move(bytes), kRead, std::move(done));
+    return;
+  }
+  if (request.revision() > 0) {
+    return done(Status(StatusCode::kFailedPrecondition,
+                       "etcd-sharding-proxy: a Range at revision " + std::to_string(request.revision()) +
+                           " cannot span shards, because each shard has its own revisions; the range covers " +
+                           DescribeShards(topology->map, pieces)),
+                {});
+  }
+  SpanningRange(ctx, *topology, request, pieces, std::move(done));
+}
+
+void KvService::SpanningRange(const CallContextPtr& ctx, const Topology& topology,
+                              const RangeRequest& request, const std::vector<RangePiece>& pieces,
+                              UnaryDone done) {
+  auto shared_request = std::make_shared<const RangeRequest>(request);
+  auto shards = std::make_shared<std::vector<std::shared_ptr<ShardTransport>>>();
+  for (const auto& piece : pieces) shards->push_back(topology.shards[piece.shard]);
+  ScatterGather<RangeResponse>(
+      ctx, pieces.size(), /*cancel_on_error=*/true,
+      [&pieces, &shared_request, &shards](std::size_t i, const CallContextPtr& child, PieceDone<RangeResponse> piece_done) {
+        RangeRequest clipped = *shared_request;
+        clipped.set_key(pieces[i].key);
+        clipped.set_range_end(pieces[i].range_end);
+        CallShard<RangeResponse>(*(*shards)[i], methods::kRange, child, clipped, kRead, std::move(piece_done));
+      },
+      [shared_request, done = std::move(done)](Status status, std::vector<RangeResponse> parts) {
+        if (!status.ok()) return done(std::move(status), {});
+        done(Status::Ok(), MergeRangeResponses(*shared_request, std::move(parts)).SerializeAsString());
+      });
+}
+
+void KvService::Put(CallContextPtr ctx, std::string bytes, UnaryDone done) {
+  PutRequest request;
+  if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
+  if (Status s = CheckPutRequest(request); !s.ok()) return done(std::move(s), {});
+  const auto topology = topology_.Get();
+  topology->shards[topology->map.ShardForKey(request.key())]->Unary(methods::kPut, ctx, std::move(bytes), kWrite,
+                                                                     std::move(done));
+}
+
+void KvService::DeleteRange(CallContextPtr ctx, std::string bytes, UnaryDone done) {
+  DeleteRangeRequest request;
+  if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
+  if (Status s = CheckDeleteRequest(request); !s.ok()) return done(std::move(s), {});
+  const auto topology = topology_.Get();
+  const auto pieces = topology->map.Split(request.key(), request.range_end());
+  if (pieces.size() == 1) {
+    topology->shards[pieces[0].shard]->Unary(methods::kDeleteRange, ctx, std::move(bytes), kWrite, std::move(done));
+    return;
+  }
+  SpanningDelete(ctx, *topology, request, pieces, std::move(done));
+}
+
+void KvService::SpanningDelete(const CallContextPtr& ctx, const Topology& topology,
+                               const DeleteRangeRequest& request, const std::vector<RangePiece>& pieces,
+                               UnaryDone done) {
+  auto shards = std::make_shared<std::vector<std::shared_ptr<ShardTransport>>>();
+  for (const auto& piece : pieces) shards->push_back(topology.shards[piece.shard]);
+  // Every piece runs to completion even if another fails: a delete that reached a shard cannot
+  // be taken back, so the client must learn of the failure rather than have it hidden.
+  ScatterGather<DeleteRangeResponse>(
+      ctx, pieces.size(), /*cancel_on_error=*/false,
+      [&](std::size_t i, const CallContextPtr& child, PieceDone<DeleteRangeResponse> piece_done) {
+        DeleteRangeRequest clipped = request;
+        clipped.set_key(pieces[i].key);
+        clipped.set_range_end(pieces[i].range_end);
+        CallShard<DeleteRangeResponse>(*(*shards)[i], methods::kDeleteRange, child, clipped, kWrite,
+                                       std::move(piece_done));
+      },
+      [done = std::move(done)](Status status, std::vector<DeleteRangeResponse> parts) {
+        if (!status.ok()) return done(std::move(status), {});
+        DeleteRangeResponse merged;
+        std::vector<const etcdserverpb::ResponseHeader*> headers;
+        for (auto& part : parts) {
+          headers.push_back(&part.header());
+          merged.set_deleted(merged.deleted() + part.deleted());
+          for (auto& kv : *part.mutable_prev_kvs()) *merged.add_prev_kvs() = std::move(kv);
+        }
+        *merged.mutable_header() = PickSpanningHeader(headers);
+        done(Status::Ok(), merged.SerializeAsString());
+      });
+}
+
+void KvService::Txn(CallContextPtr ctx, std::string bytes, UnaryDone done) {
+  TxnRequest request;
+  if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
+  if (Status s = CheckTxnRequest(request, options_.max_txn_ops); !s.ok()) return done(std::move(s), {});
+  const auto topology = topology_.Get();
+  auto route = RouteTxn(topology->map, request);
+  if (auto* error = std::get_if<Status>(&route)) return done(std::move(*error), {});
+  const UnaryOptions options = IsReadOnly(request) ? kRead : kWrite;
+  topology->shards[std::get<std::size_t>(route)]->Unary(methods::kTxn, ctx, std::move(bytes), options,
+                                                         std::move(done));
+}
+
+void KvService::Compact(CallContextPtr ctx, std::string bytes, UnaryDone done) {
+  CompactionRequest request;
+  if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
+  const auto topology = topology_.Get();
+  if (topology->map.size() == 1) {
+    topology->shards[0]->Unary(methods::kCompact, ctx, std::move(bytes), kWrite, std::move(done));
+    return;
+  }
+  done(Status(StatusCode::kFailedPrecondition,
+              "etcd-sharding-proxy: Compact is not supported across " + std::to_string(topology->map.size()) +
+                  " shards, because each shard has its own revisions and one revision means nothing across "
+                  "them; compact each shard's etcd cluster directly, or run each with "
+                  "--auto-compaction-mode and --auto-compaction-retention"),
+       {});
+}
+
+}  // namespace esp

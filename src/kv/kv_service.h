@@ -1,0 +1,36 @@
+#pragma once
+// The KV service across shards: Range, Put, DeleteRange, Txn and Compact.
+#include "etcdserverpb/rpc.pb.h"
+#include "transport/router.h"
+#include "upstream/topology.h"
+
+namespace esp {
+
+struct KvOptions {
+  int max_txn_ops = 128;  // etcd --max-txn-ops
+};
+
+class KvService {
+ public:
+  KvService(const TopologyHolder& topology, KvOptions options);
+  void Register(Router& router);
+
+ private:
+  void Range(CallContextPtr ctx, std::string bytes, UnaryDone done);
+  void Put(CallContextPtr ctx, std::string bytes, UnaryDone done);
+  void DeleteRange(CallContextPtr ctx, std::string bytes, UnaryDone done);
+  void Txn(CallContextPtr ctx, std::string bytes, UnaryDone done);
+  void Compact(CallContextPtr ctx, std::string bytes, UnaryDone done);
+
+  void SpanningRange(const CallContextPtr& ctx, const Topology& topology,
+                     const etcdserverpb::RangeRequest& request,
+                     const std::vector<RangePiece>& pieces, UnaryDone done);
+  void SpanningDelete(const CallContextPtr& ctx, const Topology& topology,
+                      const etcdserverpb::DeleteRangeRequest& request,
+                      const std::vector<RangePiece>& pieces, UnaryDone done);
+
+  const TopologyHolder& topology_;
+  KvOptions options_;
+};
+
+}  // namespace esp

@@ -1,0 +1,48 @@
+// etcd-sharding-proxy: serves the etcd v3 API and spreads the keyspace over several etcd clusters.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <cstdlib>
+
+#include "config/config.h"
+#include "server/proxy.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"etcd-sharding-proxy: one etcd v3 endpoint over several etcd clusters, split by key range"};
+  std::string config_path;
+  std::string log_level = "info";
+  esp::ProxyOptions options;
+  app.add_option("--config", config_path, "YAML file with the shard layout")->required();
+  app.add_option("--listen-addr", options.listen_address, "address for etcd clients")->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  app.add_option("--max-request-bytes", options.max_request_bytes, "largest client request accepted, as etcd's flag")
+      ->capture_default_str();
+  app.add_option("--max-txn-ops", options.max_txn_ops, "most operations in one txn, as etcd's flag")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  esp::Config config;
+  try {
+    config = esp::LoadConfigFile(config_path);
+  } catch (const esp::ConfigError& e) {
+    spdlog::error("invalid configuration {}: {}", config_path, e.what());
+    return 2;
+  }
+
+  // Block the stop signals in every thread (gRPC's included) and wait for them here.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  esp::Proxy proxy(config, options);
+  if (!proxy.Start()) return 1;
+  int signal = 0;
+  sigwait(&stop_signals, &signal);
+  spdlog::info("received {}, shutting down", signal == SIGINT ? "SIGINT" : "SIGTERM");
+  proxy.Shutdown();
+  return 0;
+}

@@ -1,0 +1,50 @@
+#include "server/proxy.h"
+
+#include <spdlog/spdlog.h>
+
+#include "server/unimplemented.h"
+#include "upstream/grpc_shard_transport.h"
+
+namespace esp {
+
+// gRPC's framing and metadata on top of the largest request etcd accepts (etcd adds the same).
+constexpr int kGrpcOverheadBytes = 512 * 1024;
+
+std::shared_ptr<const Topology> BuildTopology(const Config& config) {
+  std::vector<ShardBounds> bounds;
+  for (const auto& shard : config.shards) bounds.push_back({shard.name, shard.start, shard.end});
+  ShardMap map(std::move(bounds));
+  std::vector<std::shared_ptr<ShardTransport>> transports;
+  for (std::size_t i = 0; i < config.shards.size(); ++i) {
+    transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i)));
+  }
+  return std::make_shared<const Topology>(Topology{std::move(map), std::move(transports)});
+}
+
+Proxy::Proxy(const Config& config, ProxyOptions options)
+    : options_(std::move(options)),
+      topology_(BuildTopology(config)),
+      kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}) {
+  kv_.Register(router_);
+  RegisterUnimplemented(router_);
+  server_ = std::make_unique<GrpcServer>(
+      router_, GrpcServerOptions{.listen_address = options_.listen_address,
+                                 .max_receive_bytes = options_.max_request_bytes + kGrpcOverheadBytes,
+                                 .credentials = nullptr});
+}
+
+Proxy::~Proxy() { Shutdown(); }
+
+bool Proxy::Start() {
+  if (!server_->Start()) return false;
+  const auto topology = topology_.Get();
+  spdlog::info("serving the etcd v3 API on {} over {} shard(s)", options_.listen_address, topology->map.size());
+  for (std::size_t i = 0; i < topology->map.size(); ++i) spdlog::info("  {}", topology->map.Describe(i));
+  return true;
+}
+
+void Proxy::Shutdown() {
+  if (server_) server_->Shutdown(std::chrono::seconds(2));
+}
+
+}  // namespace esp

@@ -1,0 +1,82 @@
+#pragma once
+// The seam between transports and services. A transport (today gRPC's generic callback server,
+// later our own HTTP/2 event loop) looks a method path up here and hands over raw message bytes;
+// services register typed handlers and never see a transport's call objects.
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+
+#include "transport/call_context.h"
+#include "transport/status.h"
+
+namespace esp {
+
+// Completion of a unary call: status plus the serialized response (ignored unless ok).
+using UnaryDone = std::function<void(Status, std::string)>;
+using UnaryHandler = std::function<void(CallContextPtr, std::string request, UnaryDone done)>;
+
+// Transport side of a bidirectional stream, as seen by a service. Thread-safe.
+class StreamSink {
+ public:
+  virtual ~StreamSink() = default;
+  // Queues one message. Returns false once the stream has finished (the message is dropped).
+  virtual bool Write(std::string message) = 0;
+  // Ends the stream with `status`; later calls and writes are ignored.
+  virtual void Finish(Status status) = 0;
+};
+
+// Service side of a bidirectional stream. The transport calls it from one thread at a time.
+class StreamHandler {
+ public:
+  virtual ~StreamHandler() = default;
+  virtual void OnMessage(std::string message) = 0;
+  // The client half-closed, cancelled or the stream finished. Called once, last.
+  virtual void OnClose() = 0;
+};
+
+using StreamFactory =
+    std::function<std::shared_ptr<StreamHandler>(CallContextPtr, std::shared_ptr<StreamSink>)>;
+
+class Router {
+ public:
+  void AddUnary(std::string method, UnaryHandler handler);
+  void AddStream(std::string method, StreamFactory factory);
+
+  // Typed registration: parses the request, serializes the response.
+  template <class Req, class Resp>
+  void AddTyped(std::string method,
+                std::function<void(CallContextPtr, const Req&, std::function<void(Status, Resp)>)> fn);
+
+  const UnaryHandler* FindUnary(std::string_view method) const;
+  const StreamFactory* FindStream(std::string_view method) const;
+
+ private:
+  std::unordered_map<std::string, UnaryHandler> unary_;
+  std::unordered_map<std::string, StreamFactory> streams_;
+};
+
+template <class Req, class Resp>
+void Router::AddTyped(
+    std::string method,
+    std::function<void(CallContextPtr, const Req&, std::function<void(Status, Resp)>)> fn) {
+  AddUnary(std::move(method), [fn = std::move(fn)](CallContextPtr ctx, std::string bytes,
+                                                   UnaryDone done) {
+    Req request;
+    if (!request.ParseFromString(bytes)) {
+      done(Status(StatusCode::kInternal, "grpc: error unmarshalling request"), {});
+      return;
+    }
+    fn(std::move(ctx), request, [done = std::move(done)](Status status, Resp response) {
+      if (!status.ok()) {
+        done(std::move(status), {});
+        return;
+      }
+      done(Status::Ok(), response.SerializeAsString());
+    });
+  });
+}
+
+}  // namespace esp

@@ -1,0 +1,52 @@
+#pragma once
+// ShardTransport over gRPC C++: one channel per member of the shard's etcd cluster.
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "upstream/shard_transport.h"
+
+namespace grpc {
+class Channel;
+template <class RequestType, class ResponseType>
+class TemplatedGenericStub;
+class ByteBuffer;
+}  // namespace grpc
+
+namespace esp {
+
+struct UpstreamTuning {
+  int keepalive_time_ms = 30000;   // etcd refuses pings more often than every 5 s
+  int keepalive_timeout_ms = 10000;
+  int min_reconnect_backoff_ms = 100;
+  int max_reconnect_backoff_ms = 1000;
+};
+
+class GrpcShardTransport final : public ShardTransport,
+                                 public std::enable_shared_from_this<GrpcShardTransport> {
+ public:
+  // Create with std::make_shared: calls in flight keep the transport alive.
+  GrpcShardTransport(const ShardConfig& shard, std::string description, UpstreamTuning tuning = {});
+  ~GrpcShardTransport() override;
+
+  const std::string& description() const override { return description_; }
+  void Unary(const std::string& method, const CallContextPtr& ctx, std::string request,
+             UnaryOptions options, UnaryDone done) override;
+  std::shared_ptr<UpstreamStream> OpenStream(const std::string& method, const Metadata& metadata,
+                                             std::shared_ptr<UpstreamStreamObserver> observer) override;
+
+  struct Member;
+
+ private:
+  struct Attempt;
+  void StartAttempt(std::shared_ptr<Attempt> attempt);
+  std::size_t PickMember(std::size_t avoid);
+
+  std::string description_;
+  std::vector<std::unique_ptr<Member>> members_;
+  std::atomic<std::size_t> next_member_{0};
+};
+
+}  // namespace esp
