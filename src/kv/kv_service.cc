@@ -90,17 +90,26 @@ void KvService::SpanningRange(const CallContextPtr& ctx, const Topology& topolog
   auto shared_request = std::make_shared<const RangeRequest>(request);
   auto shards = std::make_shared<std::vector<std::shared_ptr<ShardTransport>>>();
   for (const auto& piece : pieces) shards->push_back(topology.shards[piece.shard]);
+  // etcd sorts by value before it drops values for keys_only; the merge needs them too.
+  const bool strip_values_after_merge =
+      request.keys_only() && request.sort_target() == RangeRequest::VALUE && !request.count_only();
   ScatterGather<RangeResponse>(
       ctx, pieces.size(), /*cancel_on_error=*/true,
-      [&pieces, &shared_request, &shards](std::size_t i, const CallContextPtr& child, PieceDone<RangeResponse> piece_done) {
+      [&](std::size_t i, const CallContextPtr& child, PieceDone<RangeResponse> piece_done) {
         RangeRequest clipped = *shared_request;
+        if (strip_values_after_merge) clipped.set_keys_only(false);
         clipped.set_key(pieces[i].key);
         clipped.set_range_end(pieces[i].range_end);
         CallShard<RangeResponse>(*(*shards)[i], methods::kRange, child, clipped, kRead, std::move(piece_done));
       },
-      [shared_request, done = std::move(done)](Status status, std::vector<RangeResponse> parts) {
+      [shared_request, strip_values_after_merge, done = std::move(done)](Status status,
+                                                                         std::vector<RangeResponse> parts) {
         if (!status.ok()) return done(std::move(status), {});
-        done(Status::Ok(), MergeRangeResponses(*shared_request, std::move(parts)).SerializeAsString());
+        RangeResponse merged = MergeRangeResponses(*shared_request, std::move(parts));
+        if (strip_values_after_merge) {
+          for (auto& kv : *merged.mutable_kvs()) kv.clear_value();
+        }
+        done(Status::Ok(), merged.SerializeAsString());
       });
 }
 

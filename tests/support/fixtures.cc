@@ -1,0 +1,326 @@
+#include "support/fixtures.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <grpcpp/create_channel.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#ifndef ESP_PROXY_BINARY
+#error "ESP_PROXY_BINARY must name the proxy binary"
+#endif
+
+namespace esp::test {
+
+TempDir::TempDir() {
+  std::string pattern = (std::filesystem::temp_directory_path() / "esp-test-XXXXXX").string();
+  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
+}
+
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    throw std::runtime_error("cannot bind a free port");
+  }
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+ChildProcess::ChildProcess(std::vector<std::string> argv, std::filesystem::path log_file)
+    : log_file_(std::move(log_file)) {
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  pid_ = fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    const int fd = open(log_file_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, STDOUT_FILENO);
+      dup2(fd, STDERR_FILENO);
+      close(fd);
+    }
+    // Die with the test process, so that a crashed test leaves nothing behind.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+}
+
+ChildProcess::~ChildProcess() { Kill(); }
+
+bool ChildProcess::running() {
+  if (pid_ <= 0) return false;
+  int status = 0;
+  const pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) {
+    pid_ = -1;
+    return false;
+  }
+  return true;
+}
+
+void ChildProcess::Signal(int signal) {
+  if (pid_ > 0) kill(pid_, signal);
+}
+
+void ChildProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+std::optional<int> ChildProcess::Terminate(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return std::nullopt;
+  kill(pid_, SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  Kill();
+  return std::nullopt;
+}
+
+std::string ChildProcess::Log() const {
+  std::ifstream in(log_file_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+EtcdCluster::EtcdCluster(int members, std::string name) : name_(std::move(name)) {
+  for (int i = 0; i < members; ++i) {
+    EtcdMember m;
+    m.name = name_ + "-m" + std::to_string(i);
+    m.client_port = FreePort();
+    m.peer_port = FreePort();
+    m.data_dir = dir_.path() / m.name;
+    members_.push_back(std::move(m));
+  }
+}
+
+EtcdCluster::~EtcdCluster() {
+  for (auto& m : members_) {
+    if (m.process) {
+      m.process->Signal(SIGCONT);
+      m.process->Kill();
+    }
+  }
+}
+
+std::string EtcdCluster::InitialCluster() const {
+  std::string out;
+  for (const auto& m : members_) {
+    if (!out.empty()) out += ",";
+    out += m.name + "=http://127.0.0.1:" + std::to_string(m.peer_port);
+  }
+  return out;
+}
+
+void EtcdCluster::StartMember(std::size_t i) {
+  EtcdMember& m = members_[i];
+  const std::string client = "http://" + m.client_address();
+  const std::string peer = "http://127.0.0.1:" + std::to_string(m.peer_port);
+  m.process = std::make_unique<ChildProcess>(
+      std::vector<std::string>{"etcd", "--name", m.name, "--data-dir", m.data_dir.string(),
+                               "--listen-client-urls", client, "--advertise-client-urls", client,
+                               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                               "--initial-cluster", InitialCluster(), "--initial-cluster-token", name_,
+                               "--initial-cluster-state", "new", "--heartbeat-interval", "50",
+                               "--election-timeout", "500", "--log-level", "warn",
+                               "--logger", "zap"},
+      dir_.path() / (m.name + ".log"));
+}
+
+void EtcdCluster::Start() {
+  for (std::size_t i = 0; i < members_.size(); ++i) StartMember(i);
+  WaitReady();
+}
+
+void EtcdCluster::KillMember(std::size_t i) {
+  if (members_[i].process) members_[i].process->Kill();
+}
+
+void EtcdCluster::PauseMember(std::size_t i) { members_[i].process->Signal(SIGSTOP); }
+void EtcdCluster::ResumeMember(std::size_t i) { members_[i].process->Signal(SIGCONT); }
+
+std::vector<std::string> EtcdCluster::ClientAddresses() const {
+  std::vector<std::string> out;
+  for (const auto& m : members_) out.push_back(m.client_address());
+  return out;
+}
+
+void EtcdCluster::WaitReady(std::chrono::seconds timeout) {
+  // Ready when every running member serves a linearizable read (which needs a leader).
+  const bool ok = WaitFor(
+      [this] {
+        for (auto& m : members_) {
+          if (!m.process || !m.process->running()) continue;
+          auto stub = etcdserverpb::KV::NewStub(Connect(m.client_address()));
+          grpc::ClientContext ctx;
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+          etcdserverpb::RangeRequest req;
+          req.set_key("health");
+          etcdserverpb::RangeResponse resp;
+          if (!stub->Range(&ctx, req, &resp).ok()) return false;
+        }
+        return true;
+      },
+      timeout);
+  if (!ok) throw std::runtime_error("etcd cluster " + name_ + " did not become ready");
+}
+
+std::optional<std::size_t> EtcdCluster::LeaderIndex() {
+  for (auto& m : members_) {
+    if (!m.process || !m.process->running()) continue;
+    auto stub = etcdserverpb::Maintenance::NewStub(Connect(m.client_address()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    etcdserverpb::StatusResponse resp;
+    if (!stub->Status(&ctx, {}, &resp).ok()) continue;
+    for (std::size_t i = 0; i < members_.size(); ++i) {
+      auto s2 = etcdserverpb::Maintenance::NewStub(Connect(members_[i].client_address()));
+      grpc::ClientContext c2;
+      c2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      etcdserverpb::StatusResponse r2;
+      if (s2->Status(&c2, {}, &r2).ok() && r2.header().member_id() == resp.leader()) return i;
+    }
+  }
+  return std::nullopt;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+std::string YamlQuote(const std::string& s) {
+  std::string out = "\"";
+  for (const unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c >= 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+ProxyProcess::ProxyProcess(std::vector<ShardSpec> shards, std::vector<std::string> extra_args)
+    : extra_args_(std::move(extra_args)), config_path_(dir_.path() / "config.yaml"), port_(FreePort()) {
+  std::ofstream out(config_path_);
+  out << "shards:\n";
+  for (const auto& s : shards) {
+    out << "  - start: " << YamlQuote(s.start) << "\n    end: " << YamlQuote(s.end) << "\n    endpoints:\n";
+    for (const auto& e : s.endpoints) out << "      - " << e << "\n";
+  }
+}
+
+ProxyProcess::~ProxyProcess() {
+  if (process_) process_->Kill();
+}
+
+void ProxyProcess::Start() {
+  std::vector<std::string> argv = {ESP_PROXY_BINARY, "--config", config_path_.string(), "--listen-addr", address()};
+  argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
+  process_ = std::make_unique<ChildProcess>(argv, dir_.path() / "proxy.log");
+  const auto channel = Connect(address());
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+    throw std::runtime_error("proxy did not start listening:\n" + process_->Log());
+  }
+}
+
+ShardedSetup::ShardedSetup() {
+  const std::vector<std::pair<std::string, std::string>> bounds = {{"", "i"}, {"i", "s"}, {"s", ""}};
+  std::vector<ShardSpec> specs;
+  for (std::size_t i = 0; i < bounds.size(); ++i) {
+    shards_.push_back(std::make_unique<EtcdCluster>(1, "shard" + std::to_string(i)));
+  }
+  for (auto& s : shards_) {
+    for (std::size_t m = 0; m < s->size(); ++m) s->StartMember(m);
+  }
+  for (std::size_t i = 0; i < bounds.size(); ++i) {
+    shards_[i]->WaitReady();
+    specs.push_back({bounds[i].first, bounds[i].second, shards_[i]->ClientAddresses()});
+  }
+  proxy_ = std::make_unique<ProxyProcess>(specs);
+  proxy_->Start();
+}
+
+std::shared_ptr<grpc::Channel> Connect(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+CommandResult RunCommand(const std::string& command_line, std::chrono::seconds timeout) {
+  const std::string full = "timeout " + std::to_string(timeout.count()) + " " + command_line + " 2>&1";
+  CommandResult result;
+  FILE* pipe = popen(full.c_str(), "r");
+  if (pipe == nullptr) return result;
+  std::array<char, 4096> buf{};
+  std::size_t n = 0;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) result.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+CommandResult Etcdctl(const std::string& address, const std::string& args) {
+  return RunCommand("env ETCDCTL_API=3 etcdctl --endpoints " + address + " " + args);
+}
+
+bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
+             std::chrono::milliseconds interval) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    if (condition()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(interval);
+  }
+}
+
+}  // namespace esp::test

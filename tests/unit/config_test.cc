@@ -1,0 +1,96 @@
+#include "config/config.h"
+
+#include <gtest/gtest.h>
+
+namespace esp {
+namespace {
+
+std::string ErrorOf(const std::string& yaml) {
+  try {
+    ParseConfig(yaml);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ConfigTest, TheOriginalProjectsFormatLoadsUnchanged) {
+  const Config c = ParseConfig(R"(shards: [{start: "", end: i, address: 127.0.0.1:12379}, {start: i, end: s, address: 127.0.0.1:22379}, {start: s, end: "", address: 127.0.0.1:32379}])");
+  ASSERT_EQ(c.shards.size(), 3u);
+  EXPECT_EQ(c.shards[0].start, "");
+  EXPECT_EQ(c.shards[0].end, "i");
+  EXPECT_EQ(c.shards[1].endpoints, std::vector<std::string>{"127.0.0.1:22379"});
+  EXPECT_EQ(c.shards[2].end, "");
+  EXPECT_EQ(c.shards[2].name, "shard-2");
+}
+
+TEST(ConfigTest, EndpointsNamesAndTlsExtendTheFormat) {
+  const Config c = ParseConfig(R"(
+shards:
+  - name: low
+    start: ""
+    end: m
+    endpoints: [http://127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:3]
+    tls: {ca_file: /ca.pem, server_name: etcd.local}
+  - {name: high, start: m, end: "", address: 127.0.0.1:4}
+)");
+  EXPECT_EQ(c.shards[0].name, "low");
+  EXPECT_EQ(c.shards[0].endpoints, (std::vector<std::string>{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}));
+  ASSERT_TRUE(c.shards[0].tls.has_value());
+  EXPECT_EQ(c.shards[0].tls->server_name, "etcd.local");
+  EXPECT_FALSE(c.shards[1].tls.has_value());
+}
+
+TEST(ConfigTest, BinaryBoundariesViaEscapesOrBase64) {
+  const Config c = ParseConfig(R"(
+shards:
+  - {start: "", end: "\x00\x01", address: a:1}
+  - {start_base64: "AAE=", end_base64: "/w==", address: b:1}
+  - {start_base64: "/w==", end: "", address: c:1}
+)");
+  EXPECT_EQ(c.shards[0].end, std::string("\x00\x01", 2));
+  EXPECT_EQ(c.shards[1].start, std::string("\x00\x01", 2));
+  EXPECT_EQ(c.shards[1].end, "\xff");
+  EXPECT_EQ(c.shards[2].start, "\xff");
+}
+
+TEST(ConfigTest, ValidationNamesTheShard) {
+  EXPECT_NE(ErrorOf("shards: []").find("no shards"), std::string::npos);
+  EXPECT_NE(ErrorOf("foo: 1").find("no shards"), std::string::npos);
+  EXPECT_NE(ErrorOf(R"(shards: [{start: a, end: "", address: x:1}])").find("shard 0 (shard-0): the first shard must start"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"(shards: [{start: "", end: i, address: x:1}])").find("shard 0 (shard-0): the last shard must end"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"(shards: [{start: "", end: i, address: x:1}, {start: k, end: "", address: y:1}])")
+                .find("gap in the keyspace between shard 0 (shard-0)"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"(shards: [{start: "", end: k, address: x:1}, {start: i, end: "", address: y:1}])")
+                .find("shard 1 (shard-1) overlaps shard 0"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"(shards: [{start: "", end: i, address: x:1}, {start: s, end: "", address: y:1}, {start: i, end: s, address: z:1}])")
+                .find("overlap"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"(shards: [{start: "", end: s, address: x:1}, {start: s, end: i, address: y:1}, {start: i, end: "", address: z:1}])")
+                .find("shard 1 (shard-1): start \"s\" is not below end \"i\""),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"(shards: [{start: "", end: "", address: ""}])").find("shard 0 (shard-0): empty endpoint"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"(shards: [{start: "", end: ""}])").find("shard 0 (shard-0): no endpoint"), std::string::npos);
+  EXPECT_NE(ErrorOf(R"(shards: [{start: "", end: "", address: x:1, adress: y}])").find("unknown field 'adress'"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"(shards: [{start: "", end: i, address: x:1}, {start: i, end: "", address: y:1, name: shard-0}])")
+                .find("duplicate shard name"),
+            std::string::npos);
+}
+
+TEST(ConfigTest, UnsortedShardsAreReportedAsSuch) {
+  const std::string error =
+      ErrorOf(R"(shards: [{start: "", end: i, address: x:1}, {start: s, end: "", address: y:1}, {start: i, end: s, address: z:1}])");
+  EXPECT_NE(error.find("unbounded but more shards follow"), std::string::npos) << error;
+  const std::string unsorted =
+      ErrorOf(R"(shards: [{start: "", end: s, address: x:1}, {start: s, end: z, address: y:1}, {start: i, end: "", address: z:1}])");
+  EXPECT_NE(unsorted.find("shards are not sorted: shard 2 (shard-2) starts at \"i\""), std::string::npos) << unsorted;
+}
+
+}  // namespace
+}  // namespace esp
