@@ -41,6 +41,8 @@ class ChildProcess {
 
   pid_t pid() const { return pid_; }
   bool running();
+  // How the process ended, once running() has seen it end: the exit code, or 128 + signal.
+  std::optional<int> exit_status() const { return exit_status_; }
   void Signal(int signal);
   // SIGKILL and reap.
   void Kill();
@@ -50,6 +52,7 @@ class ChildProcess {
 
  private:
   pid_t pid_ = -1;
+  std::optional<int> exit_status_;
   std::filesystem::path log_file_;
 };
 
