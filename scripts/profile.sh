@@ -43,10 +43,10 @@ callgrind_control -z "$vpid" >/dev/null
 for w in put get; do
   "$BENCH" --endpoints "127.0.0.1:$lport" --mode "$w" --no-preload --total "$REQUESTS" --inflight 10 --conns 2 --timeout 30 --json
   callgrind_control -d "$w" "$vpid" >/dev/null
-  f=$(ls -t "$OUT_DIR"/callgrind.$vpid.* | head -1)
+  f=$(ls -t "$OUT_DIR"/callgrind.$vpid.* | sed -n 1p)
   mv "$f" "$OUT_DIR/callgrind.$w"
-  callgrind_annotate --inclusive=yes "$OUT_DIR/callgrind.$w" | head -60 >"$OUT_DIR/$w.inclusive.txt"
-  callgrind_annotate "$OUT_DIR/callgrind.$w" | head -60 >"$OUT_DIR/$w.self.txt"
+  callgrind_annotate --inclusive=yes "$OUT_DIR/callgrind.$w" >"$OUT_DIR/$w.inclusive.txt"
+  callgrind_annotate "$OUT_DIR/callgrind.$w" >"$OUT_DIR/$w.self.txt"
   callgrind_control -z "$vpid" >/dev/null
 done
 echo "profiles in $OUT_DIR" >&2
