@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-2000}
 OUT_DIR=${OUT_DIR:-/tmp/esp-profile}
 BENCH=build/tools/esp-bench
-PROXY=build/etcd-sharding-proxy
+PROXY=${PROXY:-build/etcd-sharding-proxy}
 mkdir -p "$OUT_DIR"
 WORK=$(mktemp -d /dev/shm/esp-profile.XXXXXX)
 pids=()
