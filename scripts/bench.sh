@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: direct etcd vs `etcd grpc-proxy` vs etcd-sharding-proxy, interleaved.
+#
+# Starts (on free 127.0.0.1 ports, data on tmpfs under /dev/shm):
+#   etcd-1            one single-member etcd: the "direct" target and the backend of both proxies
+#   grpc-proxy        `etcd grpc-proxy start` in front of etcd-1
+#   ours-1            build/etcd-sharding-proxy with one shard (etcd-1) -> the ratio rows
+#   etcd-s1..s3       three single-member shards, and ours-3 in front of them -> spanning-range row
+# Runs every workload against every target, ROUNDS times, rotating the target order each round;
+# reads utime+stime+cutime+cstime of every process from /proc/PID/stat around each run; then
+# tools/bench_report.py writes the tables into docs/BENCHMARKS.md (between the GENERATED markers).
+#
+# Environment: ROUNDS (5), DURATION (seconds per run, 3), CONNS (4), INFLIGHT (50), KEY_SPACE (1000),
+# VALUE_SIZE (256), WATCHERS (10), WATCH_INFLIGHT (10), OUT (docs/BENCHMARKS.md), WORKLOADS (all).
+# Everything started here is stopped by pid on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT_DIR=$(pwd)
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-3}
+CONNS=${CONNS:-4}
+INFLIGHT=${INFLIGHT:-50}
+KEY_SPACE=${KEY_SPACE:-1000}
+VALUE_SIZE=${VALUE_SIZE:-256}
+WATCHERS=${WATCHERS:-10}
+WATCH_INFLIGHT=${WATCH_INFLIGHT:-10}
+OUT=${OUT:-docs/BENCHMARKS.md}
+WORKLOADS=${WORKLOADS:-"put get-lin get-ser range20 txn lease-grant lease-keepalive watch span-range20"}
+BENCH=$ROOT_DIR/build/tools/esp-bench
+PROXY=$ROOT_DIR/build/etcd-sharding-proxy
+[[ -x $BENCH && -x $PROXY ]] || { echo "build first: cmake -S . -B build -G Ninja && ninja -C build" >&2; exit 1; }
+
+WORK=$(mktemp -d /dev/shm/esp-bench.XXXXXX)
+declare -A PID=()
+cleanup() {
+  for name in "${!PID[@]}"; do kill "${PID[$name]}" 2>/dev/null || true; done
+  for name in "${!PID[@]}"; do wait "${PID[$name]}" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+declare -A ADDR=()
+start_etcd() {  # name
+  local name=$1 cport pport
+  cport=$(free_port); pport=$(free_port)
+  etcd --name "$name" --data-dir "$WORK/$name" \
+    --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
+    --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+    --initial-cluster "$name=http://127.0.0.1:$pport" --log-level error \
+    --auto-compaction-mode revision --auto-compaction-retention 100000 >"$WORK/$name.log" 2>&1 &
+  PID[$name]=$!
+  ADDR[$name]=127.0.0.1:$cport
+}
+wait_ready() {  # address
+  for _ in $(seq 200); do
+    ETCDCTL_API=3 etcdctl --endpoints "$1" --command-timeout=1s get probe >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "no answer from $1" >&2; exit 1
+}
+
+start_etcd etcd-1
+start_etcd etcd-s1; start_etcd etcd-s2; start_etcd etcd-s3
+for n in etcd-1 etcd-s1 etcd-s2 etcd-s3; do wait_ready "${ADDR[$n]}"; done
+
+port=$(free_port)
+etcd grpc-proxy start --endpoints="${ADDR[etcd-1]}" --listen-addr="127.0.0.1:$port" \
+  --data-dir "$WORK/grpc-proxy.data" >"$WORK/grpc-proxy.log" 2>&1 &
+PID[grpc-proxy]=$!; ADDR[grpc-proxy]=127.0.0.1:$port
+
+cat >"$WORK/ours-1.yaml" <<EOF
+shards:
+  - {name: only, start: "", end: "", address: ${ADDR[etcd-1]}}
+EOF
+# The spanning row's 20 keys are span/00000000..span/00000019; the boundaries cut them 7/7/6.
+cat >"$WORK/ours-3.yaml" <<EOF
+shards:
+  - {name: s1, start: "", end: "span/00000007", address: ${ADDR[etcd-s1]}}
+  - {name: s2, start: "span/00000007", end: "span/00000014", address: ${ADDR[etcd-s2]}}
+  - {name: s3, start: "span/00000014", end: "", address: ${ADDR[etcd-s3]}}
+EOF
+for p in ours-1 ours-3; do
+  port=$(free_port)
+  "$PROXY" --config "$WORK/$p.yaml" --listen-addr "127.0.0.1:$port" --log-level warn >"$WORK/$p.log" 2>&1 &
+  PID[$p]=$!; ADDR[$p]=127.0.0.1:$port
+done
+for n in grpc-proxy ours-1 ours-3; do wait_ready "${ADDR[$n]}"; done
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+sleep 1
+IDLE_RSS="ours-1=$(rss_kb "${PID[ours-1]}") ours-3=$(rss_kb "${PID[ours-3]}") grpc-proxy=$(rss_kb "${PID[grpc-proxy]}") etcd-1=$(rss_kb "${PID[etcd-1]}")"
+
+# CPU ticks (utime+stime+cutime+cstime: every thread, and reaped children) of one process.
+cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12+$13+$14+$15}' "/proc/$1/stat"; }
+
+# Preload: every key once, so that get/range/txn can check values.
+"$BENCH" --endpoints "${ADDR[etcd-1]}" --mode preload --key-space "$KEY_SPACE" --value-size "$VALUE_SIZE" --json >/dev/null
+"$BENCH" --endpoints "${ADDR[etcd-1]}" --mode preload --key-space 20 --key-prefix span/ --value-size "$VALUE_SIZE" --json >/dev/null
+"$BENCH" --endpoints "${ADDR[ours-3]}" --mode preload --key-space 20 --key-prefix span/ --value-size "$VALUE_SIZE" --json >/dev/null
+
+COMMON="--conns $CONNS --duration $DURATION --key-space $KEY_SPACE --value-size $VALUE_SIZE --json"
+args_for() {  # workload -> esp-bench arguments
+  case $1 in
+    put) echo "--mode put --inflight $INFLIGHT" ;;
+    get-lin) echo "--mode get --consistency l --no-preload --inflight $INFLIGHT" ;;
+    get-ser) echo "--mode get --consistency s --no-preload --inflight $INFLIGHT" ;;
+    range20) echo "--mode range --range-keys 20 --no-preload --inflight $INFLIGHT" ;;
+    txn) echo "--mode txn --no-preload --inflight $INFLIGHT" ;;
+    lease-grant) echo "--mode lease-grant --inflight $INFLIGHT" ;;
+    lease-keepalive) echo "--mode lease-keepalive --inflight $INFLIGHT --timeout 3" ;;
+    watch) echo "--mode watch --key-prefix watch/ --watchers $WATCHERS --inflight $WATCH_INFLIGHT" ;;
+    span-range20) echo "--mode range --spanning --range-keys 20 --key-prefix span/ --no-preload --inflight $INFLIGHT" ;;
+  esac
+}
+
+# Does our proxy answer watch and lease yet?
+OURS_WATCH=0; OURS_LEASE=0
+"$BENCH" --endpoints "${ADDR[ours-1]}" --mode lease-grant --total 5 --inflight 1 --conns 1 --timeout 3 --json >/dev/null 2>&1 && OURS_LEASE=1
+timeout 20 "$BENCH" --endpoints "${ADDR[ours-1]}" --mode watch --key-prefix probe/ --watchers 1 --inflight 1 --total 5 --conns 1 --timeout 3 --json >/dev/null 2>&1 && OURS_WATCH=1
+
+targets_for() {  # workload -> target names
+  case $1 in
+    span-range20) echo "direct ours-3" ;;
+    watch) [[ $OURS_WATCH == 1 ]] && echo "direct grpc-proxy ours-1" || echo "direct grpc-proxy" ;;
+    lease-*) [[ $OURS_LEASE == 1 ]] && echo "direct grpc-proxy ours-1" || echo "direct grpc-proxy" ;;
+    *) echo "direct grpc-proxy ours-1" ;;
+  esac
+}
+etcds_for() { [[ $1 == ours-3 ]] && echo "etcd-s1 etcd-s2 etcd-s3" || echo "etcd-1"; }
+proxy_for() { case $1 in grpc-proxy|ours-1|ours-3) echo "$1" ;; *) echo "" ;; esac; }
+endpoint_for() { [[ $1 == direct ]] && echo "${ADDR[etcd-1]}" || echo "${ADDR[$1]}"; }
+
+sum_ticks() { local t=0 n; for n in "$@"; do t=$((t + $(cpu_ticks "${PID[$n]}"))); done; echo $t; }
+
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+echo "bench: $ROUNDS rounds x ${DURATION}s per run; ours answers watch=$OURS_WATCH lease=$OURS_LEASE" >&2
+for round in $(seq 1 "$ROUNDS"); do
+  for w in $WORKLOADS; do
+    read -r -a ts <<<"$(targets_for "$w")"
+    n=${#ts[@]}
+    for i in $(seq 0 $((n - 1))); do
+      t=${ts[$(((i + round) % n))]}
+      read -r -a es <<<"$(etcds_for "$t")"
+      px=$(proxy_for "$t")
+      e0=$(sum_ticks "${es[@]}"); p0=0; [[ -n $px ]] && p0=$(sum_ticks "$px")
+      # shellcheck disable=SC2046
+      out=$(timeout $((DURATION + 60)) "$BENCH" --endpoints "$(endpoint_for "$t")" $COMMON $(args_for "$w") 2>&1 | tail -1) || true
+      e1=$(sum_ticks "${es[@]}"); p1=0; [[ -n $px ]] && p1=$(sum_ticks "$px")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$t" $((e1 - e0)) $((p1 - p0)) "$out" >>"$RESULTS"
+      echo "round $round $w $t: $out" >&2
+    done
+  done
+done
+
+AFTER_RSS="ours-1=$(rss_kb "${PID[ours-1]}") (peak $(hwm_kb "${PID[ours-1]}")) ours-3=$(rss_kb "${PID[ours-3]}") (peak $(hwm_kb "${PID[ours-3]}")) grpc-proxy=$(rss_kb "${PID[grpc-proxy]}") (peak $(hwm_kb "${PID[grpc-proxy]}"))"
+
+cmds=$WORK/commands.txt
+{
+  echo "ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS INFLIGHT=$INFLIGHT KEY_SPACE=$KEY_SPACE VALUE_SIZE=$VALUE_SIZE WATCHERS=$WATCHERS WATCH_INFLIGHT=$WATCH_INFLIGHT scripts/bench.sh"
+  echo "# backends"
+  echo "etcd --name etcd-1 --data-dir /dev/shm/... --listen-client-urls http://127.0.0.1:PORT ... --log-level error --auto-compaction-mode revision --auto-compaction-retention 100000"
+  echo "etcd grpc-proxy start --endpoints=127.0.0.1:ETCD1 --listen-addr=127.0.0.1:PORT"
+  echo "build/etcd-sharding-proxy --config ours-1.yaml --listen-addr 127.0.0.1:PORT --log-level warn   # one shard: etcd-1"
+  echo "build/etcd-sharding-proxy --config ours-3.yaml --listen-addr 127.0.0.1:PORT --log-level warn   # 3 shards split at span/00000007, span/00000014"
+  echo "# load (one per workload and target; --endpoints is the target)"
+  for w in $WORKLOADS; do echo "esp-bench --endpoints TARGET $COMMON $(args_for "$w")   # $w"; done
+} >"$cmds"
+
+python3 "$ROOT_DIR/tools/bench_report.py" --results "$RESULTS" --out "$OUT" --commands "$cmds" \
+  --meta "nproc=$(nproc)" \
+  --meta "cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)" \
+  --meta "kernel=$(uname -sr)" \
+  --meta "etcd=$(etcd --version | head -1)" \
+  --meta "grpc=$(pkg-config --modversion grpc++ 2>/dev/null || echo unknown)" \
+  --meta "compiler=$(${CXX:-c++} --version | head -1)" \
+  --meta "build=$(grep -E '^CMAKE_BUILD_TYPE' build/CMakeCache.txt | cut -d= -f2)" \
+  --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" \
+  --meta "clk_tck=$(getconf CLK_TCK)" \
+  --meta "idle_rss_kb=$IDLE_RSS" \
+  --meta "after_rss_kb=$AFTER_RSS" \
+  --meta "ours_watch=$OURS_WATCH" --meta "ours_lease=$OURS_LEASE"
+cp "$RESULTS" "${RESULTS_COPY:-/dev/null}" 2>/dev/null || true
+echo "wrote $OUT" >&2
