@@ -271,11 +271,11 @@ void ProxyProcess::Start() {
   }
 }
 
-ShardedSetup::ShardedSetup() {
+ShardedSetup::ShardedSetup(std::vector<int> members) {
   const std::vector<std::pair<std::string, std::string>> bounds = {{"", "i"}, {"i", "s"}, {"s", ""}};
   std::vector<ShardSpec> specs;
   for (std::size_t i = 0; i < bounds.size(); ++i) {
-    shards_.push_back(std::make_unique<EtcdCluster>(1, "shard" + std::to_string(i)));
+    shards_.push_back(std::make_unique<EtcdCluster>(members.at(i), "shard" + std::to_string(i)));
   }
   for (auto& s : shards_) {
     for (std::size_t m = 0; m < s->size(); ++m) s->StartMember(m);

@@ -113,11 +113,12 @@ class ProxyProcess {
   std::unique_ptr<ChildProcess> process_;
 };
 
-// Three single-member shards split at "i" and "s" (the original project's layout) with the
-// proxy in front, plus helpers to reach either.
+// Three shards split at "i" and "s" (the original project's layout) with the proxy in front,
+// plus helpers to reach either. `members` gives each shard's cluster size (one member each by
+// default); every member is one of the shard's endpoints in the proxy's config.
 class ShardedSetup {
  public:
-  ShardedSetup();
+  explicit ShardedSetup(std::vector<int> members = {1, 1, 1});
   EtcdCluster& shard(std::size_t i) { return *shards_[i]; }
   ProxyProcess& proxy() { return *proxy_; }
 
