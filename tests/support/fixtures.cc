@@ -224,6 +224,28 @@ std::optional<std::size_t> EtcdCluster::LeaderIndex() {
   return std::nullopt;
 }
 
+void EtcdCluster::MoveLeader(std::size_t to) {
+  const auto leader = LeaderIndex();
+  if (!leader) throw std::runtime_error("etcd cluster " + name_ + " has no leader");
+  if (*leader == to) return;
+  auto target = etcdserverpb::Maintenance::NewStub(Connect(members_[to].client_address()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  etcdserverpb::StatusResponse status;
+  if (!target->Status(&ctx, {}, &status).ok()) throw std::runtime_error("no status from " + members_[to].name);
+  auto from = etcdserverpb::Maintenance::NewStub(Connect(members_[*leader].client_address()));
+  grpc::ClientContext move_ctx;
+  move_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  etcdserverpb::MoveLeaderRequest request;
+  request.set_targetid(status.header().member_id());
+  etcdserverpb::MoveLeaderResponse response;
+  const grpc::Status s = from->MoveLeader(&move_ctx, request, &response);
+  if (!s.ok()) throw std::runtime_error("MoveLeader failed: " + s.error_message());
+  if (!WaitFor([&] { return LeaderIndex() == std::optional<std::size_t>(to); }, std::chrono::seconds(10))) {
+    throw std::runtime_error(members_[to].name + " did not become the leader");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 namespace {

@@ -81,6 +81,8 @@ class EtcdCluster {
   std::vector<std::string> ClientAddresses() const;
   // Index of the current leader, from the members that answer Status.
   std::optional<std::size_t> LeaderIndex();
+  // Makes member `to` the leader (etcd's MoveLeader) and waits until it is.
+  void MoveLeader(std::size_t to);
 
  private:
   std::string InitialCluster() const;
