@@ -96,7 +96,7 @@ void KvService::SpanningRange(const CallContextPtr& ctx, const Topology& topolog
   ScatterGather<RangeResponse>(
       ctx, pieces.size(), /*cancel_on_error=*/true,
       [&](std::size_t i, const CallContextPtr& child, PieceDone<RangeResponse> piece_done) {
-        RangeRequest clipped = *shared_request;
+        RangeRequest clipped = ShardRangeRequest(*shared_request);
         if (strip_values_after_merge) clipped.set_keys_only(false);
         clipped.set_key(pieces[i].key);
         clipped.set_range_end(pieces[i].range_end);

@@ -27,6 +27,22 @@ bool TargetLess(RangeRequest::SortTarget target, const KeyValue& a, const KeyVal
 
 }  // namespace
 
+bool SortsOnlyTheFirstKeys(const RangeRequest& request) {
+  return request.limit() > 0 && request.sort_order() == RangeRequest::NONE &&
+         request.sort_target() != RangeRequest::KEY && request.min_mod_revision() == 0 &&
+         request.max_mod_revision() == 0 && request.min_create_revision() == 0 &&
+         request.max_create_revision() == 0;
+}
+
+RangeRequest ShardRangeRequest(const RangeRequest& request) {
+  RangeRequest out = request;
+  if (SortsOnlyTheFirstKeys(request)) {
+    out.set_sort_target(RangeRequest::KEY);
+    out.set_limit(request.limit() + 1);
+  }
+  return out;
+}
+
 etcdserverpb::ResponseHeader PickSpanningHeader(const std::vector<const etcdserverpb::ResponseHeader*>& headers) {
   const etcdserverpb::ResponseHeader* best = nullptr;
   for (const auto* h : headers) {
@@ -48,6 +64,23 @@ etcdserverpb::RangeResponse MergeRangeResponses(const RangeRequest& request,
     total += static_cast<std::size_t>(part.kvs_size());
   }
   *out.mutable_header() = PickSpanningHeader(headers);
+
+  const bool first_keys_only = SortsOnlyTheFirstKeys(request);
+  if (first_keys_only) {
+    // The shards answered in key order with up to limit+1 keys each: keep the first limit+1 of
+    // all shards (more than limit means `more`), then sort and cut them below.
+    std::size_t kept = 0;
+    for (auto& part : parts) {
+      auto* part_kvs = part.mutable_kvs();
+      const auto room = static_cast<std::size_t>(request.limit() + 1) - kept;
+      if (static_cast<std::size_t>(part_kvs->size()) > room) {
+        part_kvs->DeleteSubrange(static_cast<int>(room), part_kvs->size() - static_cast<int>(room));
+      }
+      kept += static_cast<std::size_t>(part_kvs->size());
+    }
+    any_more = false;  // `more` is decided by the cut to limit below
+    total = kept;
+  }
 
   const auto target = request.sort_target();
   auto order = request.sort_order();

@@ -7,7 +7,17 @@
 
 namespace esp {
 
-// `parts` are the shards' answers to the clipped request, in key order of the shards. Each shard
+// etcd (3.4 and main) applies `limit` before sorting when `sort_order` is NONE and no revision
+// filter is set, even when `sort_target` is not KEY: it reads the first limit+1 keys in key
+// order, sorts only those ascending by the target, and cuts to `limit`.
+bool SortsOnlyTheFirstKeys(const etcdserverpb::RangeRequest& request);
+
+// What each shard of a spanning Range is asked (the caller clips key and range_end): the client's
+// request, except that for SortsOnlyTheFirstKeys each shard returns its first limit+1 keys in
+// key order, from which the merge picks the first limit+1 of all shards.
+etcdserverpb::RangeRequest ShardRangeRequest(const etcdserverpb::RangeRequest& request);
+
+// `parts` are the shards' answers to ShardRangeRequest, in key order of the shards. Each shard
 // already applied filters, sort and `limit`, which suffices: the first `limit` of the merged
 // order are among the first `limit` of each shard.
 etcdserverpb::RangeResponse MergeRangeResponses(const etcdserverpb::RangeRequest& request,

@@ -68,6 +68,14 @@ bool IsTransportFailure(const grpc::Status& status) {
          !status.error_message().starts_with("etcdserver:");
 }
 
+// The call failed before it was sent anywhere: no connection to the member could be made (gRPC
+// fails the pick while the member's channel is in TRANSIENT_FAILURE). Another member may take
+// it, even a write.
+bool NeverSent(const grpc::Status& status) {
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+         status.error_message().starts_with("failed to connect to all addresses");
+}
+
 Status FromGrpc(const grpc::Status& status, const std::string& description,
                 const std::string& endpoint) {
   if (status.ok()) return Status::Ok();
@@ -227,7 +235,7 @@ void GrpcShardTransport::Unary(const std::string& method, const CallContextPtr& 
   attempt->options = options;
   attempt->done = std::move(done);
   attempt->request = StringToByteBuffer(request);
-  attempt->tries_left = options.idempotent ? members_.size() : 1;
+  attempt->tries_left = members_.size();  // writes only retry calls that were never sent
   attempt->member = members_.size();  // no member to avoid on the first try
   StartAttempt(std::move(attempt));
 }
@@ -250,6 +258,7 @@ void GrpcShardTransport::StartAttempt(std::shared_ptr<Attempt> attempt) {
         const std::string& endpoint = members_[attempt->member]->endpoint;
         if (IsTransportFailure(status) && attempt->tries_left > 0 &&
             status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+            (attempt->options.idempotent || NeverSent(status)) &&
             !attempt->call->cancellation().cancelled()) {
           spdlog::debug("{}: {} failed at {} ({}); retrying on another member", description_,
                         attempt->method, endpoint, status.error_message());

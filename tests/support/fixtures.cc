@@ -225,6 +225,28 @@ std::optional<std::size_t> EtcdCluster::LeaderIndex() {
   return std::nullopt;
 }
 
+void EtcdCluster::MoveLeader(std::size_t to) {
+  const auto leader = LeaderIndex();
+  if (!leader) throw std::runtime_error("etcd cluster " + name_ + " has no leader");
+  if (*leader == to) return;
+  auto target = etcdserverpb::Maintenance::NewStub(Connect(members_[to].client_address()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  etcdserverpb::StatusResponse status;
+  if (!target->Status(&ctx, {}, &status).ok()) throw std::runtime_error("no status from " + members_[to].name);
+  auto from = etcdserverpb::Maintenance::NewStub(Connect(members_[*leader].client_address()));
+  grpc::ClientContext move_ctx;
+  move_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  etcdserverpb::MoveLeaderRequest request;
+  request.set_targetid(status.header().member_id());
+  etcdserverpb::MoveLeaderResponse response;
+  const grpc::Status s = from->MoveLeader(&move_ctx, request, &response);
+  if (!s.ok()) throw std::runtime_error("MoveLeader failed: " + s.error_message());
+  if (!WaitFor([&] { return LeaderIndex() == std::optional<std::size_t>(to); }, std::chrono::seconds(10))) {
+    throw std::runtime_error(members_[to].name + " did not become the leader");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 namespace {
@@ -272,11 +294,11 @@ void ProxyProcess::Start() {
   }
 }
 
-ShardedSetup::ShardedSetup() {
+ShardedSetup::ShardedSetup(std::vector<int> members) {
   const std::vector<std::pair<std::string, std::string>> bounds = {{"", "i"}, {"i", "s"}, {"s", ""}};
   std::vector<ShardSpec> specs;
   for (std::size_t i = 0; i < bounds.size(); ++i) {
-    shards_.push_back(std::make_unique<EtcdCluster>(1, "shard" + std::to_string(i)));
+    shards_.push_back(std::make_unique<EtcdCluster>(members.at(i), "shard" + std::to_string(i)));
   }
   for (auto& s : shards_) {
     for (std::size_t m = 0; m < s->size(); ++m) s->StartMember(m);

@@ -84,6 +84,8 @@ class EtcdCluster {
   std::vector<std::string> ClientAddresses() const;
   // Index of the current leader, from the members that answer Status.
   std::optional<std::size_t> LeaderIndex();
+  // Makes member `to` the leader (etcd's MoveLeader) and waits until it is.
+  void MoveLeader(std::size_t to);
 
  private:
   std::string InitialCluster() const;
@@ -116,11 +118,12 @@ class ProxyProcess {
   std::unique_ptr<ChildProcess> process_;
 };
 
-// Three single-member shards split at "i" and "s" (the original project's layout) with the
-// proxy in front, plus helpers to reach either.
+// Three shards split at "i" and "s" (the original project's layout) with the proxy in front,
+// plus helpers to reach either. `members` gives each shard's cluster size (one member each by
+// default); every member is one of the shard's endpoints in the proxy's config.
 class ShardedSetup {
  public:
-  ShardedSetup();
+  explicit ShardedSetup(std::vector<int> members = {1, 1, 1});
   EtcdCluster& shard(std::size_t i) { return *shards_[i]; }
   ProxyProcess& proxy() { return *proxy_; }
 

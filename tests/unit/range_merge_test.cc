@@ -15,10 +15,18 @@ using etcdserverpb::RangeRequest;
 using etcdserverpb::RangeResponse;
 using mvccpb::KeyValue;
 
-// What etcd's apply layer does for one store: filter, sort (ties in arbitrary order), limit.
+// What etcd's apply layer does for one store (`kvs` in key order): filter, sort (ties in
+// arbitrary order), limit. Without a sort order or a filter, the store reads only the first
+// limit+1 keys, and a sort target other than KEY sorts only those.
 RangeResponse EtcdModel(const RangeRequest& req, std::vector<KeyValue> kvs, std::mt19937& rng) {
   RangeResponse resp;
   resp.set_count(static_cast<int64_t>(kvs.size()));
+  const bool any_filter = req.max_mod_revision() || req.min_mod_revision() || req.max_create_revision() ||
+                          req.min_create_revision();
+  if (req.limit() > 0 && req.sort_order() == RangeRequest::NONE && !any_filter &&
+      static_cast<int64_t>(kvs.size()) > req.limit() + 1) {
+    kvs.resize(static_cast<std::size_t>(req.limit() + 1));
+  }
   std::erase_if(kvs, [&](const KeyValue& kv) {
     return (req.max_mod_revision() && kv.mod_revision() > req.max_mod_revision()) ||
            (req.min_mod_revision() && kv.mod_revision() < req.min_mod_revision()) ||
@@ -100,7 +108,7 @@ TEST(RangeMergeTest, MatchesASingleStoreOnRandomData) {
       for (const auto& kv : all) {
         if (map.ShardForKey(kv.key()) == s) mine.push_back(kv);
       }
-      parts.push_back(EtcdModel(req, mine, rng));
+      parts.push_back(EtcdModel(ShardRangeRequest(req), mine, rng));
       parts.back().mutable_header()->set_revision(static_cast<int64_t>(100 + s * 7 % 3));
     }
     const RangeResponse merged = MergeRangeResponses(req, parts);
