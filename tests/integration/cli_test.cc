@@ -42,3 +42,45 @@ TEST(CliTest, MissingConfigFlagIsAUsageError) {
 
 }  // namespace
 }  // namespace esp::test
+
+namespace esp::test {
+namespace {
+
+// A boundary that is not printable (the byte 0x80) reaches the proxy as base64 and splits
+// binary keys at the byte, not at some UTF-8 encoding of it.
+TEST(CliTest, BinaryBoundarySplitsAtTheByte) {
+  EtcdCluster low(1, "low");
+  EtcdCluster high(1, "high");
+  low.StartMember(0);
+  high.StartMember(0);
+  low.WaitReady();
+  high.WaitReady();
+  const std::string boundary("\x80", 1);
+  ProxyProcess proxy({{"", boundary, low.ClientAddresses()}, {boundary, "", high.ClientAddresses()}});
+  proxy.Start();
+  auto kv = etcdserverpb::KV::NewStub(Connect(proxy.address()));
+  for (const std::string key : {std::string("\x7f\xff", 2), std::string("\x80", 1), std::string("\xc2\x80", 2)}) {
+    grpc::ClientContext ctx;
+    etcdserverpb::PutRequest put;
+    put.set_key(key);
+    put.set_value("v");
+    etcdserverpb::PutResponse resp;
+    ASSERT_TRUE(kv->Put(&ctx, put, &resp).ok());
+  }
+  const auto count = [](const std::string& address) {
+    auto stub = etcdserverpb::KV::NewStub(Connect(address));
+    grpc::ClientContext ctx;
+    etcdserverpb::RangeRequest req;
+    req.set_key(std::string(1, '\0'));
+    req.set_range_end(std::string(1, '\0'));
+    etcdserverpb::RangeResponse resp;
+    EXPECT_TRUE(stub->Range(&ctx, req, &resp).ok());
+    return resp.count();
+  };
+  EXPECT_EQ(count(low.member(0).client_address()), 1);   // \x7f\xff
+  EXPECT_EQ(count(high.member(0).client_address()), 2);  // \x80 and \xc2\x80
+  EXPECT_EQ(count(proxy.address()), 3);
+}
+
+}  // namespace
+}  // namespace esp::test

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -251,21 +252,27 @@ void EtcdCluster::MoveLeader(std::size_t to) {
 
 namespace {
 
-std::string YamlQuote(const std::string& s) {
-  std::string out = "\"";
-  for (const unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c >= 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
+// A boundary as a YAML field: printable ASCII as a quoted string (the original format), anything
+// else as base64, because YAML reads "\xff" as the character U+00FF, not the byte.
+std::string YamlBoundary(const std::string& field, const std::string& s) {
+  const bool printable = std::all_of(s.begin(), s.end(), [](unsigned char c) { return c >= 0x20 && c < 0x7f; });
+  if (printable) {
+    std::string out = field + ": \"";
+    for (const char c : s) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
     }
+    return out + "\"";
   }
-  return out + "\"";
+  static const char* const kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string b64;
+  for (std::size_t i = 0; i < s.size(); i += 3) {
+    const std::size_t n = std::min<std::size_t>(3, s.size() - i);
+    unsigned v = 0;
+    for (std::size_t j = 0; j < 3; ++j) v = (v << 8) | (j < n ? static_cast<unsigned char>(s[i + j]) : 0u);
+    for (std::size_t j = 0; j < 4; ++j) b64 += j <= n ? kAlphabet[(v >> (18 - 6 * j)) & 63] : '=';
+  }
+  return field + "_base64: \"" + b64 + "\"";
 }
 
 }  // namespace
@@ -275,7 +282,7 @@ ProxyProcess::ProxyProcess(std::vector<ShardSpec> shards, std::vector<std::strin
   std::ofstream out(config_path_);
   out << "shards:\n";
   for (const auto& s : shards) {
-    out << "  - start: " << YamlQuote(s.start) << "\n    end: " << YamlQuote(s.end) << "\n    endpoints:\n";
+    out << "  - " << YamlBoundary("start", s.start) << "\n    " << YamlBoundary("end", s.end) << "\n    endpoints:\n";
     for (const auto& e : s.endpoints) out << "      - " << e << "\n";
   }
 }
