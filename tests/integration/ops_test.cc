@@ -1,0 +1,99 @@
+// Operators' daily tools through the proxy, with the real etcdctl against three real etcd shards:
+// member list, endpoint status/health/hashkv, alarm list, defrag, and the clear refusals.
+#include <gtest/gtest.h>
+
+#include "support/fixtures.h"
+
+namespace esp::test {
+namespace {
+
+class OpsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { setup_ = new ShardedSetup(); }
+  static void TearDownTestSuite() {
+    delete setup_;
+    setup_ = nullptr;
+  }
+  static std::string proxy() { return setup_->proxy().address(); }
+  static ShardedSetup* setup_;
+};
+ShardedSetup* OpsTest::setup_ = nullptr;
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+TEST_F(OpsTest, MemberListNamesTheProxyNotTheShards) {
+  const auto result = Etcdctl(proxy(), "member list");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_TRUE(Contains(result.output, "http://" + proxy())) << result.output;
+  EXPECT_FALSE(Contains(result.output, setup_->shard(0).member(0).client_address())) << result.output;
+  // The id is stable: the same on every call.
+  EXPECT_EQ(Etcdctl(proxy(), "member list").output, result.output);
+}
+
+TEST_F(OpsTest, MemberChangesAreRefusedNamingTheShards) {
+  const auto result = Etcdctl(proxy(), "member add m2 --peer-urls http://127.0.0.1:1");
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_TRUE(Contains(result.output, "each shard's own etcd cluster")) << result.output;
+  EXPECT_TRUE(Contains(result.output, "shard-0")) << result.output;
+  EXPECT_TRUE(Contains(result.output, "shard-2")) << result.output;
+}
+
+TEST_F(OpsTest, EndpointStatusAggregatesTheShards) {
+  const auto result = Etcdctl(proxy(), "endpoint status -w json");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_TRUE(Contains(result.output, "\"version\":\"3.4.23\"")) << result.output;
+  EXPECT_TRUE(Contains(result.output, "\"dbSize\":")) << result.output;
+}
+
+TEST_F(OpsTest, EndpointHealthIsHealthy) {
+  const auto result = Etcdctl(proxy(), "endpoint health");
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_TRUE(Contains(result.output, "is healthy")) << result.output;
+}
+
+TEST_F(OpsTest, AlarmListIsEmptyAndDisarmReachesEveryShard) {
+  auto result = Etcdctl(proxy(), "alarm list");
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_EQ(result.output, "");
+  result = Etcdctl(proxy(), "alarm disarm");
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+}
+
+TEST_F(OpsTest, DefragReachesEveryMember) {
+  const auto result = Etcdctl(proxy(), "defrag --command-timeout 30s");
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_TRUE(Contains(result.output, "Finished defragmenting")) << result.output;
+}
+
+TEST_F(OpsTest, HashKvChangesWhenAnyShardChanges) {
+  const auto hash = [] {
+    const auto result = Etcdctl(proxy(), "endpoint hashkv -w json");
+    EXPECT_EQ(result.exit_code, 0) << result.output;
+    return result.output.substr(result.output.find("\"hash\":"));
+  };
+  const std::string before = hash();
+  EXPECT_EQ(hash(), before);
+  ASSERT_EQ(Etcdctl(proxy(), "put zz-hashkv 1").exit_code, 0);  // the last shard only
+  EXPECT_NE(hash(), before);
+
+  const auto at_revision = Etcdctl(proxy(), "endpoint hashkv --rev 1");
+  EXPECT_TRUE(Contains(at_revision.output, "no meaning across shards")) << at_revision.output;
+}
+
+TEST_F(OpsTest, SnapshotIsRefusedNamingEachShard) {
+  TempDir dir;
+  const auto result = Etcdctl(proxy(), "snapshot save " + (dir.path() / "s.db").string());
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_TRUE(Contains(result.output, "snapshot each shard")) << result.output;
+  EXPECT_TRUE(Contains(result.output, "shard-1")) << result.output;
+}
+
+TEST_F(OpsTest, MoveLeaderIsRefused) {
+  const auto result = Etcdctl(proxy(), "move-leader 1");
+  EXPECT_NE(result.exit_code, 0);
+}
+
+}  // namespace
+}  // namespace esp::test
