@@ -1,5 +1,7 @@
 #include "observability/metrics.h"
 
+#include <spdlog/spdlog.h>
+
 #include <chrono>
 
 namespace esp {
@@ -118,6 +120,10 @@ Metrics::Metrics()
                             .Name("etcd_proxy_upstream_request_duration_seconds")
                             .Help("Latency of unary calls to shards, by shard and method")
                             .Register(*registry_)),
+      upstream_retries_(prometheus::BuildCounter()
+                            .Name("etcd_proxy_upstream_retries_total")
+                            .Help("Calls sent again to another member of the shard after a transport failure")
+                            .Register(*registry_)),
       shard_up_(prometheus::BuildGauge()
                     .Name("etcd_proxy_shard_up")
                     .Help("1 when the shard answered the last health probe, else 0")
@@ -134,6 +140,10 @@ void Metrics::RecordUpstream(const std::string& shard, const std::string& method
   if (code != StatusCode::kOk) upstream_errors_.Add({{"shard", shard}, {"method", method}}).Increment();
 }
 
+void Metrics::RecordRetry(const std::string& shard, const std::string& method) {
+  upstream_retries_.Add({{"shard", shard}, {"method", method}}).Increment();
+}
+
 prometheus::Gauge& Metrics::InFlight(const std::string& method) { return in_flight_.Add({{"method", method}}); }
 prometheus::Gauge& Metrics::OpenStreams(const std::string& method) { return open_streams_.Add({{"method", method}}); }
 
@@ -147,7 +157,11 @@ void Metrics::InstrumentRouter(Router& router) {
       inner(std::move(ctx), std::move(request),
             [this, method, &in_flight, start = SteadyClock::now(), done = std::move(done)](Status status, std::string bytes) {
               in_flight.Decrement();
-              RecordRequest(method, status.code(), SecondsSince(start));
+              const double seconds = SecondsSince(start);
+              RecordRequest(method, status.code(), seconds);
+              // Request logs are debug-only: at info, one line per request would drown the rest.
+              spdlog::debug("{} {} {:.3f} ms{}{}", method, StatusCodeName(status.code()), seconds * 1000,
+                            status.ok() ? "" : ": ", status.message());
               done(std::move(status), std::move(bytes));
             });
     };

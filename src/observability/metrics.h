@@ -32,6 +32,7 @@ class Metrics {
   // Used by the wrappers; public so that they need no friendship.
   void RecordRequest(const std::string& method, StatusCode code, double seconds);
   void RecordUpstream(const std::string& shard, const std::string& method, StatusCode code, double seconds);
+  void RecordRetry(const std::string& shard, const std::string& method);
   prometheus::Gauge& InFlight(const std::string& method);
   prometheus::Gauge& OpenStreams(const std::string& method);
 
@@ -44,6 +45,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& upstream_requests_;
   prometheus::Family<prometheus::Counter>& upstream_errors_;
   prometheus::Family<prometheus::Histogram>& upstream_latency_;
+  prometheus::Family<prometheus::Counter>& upstream_retries_;
   prometheus::Family<prometheus::Gauge>& shard_up_;
 };
 

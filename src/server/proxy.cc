@@ -15,15 +15,22 @@ namespace esp {
 // gRPC's framing and metadata on top of the largest request etcd accepts (etcd adds the same).
 constexpr int kGrpcOverheadBytes = 512 * 1024;
 
-std::shared_ptr<const Topology> BuildTopology(const Config& config) {
+std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics) {
   std::vector<ShardBounds> bounds;
   for (const auto& shard : config.shards) bounds.push_back({shard.name, shard.start, shard.end});
   ShardMap map(std::move(bounds));
   std::vector<std::shared_ptr<ShardTransport>> transports;
   for (std::size_t i = 0; i < config.shards.size(); ++i) {
-    transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i)));
+    UpstreamTuning tuning;
+    if (metrics != nullptr) {
+      tuning.on_retry = [metrics, shard = map.shard(i).name](const std::string& method) {
+        metrics->RecordRetry(shard, method);
+      };
+    }
+    transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
   }
-  return std::make_shared<const Topology>(Topology{std::move(map), std::move(transports)});
+  auto topology = std::make_shared<const Topology>(Topology{std::move(map), std::move(transports)});
+  return metrics != nullptr ? metrics->InstrumentTopology(std::move(topology)) : topology;
 }
 
 namespace {
@@ -61,7 +68,7 @@ std::vector<std::vector<std::string>> ShardEndpoints(const Config& config) {
 
 Proxy::Proxy(const Config& config, ProxyOptions options)
     : options_(std::move(options)),
-      topology_(metrics_.InstrumentTopology(BuildTopology(config))),
+      topology_(BuildTopology(config, &metrics_)),
       kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
       cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), {})),
       maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), {})),

@@ -38,7 +38,8 @@ struct ProxyOptions {
 };
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.
-std::shared_ptr<const Topology> BuildTopology(const Config& config);
+// With `metrics`, the transports count their calls and retries there.
+std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics = nullptr);
 
 class Proxy {
  public:

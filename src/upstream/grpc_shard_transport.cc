@@ -190,7 +190,7 @@ struct GrpcShardTransport::Attempt {
 
 GrpcShardTransport::GrpcShardTransport(const ShardConfig& shard, std::string description,
                                        UpstreamTuning tuning)
-    : description_(std::move(description)) {
+    : description_(std::move(description)), on_retry_(std::move(tuning.on_retry)) {
   const auto credentials = MakeCredentials(shard);
   for (const auto& endpoint : shard.endpoints) {
     auto member = std::make_unique<Member>();
@@ -253,6 +253,7 @@ void GrpcShardTransport::StartAttempt(std::shared_ptr<Attempt> attempt) {
             !attempt->call->cancellation().cancelled()) {
           spdlog::debug("{}: {} failed at {} ({}); retrying on another member", description_,
                         attempt->method, endpoint, status.error_message());
+          if (on_retry_) on_retry_(attempt->method);
           StartAttempt(attempt);
           return;
         }

@@ -1,6 +1,10 @@
 // Operators' daily tools through the proxy, with the real etcdctl against three real etcd shards:
 // member list, endpoint status/health/hashkv, alarm list, defrag, and the clear refusals.
+#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <mutex>
 
 #include "support/fixtures.h"
 
@@ -88,6 +92,37 @@ TEST_F(OpsTest, SnapshotIsRefusedNamingEachShard) {
   EXPECT_NE(result.exit_code, 0);
   EXPECT_TRUE(Contains(result.output, "snapshot each shard")) << result.output;
   EXPECT_TRUE(Contains(result.output, "shard-1")) << result.output;
+}
+
+TEST_F(OpsTest, GrpcHealthCheckServes) {
+  // grpc.health.v1.HealthCheckResponse{status: SERVING} is the two bytes 08 01.
+  grpc::GenericStub stub(Connect(proxy()));
+  const auto serving = [&stub] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    grpc::Slice empty(std::string{});  // HealthCheckRequest{}: no fields
+    grpc::ByteBuffer request(&empty, 1);
+    grpc::ByteBuffer response;
+    grpc::Status status;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status s) {
+                     const std::lock_guard lock(mu);
+                     status = s;
+                     done = true;
+                     cv.notify_one();
+                   });
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return done; });
+    std::vector<grpc::Slice> slices;
+    if (!status.ok() || !response.Dump(&slices).ok()) return false;
+    std::string bytes;
+    for (const auto& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    return bytes == std::string("\x08\x01", 2);
+  };
+  EXPECT_TRUE(WaitFor(serving, std::chrono::seconds(10)));
 }
 
 TEST_F(OpsTest, MoveLeaderIsRefused) {
