@@ -117,5 +117,55 @@ TEST_F(ObservabilityTest, HealthFollowsAShardDownAndBack) {
   EXPECT_TRUE(WaitFor(healthy, std::chrono::seconds(15))) << HttpGet(metrics_port_, "/health").body;
 }
 
+// One shard of three members: Defragment walks every member, and a read that finds a member dead
+// is retried on another one and counted.
+class MultiMemberTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    shard_ = new EtcdCluster(3, "multi");
+    shard_->Start();
+    metrics_port_ = FreePort();
+    proxy_ = new ProxyProcess({{"", "", shard_->ClientAddresses()}},
+                              {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
+    proxy_->Start();
+  }
+  static void TearDownTestSuite() {
+    delete proxy_;
+    delete shard_;
+  }
+  static EtcdCluster* shard_;
+  static ProxyProcess* proxy_;
+  static int metrics_port_;
+};
+EtcdCluster* MultiMemberTest::shard_ = nullptr;
+ProxyProcess* MultiMemberTest::proxy_ = nullptr;
+int MultiMemberTest::metrics_port_ = 0;
+
+TEST_F(MultiMemberTest, DefragmentReachesEveryMember) {
+  const auto result = Etcdctl(proxy_->address(), "defrag --command-timeout 30s");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const std::string log = proxy_->process().Log();
+  for (const auto& address : shard_->ClientAddresses()) {
+    EXPECT_NE(log.find("member http://" + address), std::string::npos) << log;
+  }
+}
+
+// Last: it stops a member.
+TEST_F(MultiMemberTest, ReadsRetryOnAnotherMemberAndAreCounted) {
+  ASSERT_EQ(Etcdctl(proxy_->address(), "put k v").output, "OK\n");
+  const std::size_t leader = shard_->LeaderIndex().value();
+  shard_->KillMember((leader + 1) % 3);
+  const auto retried = [this] {
+    EXPECT_EQ(Etcdctl(proxy_->address(), "get k --print-value-only").output, "v\n");
+    return Sample(HttpGet(metrics_port_, "/metrics").body, "etcd_proxy_upstream_retries_total",
+                  {"method=\"/etcdserverpb.KV/Range\""}) >= 1;
+  };
+  EXPECT_TRUE(WaitFor(retried, std::chrono::seconds(20)));
+  // Defragment names the member it cannot reach.
+  const auto defrag = Etcdctl(proxy_->address(), "defrag --command-timeout 30s");
+  EXPECT_NE(defrag.exit_code, 0);
+  EXPECT_NE(defrag.output.find(shard_->member((leader + 1) % 3).client_address()), std::string::npos) << defrag.output;
+}
+
 }  // namespace
 }  // namespace esp::test
