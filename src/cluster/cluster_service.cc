@@ -1,5 +1,7 @@
 #include "cluster/cluster_service.h"
 
+#include <algorithm>
+
 #include "etcdserverpb/rpc.pb.h"
 
 namespace esp {
@@ -72,8 +74,11 @@ void ClusterService::Register(Router& router) {
         self->set_id(identity_.member_id);
         self->set_name(identity_.name);
         for (const auto& url : identity_.client_urls) self->add_clienturls(url);
+        // The same config file may serve every proxy, so `proxies:` may list this one too.
         for (const auto& url : identity_.peer_proxies) {
-          if (url != identity_.name) AddMember(response, url, Fnv1a64(url));
+          if (std::find(identity_.client_urls.begin(), identity_.client_urls.end(), url) == identity_.client_urls.end()) {
+            AddMember(response, url, Fnv1a64(url));
+          }
         }
         done(Status::Ok(), std::move(response));
       });

@@ -70,8 +70,8 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
     : options_(std::move(options)),
       topology_(BuildTopology(config, &metrics_)),
       kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
-      cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), {})),
-      maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), {})),
+      cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
+      maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
       health_(std::make_unique<ShardHealthMonitor>(topology_, ShardEndpoints(config), metrics_)) {
   kv_.Register(router_);
   cluster_.Register(router_);

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "cluster/cluster_service.h"
+#include "etcdserverpb/rpc.pb.h"
 #include "maintenance/maintenance_service.h"
 #include "observability/shard_health.h"
 
@@ -38,6 +39,29 @@ TEST(ProxyIdentity, ClusterIdFollowsTheLayoutMemberIdTheUrl) {
   EXPECT_NE(one.member_id, two.member_id);
   EXPECT_EQ(one.member_id, MakeProxyIdentity(a, {"http://127.0.0.1:1"}, {}).member_id);
   EXPECT_NE(MakeProxyIdentity(b, {"http://127.0.0.1:1"}, {}).cluster_id, one.cluster_id);
+}
+
+TEST(ClusterService, MemberListHasThisProxyAndTheOthersButNoShard) {
+  TopologyHolder topology(std::make_shared<const Topology>(Topology{ShardMap({{"s0", "", ""}}), {}}));
+  const auto identity =
+      MakeProxyIdentity(topology.Get()->map, {"http://127.0.0.1:1"}, {"http://127.0.0.1:1", "http://127.0.0.1:2"});
+  ClusterService service(topology, identity);
+  Router router;
+  service.Register(router);
+  const UnaryHandler* handler = router.FindUnary("/etcdserverpb.Cluster/MemberList");
+  ASSERT_NE(handler, nullptr);
+  etcdserverpb::MemberListResponse response;
+  (*handler)(std::make_shared<CallContext>(), "", [&](Status status, std::string bytes) {
+    ASSERT_TRUE(status.ok());
+    ASSERT_TRUE(response.ParseFromString(bytes));
+  });
+  ASSERT_EQ(response.members_size(), 2);  // itself once, and the other proxy
+  EXPECT_EQ(response.members(0).id(), identity.member_id);
+  EXPECT_EQ(response.members(0).clienturls(0), "http://127.0.0.1:1");
+  EXPECT_EQ(response.members(1).clienturls(0), "http://127.0.0.1:2");
+  EXPECT_EQ(response.members(1).id(), Fnv1a64("http://127.0.0.1:2"));
+  EXPECT_EQ(response.header().cluster_id(), identity.cluster_id);
+  EXPECT_EQ(response.header().member_id(), identity.member_id);
 }
 
 TEST(HealthJson, EtcdShapeNamingUnhealthyShards) {
