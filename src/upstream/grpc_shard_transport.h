@@ -14,6 +14,7 @@ class Channel;
 template <class RequestType, class ResponseType>
 class TemplatedGenericStub;
 class ByteBuffer;
+class Status;
 }  // namespace grpc
 
 namespace esp {
@@ -45,6 +46,7 @@ class GrpcShardTransport final : public ShardTransport,
  private:
   struct Attempt;
   void StartAttempt(std::shared_ptr<Attempt> attempt);
+  void NoteReachability(Member& member, const grpc::Status& status);
   std::size_t PickMember(std::size_t avoid);
 
   std::string description_;

@@ -155,12 +155,16 @@ TEST_F(MultiMemberTest, ReadsRetryOnAnotherMemberAndAreCounted) {
   ASSERT_EQ(Etcdctl(proxy_->address(), "put k v").output, "OK\n");
   const std::size_t leader = shard_->LeaderIndex().value();
   shard_->KillMember((leader + 1) % 3);
-  const auto retried = [this] {
+  const auto retried = [] {
     EXPECT_EQ(Etcdctl(proxy_->address(), "get k --print-value-only").output, "v\n");
     return Sample(HttpGet(metrics_port_, "/metrics").body, "etcd_proxy_upstream_retries_total",
                   {"method=\"/etcdserverpb.KV/Range\""}) >= 1;
   };
   EXPECT_TRUE(WaitFor(retried, std::chrono::seconds(20)));
+  // One log line for the connection error, however many calls met it.
+  const std::string dead = shard_->member((leader + 1) % 3).client_address();
+  EXPECT_NE(proxy_->process().Log().find("member " + dead + " unreachable"), std::string::npos)
+      << proxy_->process().Log();
   // Defragment names the member it cannot reach.
   const auto defrag = Etcdctl(proxy_->address(), "defrag --command-timeout 30s");
   EXPECT_NE(defrag.exit_code, 0);
