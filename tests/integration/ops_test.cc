@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <sstream>
 
 #include "support/fixtures.h"
 
@@ -63,6 +64,42 @@ TEST_F(OpsTest, AlarmListIsEmptyAndDisarmReachesEveryShard) {
   EXPECT_EQ(result.output, "");
   result = Etcdctl(proxy(), "alarm disarm");
   EXPECT_EQ(result.exit_code, 0) << result.output;
+}
+
+TEST_F(OpsTest, AlarmActivateReachesTheShardOwningTheMember) {
+  // The id of shard 1's only member, from the shard itself.
+  auto direct = etcdserverpb::Maintenance::NewStub(Connect(setup_->shard(1).member(0).client_address()));
+  grpc::ClientContext status_ctx;
+  etcdserverpb::StatusResponse status;
+  ASSERT_TRUE(direct->Status(&status_ctx, {}, &status).ok());
+  const std::uint64_t member = status.header().member_id();
+
+  auto through_proxy = etcdserverpb::Maintenance::NewStub(Connect(proxy()));
+  etcdserverpb::AlarmRequest activate;
+  activate.set_action(etcdserverpb::AlarmRequest::ACTIVATE);
+  activate.set_memberid(member);
+  activate.set_alarm(etcdserverpb::NOSPACE);
+  grpc::ClientContext ctx;
+  etcdserverpb::AlarmResponse response;
+  ASSERT_TRUE(through_proxy->Alarm(&ctx, activate, &response).ok());
+
+  std::ostringstream hex;
+  hex << std::hex << member;
+  EXPECT_TRUE(Contains(Etcdctl(proxy(), "alarm list").output, "alarm:NOSPACE")) << hex.str();
+  EXPECT_TRUE(Contains(Etcdctl(setup_->shard(1).member(0).client_address(), "alarm list").output, "NOSPACE"));
+  EXPECT_EQ(Etcdctl(setup_->shard(0).member(0).client_address(), "alarm list").output, "");
+  // Writes to that shard fail; others are unaffected.
+  EXPECT_EQ(Etcdctl(proxy(), "put a-alarm 1").output, "OK\n");
+  EXPECT_TRUE(Contains(Etcdctl(proxy(), "put j-alarm 1").output, "database space exceeded"));
+
+  ASSERT_EQ(Etcdctl(proxy(), "alarm disarm").exit_code, 0);
+  EXPECT_EQ(Etcdctl(proxy(), "alarm list").output, "");
+  EXPECT_EQ(Etcdctl(proxy(), "put j-alarm 1").output, "OK\n");
+
+  activate.set_memberid(12345);  // nobody's
+  grpc::ClientContext unknown_ctx;
+  const auto unknown = through_proxy->Alarm(&unknown_ctx, activate, &response);
+  EXPECT_EQ(unknown.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << unknown.error_message();
 }
 
 TEST_F(OpsTest, DefragReachesEveryMember) {
