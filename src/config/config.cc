@@ -158,6 +158,10 @@ Config ParseConfig(const std::string& yaml_text) {
   Config config;
   try {
     for (std::size_t i = 0; i < shards.size(); ++i) config.shards.push_back(ReadShard(shards[i], i));
+    if (const auto proxies = root["proxies"]) {
+      if (!proxies.IsSequence()) throw ConfigError("'proxies' must be a list of client URLs");
+      for (const auto& url : proxies) config.proxies.push_back(url.as<std::string>());
+    }
   } catch (const YAML::Exception& e) {
     throw ConfigError(std::string("invalid shard entry: ") + e.what());
   }

@@ -32,6 +32,8 @@ struct ShardConfig {
 
 struct Config {
   std::vector<ShardConfig> shards;
+  // Client URLs of the other proxies in front of the same shards (`proxies:`), for MemberList.
+  std::vector<std::string> proxies;
 };
 
 class ConfigError : public std::runtime_error {

@@ -20,6 +20,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max-txn-ops", options.max_txn_ops, "most operations in one txn, as etcd's flag")
       ->capture_default_str();
+  app.add_option("--advertise-client-urls", options.advertise_client_urls,
+                 "URLs MemberList gives clients for this proxy (comma-separated; default http://<listen-addr>)")
+      ->delimiter(',');
+  app.add_option("--listen-metrics-addr", options.metrics_address,
+                 "host:port for /metrics, /health, /livez, /readyz, /shards over HTTP (empty: off)");
+  app.add_option("--cert-file", options.tls.cert_file, "TLS certificate for clients (as etcd's flag)");
+  app.add_option("--key-file", options.tls.key_file, "TLS key for clients (as etcd's flag)");
+  app.add_option("--trusted-ca-file", options.tls.trusted_ca_file, "CA that signs client certificates");
+  app.add_flag("--client-cert-auth", options.tls.client_cert_auth,
+               "require a client certificate signed by --trusted-ca-file (mutual TLS)");
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::from_str(log_level));
@@ -38,11 +48,21 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  esp::Proxy proxy(config, options);
-  if (!proxy.Start()) return 1;
-  int signal = 0;
-  sigwait(&stop_signals, &signal);
-  spdlog::info("received {}, shutting down", signal == SIGINT ? "SIGINT" : "SIGTERM");
-  proxy.Shutdown();
+  if (options.tls.enabled() != !options.tls.key_file.empty() ||
+      (options.tls.client_cert_auth && options.tls.trusted_ca_file.empty())) {
+    spdlog::error("TLS needs --cert-file and --key-file together; --client-cert-auth needs --trusted-ca-file");
+    return 2;
+  }
+  try {
+    esp::Proxy proxy(config, options);
+    if (!proxy.Start()) return 1;
+    int signal = 0;
+    sigwait(&stop_signals, &signal);
+    spdlog::info("received {}, shutting down", signal == SIGINT ? "SIGINT" : "SIGTERM");
+    proxy.Shutdown();
+  } catch (const esp::ConfigError& e) {
+    spdlog::error("{}", e.what());
+    return 2;
+  }
   return 0;
 }

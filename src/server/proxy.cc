@@ -1,6 +1,11 @@
 #include "server/proxy.h"
 
+#include <grpcpp/security/server_credentials.h>
+#include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
+
+#include <fstream>
+#include <sstream>
 
 #include "server/unimplemented.h"
 #include "upstream/grpc_shard_transport.h"
@@ -10,41 +15,132 @@ namespace esp {
 // gRPC's framing and metadata on top of the largest request etcd accepts (etcd adds the same).
 constexpr int kGrpcOverheadBytes = 512 * 1024;
 
-std::shared_ptr<const Topology> BuildTopology(const Config& config) {
+std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics) {
   std::vector<ShardBounds> bounds;
   for (const auto& shard : config.shards) bounds.push_back({shard.name, shard.start, shard.end});
   ShardMap map(std::move(bounds));
   std::vector<std::shared_ptr<ShardTransport>> transports;
   for (std::size_t i = 0; i < config.shards.size(); ++i) {
-    transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i)));
+    UpstreamTuning tuning;
+    if (metrics != nullptr) {
+      tuning.on_retry = [metrics, shard = map.shard(i).name](const std::string& method) {
+        metrics->RecordRetry(shard, method);
+      };
+    }
+    transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
   }
-  return std::make_shared<const Topology>(Topology{std::move(map), std::move(transports)});
+  auto topology = std::make_shared<const Topology>(Topology{std::move(map), std::move(transports)});
+  return metrics != nullptr ? metrics->InstrumentTopology(std::move(topology)) : topology;
 }
+
+namespace {
+
+std::vector<std::string> AdvertisedUrls(const ProxyOptions& options) {
+  if (!options.advertise_client_urls.empty()) return options.advertise_client_urls;
+  return {(options.tls.enabled() ? "https://" : "http://") + options.listen_address};
+}
+
+std::string ReadFileOrThrow(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError("cannot read " + path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+std::shared_ptr<grpc::ServerCredentials> ServerCredentials(const ClientTlsOptions& tls) {
+  if (!tls.enabled()) return nullptr;
+  grpc::SslServerCredentialsOptions options(tls.client_cert_auth
+                                                ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                                : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  if (!tls.trusted_ca_file.empty()) options.pem_root_certs = ReadFileOrThrow(tls.trusted_ca_file);
+  options.pem_key_cert_pairs.push_back({ReadFileOrThrow(tls.key_file), ReadFileOrThrow(tls.cert_file)});
+  return grpc::SslServerCredentials(options);
+}
+
+std::vector<std::vector<std::string>> ShardEndpoints(const Config& config) {
+  std::vector<std::vector<std::string>> out;
+  for (const auto& shard : config.shards) out.push_back(shard.endpoints);
+  return out;
+}
+
+}  // namespace
 
 Proxy::Proxy(const Config& config, ProxyOptions options)
     : options_(std::move(options)),
-      topology_(BuildTopology(config)),
-      kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}) {
+      topology_(BuildTopology(config, &metrics_)),
+      kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
+      cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
+      maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
+      health_(std::make_unique<ShardHealthMonitor>(topology_, ShardEndpoints(config), metrics_)) {
   kv_.Register(router_);
+  cluster_.Register(router_);
+  maintenance_.Register(router_);
+  RegisterGrpcHealth();
   RegisterUnimplemented(router_);
+  // Last: the wrapper must see every handler, the UNIMPLEMENTED ones included.
+  metrics_.InstrumentRouter(router_);
+  if (!options_.metrics_address.empty()) {
+    http_ = std::make_unique<HttpServer>(options_.metrics_address);
+    RegisterHttpEndpoints();
+  }
   server_ = std::make_unique<GrpcServer>(
       router_, GrpcServerOptions{.listen_address = options_.listen_address,
                                  .max_receive_bytes = options_.max_request_bytes + kGrpcOverheadBytes,
-                                 .credentials = nullptr});
+                                 .credentials = ServerCredentials(options_.tls)});
 }
 
 Proxy::~Proxy() { Shutdown(); }
 
+void Proxy::RegisterGrpcHealth() {
+  // grpc.health.v1.Health/Check, encoded by hand: the answer is one enum field
+  // (HealthCheckResponse.status = 1: SERVING 1, NOT_SERVING 2), not worth a proto of its own.
+  router_.AddUnary("/grpc.health.v1.Health/Check", [this](CallContextPtr, std::string, UnaryDone done) {
+    bool healthy = false;
+    HealthJson(health_->Snapshot(), &healthy);
+    done(Status::Ok(), healthy ? std::string("\x08\x01", 2) : std::string("\x08\x02", 2));
+  });
+}
+
+void Proxy::RegisterHttpEndpoints() {
+  http_->Handle("/metrics", [this] {
+    prometheus::TextSerializer serializer;
+    return HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", serializer.Serialize(metrics_.registry()->Collect())};
+  });
+  http_->Handle("/health", [this] {
+    bool healthy = false;
+    std::string body = HealthJson(health_->Snapshot(), &healthy);
+    return HttpResponse{healthy ? 200 : 503, "application/json", std::move(body)};
+  });
+  // Alive while the process serves HTTP at all: a shard outage must not get the proxy restarted.
+  http_->Handle("/livez", [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
+  // Ready when every shard is healthy: only then can the proxy serve the whole keyspace.
+  http_->Handle("/readyz", [this] {
+    bool healthy = false;
+    std::string reason = HealthJson(health_->Snapshot(), &healthy);
+    return healthy ? HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}
+                   : HttpResponse{503, "application/json", std::move(reason)};
+  });
+  http_->Handle("/shards", [this] { return HttpResponse{200, "application/json", ShardsJson(health_->Snapshot())}; });
+}
+
 bool Proxy::Start() {
   if (!server_->Start()) return false;
+  health_->Start();
+  if (http_ && !http_->Start()) return false;
   const auto topology = topology_.Get();
-  spdlog::info("serving the etcd v3 API on {} over {} shard(s)", options_.listen_address, topology->map.size());
+  spdlog::info("serving the etcd v3 API on {}{} over {} shard(s)", options_.listen_address,
+               options_.tls.enabled() ? (options_.tls.client_cert_auth ? " (mutual TLS)" : " (TLS)") : "",
+               topology->map.size());
   for (std::size_t i = 0; i < topology->map.size(); ++i) spdlog::info("  {}", topology->map.Describe(i));
+  if (http_) spdlog::info("operator endpoints (/metrics, /health, /livez, /readyz, /shards) on {}", options_.metrics_address);
   return true;
 }
 
 void Proxy::Shutdown() {
   if (server_) server_->Shutdown(std::chrono::seconds(2));
+  if (http_) http_->Stop();
+  if (health_) health_->Stop();
 }
 
 }  // namespace esp

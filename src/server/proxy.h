@@ -2,23 +2,44 @@
 // Assembles the proxy: topology from the config, the services, the router and the front end.
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "cluster/cluster_service.h"
 #include "config/config.h"
 #include "kv/kv_service.h"
+#include "maintenance/maintenance_service.h"
+#include "observability/http_server.h"
+#include "observability/metrics.h"
+#include "observability/shard_health.h"
 #include "transport/grpc_server.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
 
 namespace esp {
 
+// TLS towards clients, with etcd's flag names.
+struct ClientTlsOptions {
+  std::string cert_file;
+  std::string key_file;
+  std::string trusted_ca_file;
+  bool client_cert_auth = false;  // mutual TLS: refuse clients without a certificate from the CA
+  bool enabled() const { return !cert_file.empty(); }
+};
+
 struct ProxyOptions {
   std::string listen_address = "127.0.0.1:2379";
   int max_request_bytes = 1572864;  // etcd --max-request-bytes
   int max_txn_ops = 128;            // etcd --max-txn-ops
+  // URLs clients should use to reach this proxy (MemberList); default http(s)://<listen_address>.
+  std::vector<std::string> advertise_client_urls;
+  // host:port of the operator HTTP listener (/metrics, /health, ...); empty: none.
+  std::string metrics_address;
+  ClientTlsOptions tls;
 };
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.
-std::shared_ptr<const Topology> BuildTopology(const Config& config);
+// With `metrics`, the transports count their calls and retries there.
+std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics = nullptr);
 
 class Proxy {
  public:
@@ -30,10 +51,18 @@ class Proxy {
   void Shutdown();
 
  private:
+  void RegisterGrpcHealth();
+  void RegisterHttpEndpoints();
+
   ProxyOptions options_;
+  Metrics metrics_;
   TopologyHolder topology_;
   Router router_;
   KvService kv_;
+  ClusterService cluster_;
+  MaintenanceService maintenance_;
+  std::unique_ptr<ShardHealthMonitor> health_;
+  std::unique_ptr<HttpServer> http_;
   std::unique_ptr<GrpcServer> server_;
 };
 

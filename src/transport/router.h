@@ -50,6 +50,11 @@ class Router {
   void AddTyped(std::string method,
                 std::function<void(CallContextPtr, const Req&, std::function<void(Status, Resp)>)> fn);
 
+  // Wraps every handler registered so far: cross-cutting concerns (metrics, request logs) sit at
+  // the seam once instead of inside each service. Call after every service has registered.
+  void WrapUnary(const std::function<UnaryHandler(const std::string& method, UnaryHandler)>& wrap);
+  void WrapStreams(const std::function<StreamFactory(const std::string& method, StreamFactory)>& wrap);
+
   const UnaryHandler* FindUnary(std::string_view method) const;
   const StreamFactory* FindStream(std::string_view method) const;
 

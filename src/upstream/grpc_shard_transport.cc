@@ -21,6 +21,9 @@ struct GrpcShardTransport::Member {
   std::string endpoint;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<grpc::GenericStub> stub;
+  // Whether the last unary call failed to reach this member: connection errors are logged once
+  // when a member becomes unreachable and once when it answers again, not once per call.
+  std::atomic<bool> unreachable{false};
 };
 
 namespace {
@@ -198,7 +201,7 @@ struct GrpcShardTransport::Attempt {
 
 GrpcShardTransport::GrpcShardTransport(const ShardConfig& shard, std::string description,
                                        UpstreamTuning tuning)
-    : description_(std::move(description)) {
+    : description_(std::move(description)), on_retry_(std::move(tuning.on_retry)) {
   const auto credentials = MakeCredentials(shard);
   for (const auto& endpoint : shard.endpoints) {
     auto member = std::make_unique<Member>();
@@ -240,6 +243,16 @@ void GrpcShardTransport::Unary(const std::string& method, const CallContextPtr& 
   StartAttempt(std::move(attempt));
 }
 
+void GrpcShardTransport::NoteReachability(Member& member, const grpc::Status& status) {
+  const bool failed = IsTransportFailure(status) && status.error_code() == grpc::StatusCode::UNAVAILABLE;
+  if (member.unreachable.exchange(failed) == failed) return;
+  if (failed) {
+    spdlog::warn("{}: member {} unreachable: {}", description_, member.endpoint, status.error_message());
+  } else {
+    spdlog::info("{}: member {} reachable again", description_, member.endpoint);
+  }
+}
+
 void GrpcShardTransport::StartAttempt(std::shared_ptr<Attempt> attempt) {
   attempt->member = PickMember(attempt->member);
   attempt->tries_left--;
@@ -256,12 +269,14 @@ void GrpcShardTransport::StartAttempt(std::shared_ptr<Attempt> attempt) {
       [this, self = shared_from_this(), attempt](grpc::Status status) {
         attempt->call->cancellation().Remove(attempt->cancel_hook);
         const std::string& endpoint = members_[attempt->member]->endpoint;
+        NoteReachability(*members_[attempt->member], status);
         if (IsTransportFailure(status) && attempt->tries_left > 0 &&
             status.error_code() == grpc::StatusCode::UNAVAILABLE &&
             (attempt->options.idempotent || NeverSent(status)) &&
             !attempt->call->cancellation().cancelled()) {
           spdlog::debug("{}: {} failed at {} ({}); retrying on another member", description_,
                         attempt->method, endpoint, status.error_message());
+          if (on_retry_) on_retry_(attempt->method);
           StartAttempt(attempt);
           return;
         }

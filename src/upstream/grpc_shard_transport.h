@@ -1,6 +1,7 @@
 #pragma once
 // ShardTransport over gRPC C++: one channel per member of the shard's etcd cluster.
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@ class Channel;
 template <class RequestType, class ResponseType>
 class TemplatedGenericStub;
 class ByteBuffer;
+class Status;
 }  // namespace grpc
 
 namespace esp {
@@ -22,6 +24,8 @@ struct UpstreamTuning {
   int keepalive_timeout_ms = 10000;
   int min_reconnect_backoff_ms = 100;
   int max_reconnect_backoff_ms = 1000;
+  // Told of every retry on another member (metrics); may be empty.
+  std::function<void(const std::string& method)> on_retry;
 };
 
 class GrpcShardTransport final : public ShardTransport,
@@ -42,9 +46,11 @@ class GrpcShardTransport final : public ShardTransport,
  private:
   struct Attempt;
   void StartAttempt(std::shared_ptr<Attempt> attempt);
+  void NoteReachability(Member& member, const grpc::Status& status);
   std::size_t PickMember(std::size_t avoid);
 
   std::string description_;
+  std::function<void(const std::string& method)> on_retry_;
   std::vector<std::unique_ptr<Member>> members_;
   std::atomic<std::size_t> next_member_{0};
 };

@@ -125,7 +125,25 @@ std::string ChildProcess::Log() const {
 
 // ---------------------------------------------------------------------------------------------
 
-EtcdCluster::EtcdCluster(int members, std::string name) : name_(std::move(name)) {
+TestCertificates::TestCertificates() {
+  const std::string d = dir_.path().string();
+  // One script so that a failure shows every openssl message at once.
+  const std::string script =
+      "set -e; cd " + d + "; "
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.crt; "
+      "printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > ext.cnf; "
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout node.key -out node.csr; "
+      "openssl x509 -req -in node.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out node.crt; "
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=rogue-ca -keyout rogue-ca.key -out rogue-ca.crt; "
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=rogue -keyout rogue.key -out rogue.csr; "
+      "openssl x509 -req -in rogue.csr -CA rogue-ca.crt -CAkey rogue-ca.key -CAcreateserial -days 2 -extfile ext.cnf "
+      "-out rogue.crt";
+  const auto result = RunCommand("sh -c \"" + script + "\"", std::chrono::seconds(60));
+  if (result.exit_code != 0) throw std::runtime_error("openssl failed:\n" + result.output);
+}
+
+EtcdCluster::EtcdCluster(int members, std::string name, std::optional<EtcdTls> tls)
+    : name_(std::move(name)), tls_(std::move(tls)) {
   for (int i = 0; i < members; ++i) {
     EtcdMember m;
     m.name = name_ + "-m" + std::to_string(i);
@@ -156,17 +174,19 @@ std::string EtcdCluster::InitialCluster() const {
 
 void EtcdCluster::StartMember(std::size_t i) {
   EtcdMember& m = members_[i];
-  const std::string client = "http://" + m.client_address();
+  const std::string client = (tls_ ? "https://" : "http://") + m.client_address();
   const std::string peer = "http://127.0.0.1:" + std::to_string(m.peer_port);
-  m.process = std::make_unique<ChildProcess>(
-      std::vector<std::string>{"etcd", "--name", m.name, "--data-dir", m.data_dir.string(),
-                               "--listen-client-urls", client, "--advertise-client-urls", client,
-                               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                               "--initial-cluster", InitialCluster(), "--initial-cluster-token", name_,
-                               "--initial-cluster-state", "new", "--heartbeat-interval", "50",
-                               "--election-timeout", "500", "--log-level", "warn",
-                               "--logger", "zap"},
-      dir_.path() / (m.name + ".log"));
+  std::vector<std::string> argv{"etcd", "--name", m.name, "--data-dir", m.data_dir.string(),
+                                "--listen-client-urls", client, "--advertise-client-urls", client,
+                                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                                "--initial-cluster", InitialCluster(), "--initial-cluster-token", name_,
+                                "--initial-cluster-state", "new", "--heartbeat-interval", "50",
+                                "--election-timeout", "500", "--log-level", "warn", "--logger", "zap"};
+  if (tls_) {
+    argv.insert(argv.end(), {"--cert-file", tls_->cert_file, "--key-file", tls_->key_file, "--trusted-ca-file",
+                             tls_->ca_file, "--client-cert-auth"});
+  }
+  m.process = std::make_unique<ChildProcess>(argv, dir_.path() / (m.name + ".log"));
 }
 
 void EtcdCluster::Start() {
@@ -193,7 +213,7 @@ void EtcdCluster::WaitReady(std::chrono::seconds timeout) {
       [this] {
         for (auto& m : members_) {
           if (!m.process || !m.process->running()) continue;
-          auto stub = etcdserverpb::KV::NewStub(Connect(m.client_address()));
+          auto stub = etcdserverpb::KV::NewStub(ConnectMember(m));
           grpc::ClientContext ctx;
           ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
           etcdserverpb::RangeRequest req;
@@ -205,6 +225,10 @@ void EtcdCluster::WaitReady(std::chrono::seconds timeout) {
       },
       timeout);
   if (!ok) throw std::runtime_error("etcd cluster " + name_ + " did not become ready");
+}
+
+std::shared_ptr<grpc::Channel> EtcdCluster::ConnectMember(const EtcdMember& m) const {
+  return tls_ ? Connect(m.client_address(), *tls_) : Connect(m.client_address());
 }
 
 std::optional<std::size_t> EtcdCluster::LeaderIndex() {
@@ -254,16 +278,18 @@ namespace {
 
 // A boundary as a YAML field: printable ASCII as a quoted string (the original format), anything
 // else as base64, because YAML reads "\xff" as the character U+00FF, not the byte.
+std::string YamlQuote(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
 std::string YamlBoundary(const std::string& field, const std::string& s) {
   const bool printable = std::all_of(s.begin(), s.end(), [](unsigned char c) { return c >= 0x20 && c < 0x7f; });
-  if (printable) {
-    std::string out = field + ": \"";
-    for (const char c : s) {
-      if (c == '"' || c == '\\') out += '\\';
-      out += c;
-    }
-    return out + "\"";
-  }
+  if (printable) return field + ": " + YamlQuote(s);
   static const char* const kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   std::string b64;
   for (std::size_t i = 0; i < s.size(); i += 3) {
@@ -284,6 +310,10 @@ ProxyProcess::ProxyProcess(std::vector<ShardSpec> shards, std::vector<std::strin
   for (const auto& s : shards) {
     out << "  - " << YamlBoundary("start", s.start) << "\n    " << YamlBoundary("end", s.end) << "\n    endpoints:\n";
     for (const auto& e : s.endpoints) out << "      - " << e << "\n";
+    if (s.tls) {
+      out << "    tls: {ca_file: " << YamlQuote(s.tls->ca_file) << ", cert_file: " << YamlQuote(s.tls->cert_file)
+          << ", key_file: " << YamlQuote(s.tls->key_file) << "}\n";
+    }
   }
 }
 
@@ -301,7 +331,19 @@ void ProxyProcess::Start() {
   }
 }
 
-ShardedSetup::ShardedSetup(std::vector<int> members) {
+void ProxyProcess::StartWithoutProbe() {
+  std::vector<std::string> argv = {ESP_PROXY_BINARY, "--config", config_path_.string(), "--listen-addr", address()};
+  argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
+  process_ = std::make_unique<ChildProcess>(argv, dir_.path() / "proxy.log");
+  const bool listening = WaitFor(
+      [this] {
+        return RunCommand("bash -c 'exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(port_) + "'").exit_code == 0;
+      },
+      std::chrono::seconds(10), std::chrono::milliseconds(100));
+  if (!listening) throw std::runtime_error("proxy did not start listening:\n" + process_->Log());
+}
+
+ShardedSetup::ShardedSetup(std::vector<int> members, std::vector<std::string> proxy_args) {
   const std::vector<std::pair<std::string, std::string>> bounds = {{"", "i"}, {"i", "s"}, {"s", ""}};
   std::vector<ShardSpec> specs;
   for (std::size_t i = 0; i < bounds.size(); ++i) {
@@ -314,7 +356,7 @@ ShardedSetup::ShardedSetup(std::vector<int> members) {
     shards_[i]->WaitReady();
     specs.push_back({bounds[i].first, bounds[i].second, shards_[i]->ClientAddresses()});
   }
-  proxy_ = std::make_unique<ProxyProcess>(specs);
+  proxy_ = std::make_unique<ProxyProcess>(specs, std::move(proxy_args));
   proxy_->Start();
 }
 
@@ -324,6 +366,23 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& address) {
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
   return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+std::shared_ptr<grpc::Channel> Connect(const std::string& address, const EtcdTls& tls) {
+  const auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = read(tls.ca_file);
+  options.pem_cert_chain = read(tls.cert_file);
+  options.pem_private_key = read(tls.key_file);
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+  return grpc::CreateCustomChannel(address, grpc::SslCredentials(options), args);
 }
 
 CommandResult RunCommand(const std::string& command_line, std::chrono::seconds timeout) {

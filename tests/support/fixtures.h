@@ -56,6 +56,29 @@ class ChildProcess {
   std::filesystem::path log_file_;
 };
 
+// A CA, a certificate for 127.0.0.1 (server and client use) and an untrusted client certificate,
+// generated with the openssl CLI at test time.
+class TestCertificates {
+ public:
+  TestCertificates();
+  std::string ca() const { return (dir_.path() / "ca.crt").string(); }
+  std::string cert() const { return (dir_.path() / "node.crt").string(); }
+  std::string key() const { return (dir_.path() / "node.key").string(); }
+  // Signed by a CA nobody trusts: mutual TLS must refuse it.
+  std::string rogue_cert() const { return (dir_.path() / "rogue.crt").string(); }
+  std::string rogue_key() const { return (dir_.path() / "rogue.key").string(); }
+
+ private:
+  TempDir dir_;
+};
+
+// TLS settings for an etcd cluster's client side (https URLs, mutual TLS).
+struct EtcdTls {
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+};
+
 struct EtcdMember {
   std::string name;
   int client_port = 0;
@@ -68,7 +91,7 @@ struct EtcdMember {
 // An etcd cluster of `members` members (etcd from Debian's etcd-server package).
 class EtcdCluster {
  public:
-  explicit EtcdCluster(int members = 1, std::string name = "etcd");
+  explicit EtcdCluster(int members = 1, std::string name = "etcd", std::optional<EtcdTls> tls = std::nullopt);
   ~EtcdCluster();
 
   // Starts every member and waits until the cluster answers a linearizable read.
@@ -89,7 +112,9 @@ class EtcdCluster {
 
  private:
   std::string InitialCluster() const;
+  std::shared_ptr<grpc::Channel> ConnectMember(const EtcdMember& m) const;
   std::string name_;
+  std::optional<EtcdTls> tls_;
   TempDir dir_;
   std::vector<EtcdMember> members_;
 };
@@ -98,12 +123,15 @@ struct ShardSpec {
   std::string start;
   std::string end;
   std::vector<std::string> endpoints;
+  std::optional<EtcdTls> tls;  // the proxy's `tls:` block for this shard
 };
 
 // The proxy binary in front of the given shards.
 class ProxyProcess {
  public:
   explicit ProxyProcess(std::vector<ShardSpec> shards, std::vector<std::string> extra_args = {});
+  // Waits for the port only (no gRPC handshake): a TLS proxy refuses insecure channels.
+  void StartWithoutProbe();
   ~ProxyProcess();
   void Start();
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
@@ -123,7 +151,7 @@ class ProxyProcess {
 // default); every member is one of the shard's endpoints in the proxy's config.
 class ShardedSetup {
  public:
-  explicit ShardedSetup(std::vector<int> members = {1, 1, 1});
+  explicit ShardedSetup(std::vector<int> members = {1, 1, 1}, std::vector<std::string> proxy_args = {});
   EtcdCluster& shard(std::size_t i) { return *shards_[i]; }
   ProxyProcess& proxy() { return *proxy_; }
 
@@ -133,6 +161,7 @@ class ShardedSetup {
 };
 
 std::shared_ptr<grpc::Channel> Connect(const std::string& address);
+std::shared_ptr<grpc::Channel> Connect(const std::string& address, const EtcdTls& tls);
 
 struct CommandResult {
   int exit_code = -1;

@@ -24,6 +24,15 @@ TEST(ConfigTest, TheOriginalProjectsFormatLoadsUnchanged) {
   EXPECT_EQ(c.shards[2].name, "shard-2");
 }
 
+TEST(ConfigTest, OtherProxiesAreListedUnderProxies) {
+  const Config c = ParseConfig(R"(
+shards: [{start: "", end: "", address: 127.0.0.1:1}]
+proxies: [http://127.0.0.1:2379, http://127.0.0.1:3379]
+)");
+  EXPECT_EQ(c.proxies, (std::vector<std::string>{"http://127.0.0.1:2379", "http://127.0.0.1:3379"}));
+  EXPECT_NE(ErrorOf("shards: [{start: \"\", end: \"\", address: a:1}]\nproxies: x"), "");
+}
+
 TEST(ConfigTest, EndpointsNamesAndTlsExtendTheFormat) {
   const Config c = ParseConfig(R"(
 shards:

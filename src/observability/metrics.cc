@@ -1,0 +1,186 @@
+#include "observability/metrics.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+namespace esp {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+double SecondsSince(SteadyClock::time_point start) {
+  return std::chrono::duration<double>(SteadyClock::now() - start).count();
+}
+
+// etcd's own grpc latency buckets (grpc_server_handling_seconds) span 5 ms to ~40 s; the proxy
+// adds sub-millisecond work, so the scale starts lower.
+prometheus::Histogram::BucketBoundaries LatencyBuckets() {
+  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+}
+
+// Counts a client stream from its opening to its close, and its final status.
+class CountingSink final : public StreamSink {
+ public:
+  CountingSink(std::shared_ptr<StreamSink> inner, Metrics& metrics, std::string method)
+      : inner_(std::move(inner)), metrics_(metrics), method_(std::move(method)), start_(SteadyClock::now()) {}
+  bool Write(std::string message) override { return inner_->Write(std::move(message)); }
+  void Finish(Status status) override {
+    if (!finished_.exchange(true)) metrics_.RecordRequest(method_, status.code(), SecondsSince(start_));
+    inner_->Finish(std::move(status));
+  }
+
+ private:
+  std::shared_ptr<StreamSink> inner_;
+  Metrics& metrics_;
+  std::string method_;
+  SteadyClock::time_point start_;
+  std::atomic<bool> finished_{false};
+};
+
+class CountingHandler final : public StreamHandler {
+ public:
+  CountingHandler(std::shared_ptr<StreamHandler> inner, prometheus::Gauge& open) : inner_(std::move(inner)), open_(open) {
+    open_.Increment();
+  }
+  void OnMessage(std::string message) override { inner_->OnMessage(std::move(message)); }
+  void OnClose() override {
+    open_.Decrement();
+    inner_->OnClose();
+  }
+
+ private:
+  std::shared_ptr<StreamHandler> inner_;
+  prometheus::Gauge& open_;
+};
+
+// A ShardTransport that records every unary call's outcome and latency under its shard's name.
+class InstrumentedTransport final : public ShardTransport {
+ public:
+  InstrumentedTransport(std::shared_ptr<ShardTransport> inner, std::string shard, Metrics& metrics)
+      : inner_(std::move(inner)), shard_(std::move(shard)), metrics_(metrics) {}
+  const std::string& description() const override { return inner_->description(); }
+  void Unary(const std::string& method, const CallContextPtr& ctx, std::string request, UnaryOptions options,
+             UnaryDone done) override {
+    inner_->Unary(method, ctx, std::move(request), options,
+                  [this, method, start = SteadyClock::now(), done = std::move(done)](Status status, std::string bytes) {
+                    metrics_.RecordUpstream(shard_, method, status.code(), SecondsSince(start));
+                    done(std::move(status), std::move(bytes));
+                  });
+  }
+  std::shared_ptr<UpstreamStream> OpenStream(const std::string& method, const Metadata& metadata,
+                                             std::shared_ptr<UpstreamStreamObserver> observer) override {
+    return inner_->OpenStream(method, metadata, std::move(observer));
+  }
+
+ private:
+  std::shared_ptr<ShardTransport> inner_;
+  std::string shard_;
+  Metrics& metrics_;
+};
+
+}  // namespace
+
+const char* StatusCodeName(StatusCode code) {
+  static constexpr const char* kNames[] = {
+      "OK",         "Canceled",          "Unknown",  "InvalidArgument", "DeadlineExceeded", "NotFound",
+      "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
+      "OutOfRange", "Unimplemented",     "Internal", "Unavailable",     "DataLoss",         "Unauthenticated"};
+  const auto index = static_cast<std::size_t>(code);
+  return index < std::size(kNames) ? kNames[index] : "Unknown";
+}
+
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      requests_(prometheus::BuildCounter()
+                    .Name("etcd_proxy_requests_total")
+                    .Help("Client RPCs handled, by method and gRPC status code")
+                    .Register(*registry_)),
+      latency_(prometheus::BuildHistogram()
+                   .Name("etcd_proxy_request_duration_seconds")
+                   .Help("Client RPC latency (streams: open to finish), by method")
+                   .Register(*registry_)),
+      in_flight_(prometheus::BuildGauge()
+                     .Name("etcd_proxy_requests_in_flight")
+                     .Help("Unary client RPCs being served, by method")
+                     .Register(*registry_)),
+      open_streams_(prometheus::BuildGauge()
+                        .Name("etcd_proxy_open_streams")
+                        .Help("Open client streams (Watch, LeaseKeepAlive, ...), by method")
+                        .Register(*registry_)),
+      upstream_requests_(prometheus::BuildCounter()
+                             .Name("etcd_proxy_upstream_requests_total")
+                             .Help("Unary calls to shards, by shard, method and gRPC status code")
+                             .Register(*registry_)),
+      upstream_errors_(prometheus::BuildCounter()
+                           .Name("etcd_proxy_upstream_errors_total")
+                           .Help("Unary calls to shards that failed, by shard and method")
+                           .Register(*registry_)),
+      upstream_latency_(prometheus::BuildHistogram()
+                            .Name("etcd_proxy_upstream_request_duration_seconds")
+                            .Help("Latency of unary calls to shards, by shard and method")
+                            .Register(*registry_)),
+      upstream_retries_(prometheus::BuildCounter()
+                            .Name("etcd_proxy_upstream_retries_total")
+                            .Help("Calls sent again to another member of the shard after a transport failure")
+                            .Register(*registry_)),
+      shard_up_(prometheus::BuildGauge()
+                    .Name("etcd_proxy_shard_up")
+                    .Help("1 when the shard answered the last health probe, else 0")
+                    .Register(*registry_)) {}
+
+void Metrics::RecordRequest(const std::string& method, StatusCode code, double seconds) {
+  requests_.Add({{"method", method}, {"code", StatusCodeName(code)}}).Increment();
+  latency_.Add({{"method", method}}, LatencyBuckets()).Observe(seconds);
+}
+
+void Metrics::RecordUpstream(const std::string& shard, const std::string& method, StatusCode code, double seconds) {
+  upstream_requests_.Add({{"shard", shard}, {"method", method}, {"code", StatusCodeName(code)}}).Increment();
+  upstream_latency_.Add({{"shard", shard}, {"method", method}}, LatencyBuckets()).Observe(seconds);
+  if (code != StatusCode::kOk) upstream_errors_.Add({{"shard", shard}, {"method", method}}).Increment();
+}
+
+void Metrics::RecordRetry(const std::string& shard, const std::string& method) {
+  upstream_retries_.Add({{"shard", shard}, {"method", method}}).Increment();
+}
+
+prometheus::Gauge& Metrics::InFlight(const std::string& method) { return in_flight_.Add({{"method", method}}); }
+prometheus::Gauge& Metrics::OpenStreams(const std::string& method) { return open_streams_.Add({{"method", method}}); }
+
+void Metrics::SetShardUp(const std::string& shard, bool up) { shard_up_.Add({{"shard", shard}}).Set(up ? 1 : 0); }
+
+void Metrics::InstrumentRouter(Router& router) {
+  router.WrapUnary([this](const std::string& method, UnaryHandler inner) -> UnaryHandler {
+    prometheus::Gauge& in_flight = InFlight(method);
+    return [this, method, &in_flight, inner = std::move(inner)](CallContextPtr ctx, std::string request, UnaryDone done) {
+      in_flight.Increment();
+      inner(std::move(ctx), std::move(request),
+            [this, method, &in_flight, start = SteadyClock::now(), done = std::move(done)](Status status, std::string bytes) {
+              in_flight.Decrement();
+              const double seconds = SecondsSince(start);
+              RecordRequest(method, status.code(), seconds);
+              // Request logs are debug-only: at info, one line per request would drown the rest.
+              spdlog::debug("{} {} {:.3f} ms{}{}", method, StatusCodeName(status.code()), seconds * 1000,
+                            status.ok() ? "" : ": ", status.message());
+              done(std::move(status), std::move(bytes));
+            });
+    };
+  });
+  router.WrapStreams([this](const std::string& method, StreamFactory inner) -> StreamFactory {
+    prometheus::Gauge& open = OpenStreams(method);
+    return [this, method, &open, inner = std::move(inner)](CallContextPtr ctx, std::shared_ptr<StreamSink> sink) {
+      auto handler = inner(std::move(ctx), std::make_shared<CountingSink>(std::move(sink), *this, method));
+      return std::make_shared<CountingHandler>(std::move(handler), open);
+    };
+  });
+}
+
+std::shared_ptr<const Topology> Metrics::InstrumentTopology(std::shared_ptr<const Topology> topology) {
+  std::vector<std::shared_ptr<ShardTransport>> shards;
+  for (std::size_t i = 0; i < topology->shards.size(); ++i) {
+    shards.push_back(std::make_shared<InstrumentedTransport>(topology->shards[i], topology->map.shard(i).name, *this));
+  }
+  return std::make_shared<const Topology>(Topology{topology->map, std::move(shards)});
+}
+
+}  // namespace esp

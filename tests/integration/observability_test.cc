@@ -1,0 +1,175 @@
+// The operator HTTP listener against three real etcd shards: /metrics counts known traffic,
+// /health follows a shard going down and coming back, /livez, /readyz and /shards answer.
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "support/fixtures.h"
+
+namespace esp::test {
+namespace {
+
+struct HttpResult {
+  int status = 0;
+  std::string body;
+};
+
+HttpResult HttpGet(int port, const std::string& path) {
+  // curl prints the body, then the status code on a line of its own.
+  const auto result = RunCommand("curl -s -w '\\n%{http_code}' http://127.0.0.1:" + std::to_string(port) + path);
+  HttpResult out;
+  const auto last_newline = result.output.rfind('\n');
+  if (last_newline == std::string::npos) return out;
+  out.status = std::atoi(result.output.substr(last_newline + 1).c_str());
+  out.body = result.output.substr(0, last_newline);
+  return out;
+}
+
+// The value of the sample of `metric` whose labels include every one of `labels` (name="value").
+double Sample(const std::string& page, const std::string& metric, const std::vector<std::string>& labels) {
+  std::istringstream in(page);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.starts_with(metric + "{")) continue;
+    bool match = true;
+    for (const auto& label : labels) match = match && line.find(label) != std::string::npos;
+    if (match) return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return 0;
+}
+
+class ObservabilityTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    metrics_port_ = FreePort();
+    setup_ = new ShardedSetup({1, 1, 1}, {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
+  }
+  static void TearDownTestSuite() {
+    delete setup_;
+    setup_ = nullptr;
+  }
+  static std::string proxy() { return setup_->proxy().address(); }
+  static ShardedSetup* setup_;
+  static int metrics_port_;
+};
+ShardedSetup* ObservabilityTest::setup_ = nullptr;
+int ObservabilityTest::metrics_port_ = 0;
+
+TEST_F(ObservabilityTest, MetricsCountKnownTraffic) {
+  const std::string put = "method=\"/etcdserverpb.KV/Put\"";
+  const std::string before = HttpGet(metrics_port_, "/metrics").body;
+  const double puts_before = Sample(before, "etcd_proxy_requests_total", {put, "code=\"OK\""});
+  const double upstream_before =
+      Sample(before, "etcd_proxy_upstream_requests_total", {put, "shard=\"shard-0\"", "code=\"OK\""});
+  for (const auto* key : {"a1", "b1", "z1"}) ASSERT_EQ(Etcdctl(proxy(), std::string("put ") + key + " v").output, "OK\n");
+  // An etcd error is counted under its own code.
+  EXPECT_NE(Etcdctl(proxy(), "put '' v").exit_code, 0);
+
+  const auto page = HttpGet(metrics_port_, "/metrics");
+  ASSERT_EQ(page.status, 200);
+  EXPECT_EQ(Sample(page.body, "etcd_proxy_requests_total", {put, "code=\"OK\""}), puts_before + 3) << page.body;
+  EXPECT_GE(Sample(page.body, "etcd_proxy_requests_total", {put, "code=\"InvalidArgument\""}), 1);
+  EXPECT_EQ(Sample(page.body, "etcd_proxy_upstream_requests_total", {put, "shard=\"shard-0\"", "code=\"OK\""}),
+            upstream_before + 2);
+  EXPECT_GE(Sample(page.body, "etcd_proxy_request_duration_seconds_count", {put}), puts_before + 3);
+  EXPECT_EQ(Sample(page.body, "etcd_proxy_requests_in_flight", {put}), 0);
+  EXPECT_TRUE(WaitFor([] { return Sample(HttpGet(metrics_port_, "/metrics").body, "etcd_proxy_shard_up",
+                                         {"shard=\"shard-2\""}) == 1; },
+                      std::chrono::seconds(10)));
+}
+
+TEST_F(ObservabilityTest, LivezReadyzAndShards) {
+  EXPECT_EQ(HttpGet(metrics_port_, "/livez").status, 200);
+  EXPECT_TRUE(WaitFor([] { return HttpGet(metrics_port_, "/readyz").status == 200; }, std::chrono::seconds(10)));
+  const auto shards = HttpGet(metrics_port_, "/shards");
+  EXPECT_EQ(shards.status, 200);
+  EXPECT_NE(shards.body.find("\"name\":\"shard-1\",\"start\":\"i\",\"end\":\"s\""), std::string::npos) << shards.body;
+  EXPECT_NE(shards.body.find(setup_->shard(1).member(0).client_address()), std::string::npos) << shards.body;
+  EXPECT_NE(shards.body.find("\"health\":true"), std::string::npos) << shards.body;
+  EXPECT_EQ(HttpGet(metrics_port_, "/nope").status, 404);
+}
+
+// Last: it stops a shard.
+TEST_F(ObservabilityTest, HealthFollowsAShardDownAndBack) {
+  const auto healthy = [] {
+    const auto r = HttpGet(metrics_port_, "/health");
+    return r.status == 200 && r.body == "{\"health\":\"true\",\"reason\":\"\"}";
+  };
+  ASSERT_TRUE(WaitFor(healthy, std::chrono::seconds(10))) << HttpGet(metrics_port_, "/health").body;
+
+  setup_->shard(1).KillMember(0);
+  HttpResult down;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        down = HttpGet(metrics_port_, "/health");
+        return down.status == 503;
+      },
+      std::chrono::seconds(15)));
+  EXPECT_NE(down.body.find("\"health\":\"false\""), std::string::npos) << down.body;
+  EXPECT_NE(down.body.find("shard-1"), std::string::npos) << down.body;
+  EXPECT_EQ(down.body.find("shard-0"), std::string::npos) << down.body;
+  EXPECT_EQ(HttpGet(metrics_port_, "/readyz").status, 503);
+  EXPECT_EQ(HttpGet(metrics_port_, "/livez").status, 200);
+  EXPECT_EQ(Sample(HttpGet(metrics_port_, "/metrics").body, "etcd_proxy_shard_up", {"shard=\"shard-1\""}), 0);
+
+  setup_->shard(1).StartMember(0);
+  setup_->shard(1).WaitReady();
+  EXPECT_TRUE(WaitFor(healthy, std::chrono::seconds(15))) << HttpGet(metrics_port_, "/health").body;
+}
+
+// One shard of three members: Defragment walks every member, and a read that finds a member dead
+// is retried on another one and counted.
+class MultiMemberTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    shard_ = new EtcdCluster(3, "multi");
+    shard_->Start();
+    metrics_port_ = FreePort();
+    proxy_ = new ProxyProcess({{"", "", shard_->ClientAddresses()}},
+                              {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
+    proxy_->Start();
+  }
+  static void TearDownTestSuite() {
+    delete proxy_;
+    delete shard_;
+  }
+  static EtcdCluster* shard_;
+  static ProxyProcess* proxy_;
+  static int metrics_port_;
+};
+EtcdCluster* MultiMemberTest::shard_ = nullptr;
+ProxyProcess* MultiMemberTest::proxy_ = nullptr;
+int MultiMemberTest::metrics_port_ = 0;
+
+TEST_F(MultiMemberTest, DefragmentReachesEveryMember) {
+  const auto result = Etcdctl(proxy_->address(), "defrag --command-timeout 30s");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const std::string log = proxy_->process().Log();
+  for (const auto& address : shard_->ClientAddresses()) {
+    EXPECT_NE(log.find("member http://" + address), std::string::npos) << log;
+  }
+}
+
+// Last: it stops a member.
+TEST_F(MultiMemberTest, ReadsRetryOnAnotherMemberAndAreCounted) {
+  ASSERT_EQ(Etcdctl(proxy_->address(), "put k v").output, "OK\n");
+  const std::size_t leader = shard_->LeaderIndex().value();
+  shard_->KillMember((leader + 1) % 3);
+  const auto retried = [] {
+    EXPECT_EQ(Etcdctl(proxy_->address(), "get k --print-value-only").output, "v\n");
+    return Sample(HttpGet(metrics_port_, "/metrics").body, "etcd_proxy_upstream_retries_total",
+                  {"method=\"/etcdserverpb.KV/Range\""}) >= 1;
+  };
+  EXPECT_TRUE(WaitFor(retried, std::chrono::seconds(20)));
+  // One log line for the connection error, however many calls met it.
+  const std::string dead = shard_->member((leader + 1) % 3).client_address();
+  EXPECT_NE(proxy_->process().Log().find("member " + dead + " unreachable"), std::string::npos)
+      << proxy_->process().Log();
+  // Defragment names the member it cannot reach.
+  const auto defrag = Etcdctl(proxy_->address(), "defrag --command-timeout 30s");
+  EXPECT_NE(defrag.exit_code, 0);
+  EXPECT_NE(defrag.output.find(shard_->member((leader + 1) % 3).client_address()), std::string::npos) << defrag.output;
+}
+
+}  // namespace
+}  // namespace esp::test

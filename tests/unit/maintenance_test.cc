@@ -1,0 +1,78 @@
+// The pure parts of the Cluster and Maintenance aggregates and of the health views.
+#include <gtest/gtest.h>
+
+#include "cluster/cluster_service.h"
+#include "etcdserverpb/rpc.pb.h"
+#include "maintenance/maintenance_service.h"
+#include "observability/shard_health.h"
+
+namespace esp {
+namespace {
+
+TEST(LowestVersion, ComparesNumericallyAndSkipsEmpty) {
+  EXPECT_EQ(LowestVersion({"3.5.1", "3.4.23", "3.10.0"}), "3.4.23");
+  EXPECT_EQ(LowestVersion({"3.4.9", "3.4.23"}), "3.4.9");
+  EXPECT_EQ(LowestVersion({"", "3.5.0"}), "3.5.0");
+  EXPECT_EQ(LowestVersion({}), "");
+}
+
+TEST(CombineHashes, DependsOnEveryShardAndOnOrder) {
+  const auto base = CombineHashes({1, 2, 3});
+  EXPECT_EQ(CombineHashes({1, 2, 3}), base);
+  EXPECT_NE(CombineHashes({1, 2, 4}), base);
+  EXPECT_NE(CombineHashes({3, 2, 1}), base);
+  EXPECT_NE(CombineHashes({0, 2, 3}), base);
+}
+
+TEST(HostPortOfUrl, StripsSchemeAndPath) {
+  EXPECT_EQ(HostPortOfUrl("http://127.0.0.1:2379"), "127.0.0.1:2379");
+  EXPECT_EQ(HostPortOfUrl("https://127.0.0.1:2379/"), "127.0.0.1:2379");
+  EXPECT_EQ(HostPortOfUrl("127.0.0.1:2379"), "127.0.0.1:2379");
+}
+
+TEST(ProxyIdentity, ClusterIdFollowsTheLayoutMemberIdTheUrl) {
+  const ShardMap a({{"s0", "", "i"}, {"s1", "i", ""}});
+  const ShardMap b({{"s0", "", "j"}, {"s1", "j", ""}});
+  const auto one = MakeProxyIdentity(a, {"http://127.0.0.1:1"}, {});
+  const auto two = MakeProxyIdentity(a, {"http://127.0.0.1:2"}, {});
+  EXPECT_EQ(one.cluster_id, two.cluster_id);
+  EXPECT_NE(one.member_id, two.member_id);
+  EXPECT_EQ(one.member_id, MakeProxyIdentity(a, {"http://127.0.0.1:1"}, {}).member_id);
+  EXPECT_NE(MakeProxyIdentity(b, {"http://127.0.0.1:1"}, {}).cluster_id, one.cluster_id);
+}
+
+TEST(ClusterService, MemberListHasThisProxyAndTheOthersButNoShard) {
+  TopologyHolder topology(std::make_shared<const Topology>(Topology{ShardMap({{"s0", "", ""}}), {}}));
+  const auto identity =
+      MakeProxyIdentity(topology.Get()->map, {"http://127.0.0.1:1"}, {"http://127.0.0.1:1", "http://127.0.0.1:2"});
+  ClusterService service(topology, identity);
+  Router router;
+  service.Register(router);
+  const UnaryHandler* handler = router.FindUnary("/etcdserverpb.Cluster/MemberList");
+  ASSERT_NE(handler, nullptr);
+  etcdserverpb::MemberListResponse response;
+  (*handler)(std::make_shared<CallContext>(), "", [&](Status status, std::string bytes) {
+    ASSERT_TRUE(status.ok());
+    ASSERT_TRUE(response.ParseFromString(bytes));
+  });
+  ASSERT_EQ(response.members_size(), 2);  // itself once, and the other proxy
+  EXPECT_EQ(response.members(0).id(), identity.member_id);
+  EXPECT_EQ(response.members(0).clienturls(0), "http://127.0.0.1:1");
+  EXPECT_EQ(response.members(1).clienturls(0), "http://127.0.0.1:2");
+  EXPECT_EQ(response.members(1).id(), Fnv1a64("http://127.0.0.1:2"));
+  EXPECT_EQ(response.header().cluster_id(), identity.cluster_id);
+  EXPECT_EQ(response.header().member_id(), identity.member_id);
+}
+
+TEST(HealthJson, EtcdShapeNamingUnhealthyShards) {
+  ShardState good{.name = "s0", .description = "shard \"s0\"", .healthy = true};
+  ShardState bad{.name = "s1", .description = "shard \"s1\"", .healthy = false, .error = "down"};
+  bool healthy = false;
+  EXPECT_EQ(HealthJson({good}, &healthy), "{\"health\":\"true\",\"reason\":\"\"}");
+  EXPECT_TRUE(healthy);
+  EXPECT_EQ(HealthJson({good, bad}, &healthy), "{\"health\":\"false\",\"reason\":\"shard \\\"s1\\\": down\"}");
+  EXPECT_FALSE(healthy);
+}
+
+}  // namespace
+}  // namespace esp
