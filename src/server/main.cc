@@ -1,5 +1,6 @@
 // etcd-sharding-proxy: serves the etcd v3 API and spreads the keyspace over several etcd clusters.
 #include <CLI/CLI.hpp>
+#include <absl/synchronization/mutex.h>
 #include <spdlog/spdlog.h>
 
 #include <csignal>
@@ -33,6 +34,10 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::from_str(log_level));
+  // Debian builds abseil with its mutex deadlock detector on: it records a lock-order graph on
+  // every gRPC mutex acquisition, ~10% of the proxy's instructions per request (see
+  // docs/BENCHMARKS.md). It is a debugging aid, not a safety net; switch it off before gRPC starts.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   esp::Config config;
   try {
     config = esp::LoadConfigFile(config_path);
