@@ -118,8 +118,26 @@ void KvService::Put(CallContextPtr ctx, std::string bytes, UnaryDone done) {
   if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
   if (Status s = CheckPutRequest(request); !s.ok()) return done(std::move(s), {});
   const auto topology = topology_.Get();
-  topology->shards[topology->map.ShardForKey(request.key())]->Unary(methods::kPut, ctx, std::move(bytes), kWrite,
-                                                                     std::move(done));
+  const std::size_t shard_index = topology->map.ShardForKey(request.key());
+  const auto shard = topology->shards[shard_index];
+  if (request.lease() == 0 || !lease_hook_) {
+    shard->Unary(methods::kPut, ctx, std::move(bytes), kWrite, std::move(done));
+    return;
+  }
+  // The lease may have been granted while this shard was down: on "lease not found", let the
+  // lease layer grant it there, then send the Put once more.
+  shard->Unary(methods::kPut, ctx, bytes, kWrite,
+               [hook = lease_hook_, shard, shard_index, ctx, bytes, lease = request.lease(),
+                done = std::move(done)](Status status, std::string response) mutable {
+                 if (status.message() != etcd_errors::LeaseNotFound().message()) {
+                   return done(std::move(status), std::move(response));
+                 }
+                 hook->OnLeaseNotFound(shard_index, lease, [shard, ctx, bytes = std::move(bytes), status,
+                                                            done = std::move(done)](bool granted) mutable {
+                   if (!granted) return done(std::move(status), {});
+                   shard->Unary(methods::kPut, ctx, std::move(bytes), kWrite, std::move(done));
+                 });
+               });
 }
 
 void KvService::DeleteRange(CallContextPtr ctx, std::string bytes, UnaryDone done) {

@@ -1,6 +1,9 @@
 #pragma once
 // The KV service across shards: Range, Put, DeleteRange, Txn and Compact.
+#include <memory>
+
 #include "etcdserverpb/rpc.pb.h"
+#include "kv/lease_hook.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
 
@@ -13,6 +16,8 @@ struct KvOptions {
 class KvService {
  public:
   KvService(const TopologyHolder& topology, KvOptions options);
+  // Lets a Put whose lease the shard does not know ask the lease layer (optional).
+  void SetLeaseHook(std::shared_ptr<LeaseHook> hook) { lease_hook_ = std::move(hook); }
   void Register(Router& router);
 
  private:
@@ -31,6 +36,7 @@ class KvService {
 
   const TopologyHolder& topology_;
   KvOptions options_;
+  std::shared_ptr<LeaseHook> lease_hook_;
 };
 
 }  // namespace esp

@@ -5,6 +5,10 @@
 
 #include "config/config.h"
 #include "kv/kv_service.h"
+#include "lease/housekeeper.h"
+#include "lease/keepalive.h"
+#include "lease/lease_service.h"
+#include "lease/pending.h"
 #include "transport/grpc_server.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
@@ -34,6 +38,10 @@ class Proxy {
   TopologyHolder topology_;
   Router router_;
   KvService kv_;
+  std::shared_ptr<PendingLeases> pending_leases_;
+  std::shared_ptr<KeepAliveHub> keepalive_;
+  LeaseService lease_;
+  Housekeeper housekeeper_;
   std::unique_ptr<GrpcServer> server_;
 };
 

@@ -1,0 +1,113 @@
+#include "lease/pending.h"
+
+#include <spdlog/spdlog.h>
+
+#include <vector>
+
+#include "common/etcd_errors.h"
+#include "common/methods.h"
+#include "etcdserverpb/rpc.pb.h"
+#include "lease/fanout.h"
+
+namespace esp {
+
+void PendingLeases::AddGrant(std::size_t shard, int64_t id, int64_t ttl) {
+  const std::lock_guard lock(mu_);
+  entries_[{shard, id}] = Entry{.revoke = false, .ttl = ttl, .refreshed = std::chrono::steady_clock::now()};
+}
+
+void PendingLeases::AddRevoke(std::size_t shard, int64_t id) {
+  // Replaces a pending grant too: a grant whose answer was lost may still have reached the shard.
+  const std::lock_guard lock(mu_);
+  entries_[{shard, id}] = Entry{.revoke = true, .ttl = 0, .refreshed = std::chrono::steady_clock::now()};
+}
+
+void PendingLeases::DropGrants(int64_t id) {
+  const std::lock_guard lock(mu_);
+  std::erase_if(entries_, [id](const auto& item) { return item.first.second == id && !item.second.revoke; });
+}
+
+void PendingLeases::Touch(int64_t id) {
+  const std::lock_guard lock(mu_);
+  const auto now = std::chrono::steady_clock::now();
+  for (auto& [key, entry] : entries_) {
+    if (key.second == id && !entry.revoke) entry.refreshed = now;
+  }
+}
+
+std::size_t PendingLeases::size() const {
+  const std::lock_guard lock(mu_);
+  return entries_.size();
+}
+
+int64_t PendingLeases::RemainingTtl(const Entry& entry) {
+  const auto elapsed = std::chrono::steady_clock::now() - entry.refreshed;
+  const auto elapsed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count();
+  return (entry.ttl * 1000 - elapsed_ms + 999) / 1000;
+}
+
+void PendingLeases::Flush() {
+  std::vector<std::pair<Key, Entry>> snapshot;
+  {
+    const std::lock_guard lock(mu_);
+    snapshot.assign(entries_.begin(), entries_.end());
+  }
+  for (const auto& [key, entry] : snapshot) Apply(key, entry, [](bool) {});
+}
+
+void PendingLeases::OnLeaseNotFound(std::size_t shard, int64_t lease, std::function<void(bool)> done) {
+  Entry entry;
+  {
+    const std::lock_guard lock(mu_);
+    const auto it = entries_.find({shard, lease});
+    if (it == entries_.end() || it->second.revoke) return done(false);
+    entry = it->second;
+  }
+  Apply({shard, lease}, entry, std::move(done));
+}
+
+void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void(bool)> done) {
+  const auto topology = topology_.Get();
+  if (key.first >= topology->shards.size()) return done(false);
+  auto self = shared_from_this();
+  if (entry.revoke) {
+    etcdserverpb::LeaseRevokeRequest request;
+    request.set_id(key.second);
+    CallShard<etcdserverpb::LeaseRevokeResponse>(
+        *topology->shards[key.first], methods::kLeaseRevoke, BackgroundContext(), request, {},
+        [self, key, done = std::move(done)](Status status, etcdserverpb::LeaseRevokeResponse) {
+          // Not found: the lease expired there on its own, which is as good.
+          const bool applied = status.ok() || status.message() == etcd_errors::LeaseNotFound().message();
+          self->Settle(key, /*revoke=*/true, applied);
+          done(applied);
+        });
+    return;
+  }
+  const int64_t ttl = RemainingTtl(entry);
+  if (ttl <= 0) {  // expired on the other shards meanwhile: nothing left to grant
+    Settle(key, /*revoke=*/false, /*applied=*/true);
+    return done(false);
+  }
+  etcdserverpb::LeaseGrantRequest request;
+  request.set_id(key.second);
+  request.set_ttl(ttl);
+  CallShard<etcdserverpb::LeaseGrantResponse>(
+      *topology->shards[key.first], methods::kLeaseGrant, BackgroundContext(), request, {},
+      [self, key, ttl, done = std::move(done)](Status status, etcdserverpb::LeaseGrantResponse) {
+        // Already exists: an earlier attempt (or one whose answer was lost) got there first.
+        const bool applied = status.ok() || status.message() == etcd_errors::LeaseExists().message();
+        if (applied) spdlog::info("lease {:x}: granted on shard {} with the remaining TTL {} s", key.second, key.first, ttl);
+        self->Settle(key, /*revoke=*/false, applied);
+        done(applied);
+      });
+}
+
+void PendingLeases::Settle(const Key& key, bool revoke, bool applied) {
+  if (!applied) return;
+  const std::lock_guard lock(mu_);
+  const auto it = entries_.find(key);
+  // Only the operation that was applied is forgotten: a revoke queued meanwhile must still run.
+  if (it != entries_.end() && it->second.revoke == revoke) entries_.erase(it);
+}
+
+}  // namespace esp
