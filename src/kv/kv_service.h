@@ -16,7 +16,7 @@ struct KvOptions {
 class KvService {
  public:
   KvService(const TopologyHolder& topology, KvOptions options);
-  // Lets a Put whose lease the shard does not know ask the lease layer (optional).
+  // Lets a Put or Txn whose lease the shard does not know ask the lease layer (optional).
   void SetLeaseHook(std::shared_ptr<LeaseHook> hook) { lease_hook_ = std::move(hook); }
   void Register(Router& router);
 
@@ -27,6 +27,11 @@ class KvService {
   void Txn(CallContextPtr ctx, std::string bytes, UnaryDone done);
   void Compact(CallContextPtr ctx, std::string bytes, UnaryDone done);
 
+  // Forwards to one shard; on "requested lease not found" asks the lease hook and, if it granted
+  // one of `leases` there, sends the request once more.
+  void ForwardWithLeases(const std::shared_ptr<const Topology>& topology, std::size_t shard, const char* method,
+                         CallContextPtr ctx, std::string bytes, std::vector<int64_t> leases, UnaryOptions options,
+                         UnaryDone done);
   void SpanningRange(const CallContextPtr& ctx, const Topology& topology,
                      const etcdserverpb::RangeRequest& request,
                      const std::vector<RangePiece>& pieces, UnaryDone done);

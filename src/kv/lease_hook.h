@@ -4,16 +4,17 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace esp {
 
 class LeaseHook {
  public:
   virtual ~LeaseHook() = default;
-  // `shard` answered "requested lease not found" for `lease`. `done(true)` once the lease has
-  // been granted there (the request may be sent once more); `done(false)` when there is nothing
-  // the proxy can do (the lease is unknown to it, expired, or the grant failed).
-  virtual void OnLeaseNotFound(std::size_t shard, int64_t lease, std::function<void(bool)> done) = 0;
+  // `shard` answered "requested lease not found" to a request using `leases`. `done(true)` once
+  // at least one of them has been granted there (the request may be sent once more);
+  // `done(false)` when there is nothing the proxy can do (unknown to it, expired, grant failed).
+  virtual void OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leases, std::function<void(bool)> done) = 0;
 };
 
 }  // namespace esp

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <vector>
 
 #include "common/etcd_errors.h"
@@ -55,15 +56,31 @@ void PendingLeases::Flush() {
   for (const auto& [key, entry] : snapshot) Apply(key, entry, [](bool) {});
 }
 
-void PendingLeases::OnLeaseNotFound(std::size_t shard, int64_t lease, std::function<void(bool)> done) {
-  Entry entry;
+void PendingLeases::OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leases, std::function<void(bool)> done) {
+  std::vector<std::pair<Key, Entry>> grants;
   {
     const std::lock_guard lock(mu_);
-    const auto it = entries_.find({shard, lease});
-    if (it == entries_.end() || it->second.revoke) return done(false);
-    entry = it->second;
+    for (int64_t lease : leases) {
+      const auto it = entries_.find({shard, lease});
+      if (it != entries_.end() && !it->second.revoke) grants.emplace_back(it->first, it->second);
+    }
   }
-  Apply({shard, lease}, entry, std::move(done));
+  if (grants.empty()) return done(false);
+  // Answers once every grant has completed: true if any of them was applied.
+  struct Join {
+    std::atomic<std::size_t> remaining;
+    std::atomic<bool> any{false};
+    std::function<void(bool)> done;
+  };
+  auto join = std::make_shared<Join>();
+  join->remaining.store(grants.size());
+  join->done = std::move(done);
+  for (const auto& [key, entry] : grants) {
+    Apply(key, entry, [join](bool applied) {
+      if (applied) join->any = true;
+      if (join->remaining.fetch_sub(1) == 1) join->done(join->any.load());
+    });
+  }
 }
 
 void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void(bool)> done) {

@@ -32,7 +32,7 @@ class PendingLeases final : public LeaseHook, public std::enable_shared_from_thi
   void Flush();
   std::size_t size() const;
 
-  void OnLeaseNotFound(std::size_t shard, int64_t lease, std::function<void(bool)> done) override;
+  void OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leases, std::function<void(bool)> done) override;
 
  private:
   using Key = std::pair<std::size_t, int64_t>;  // shard, lease id
