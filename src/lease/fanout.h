@@ -3,6 +3,7 @@
 // "not found here" from "shard unreachable" shard by shard, which ScatterGather (first error
 // wins) does not report.
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -60,6 +61,20 @@ inline std::vector<std::size_t> AllShards(const Topology& topology) {
   std::vector<std::size_t> all(topology.shards.size());
   for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
   return all;
+}
+
+// The client's call context with its deadline cut to at most `limit` from now, cancelled with the
+// client's. Lease calls answer without a shard that is down; a hung shard must count as down
+// well before the client gives up, or one stopped shard would fail every grant.
+inline CallContextPtr BoundedContext(const CallContextPtr& parent, std::chrono::milliseconds limit) {
+  auto deadline = Clock::now() + limit;
+  if (parent->deadline() && *parent->deadline() < deadline) deadline = *parent->deadline();
+  auto child = std::make_shared<CallContext>(deadline, parent->metadata());
+  // The hook lives as long as the client's call; it only holds the child weakly.
+  parent->cancellation().Add([weak = std::weak_ptr<CallContext>(child)] {
+    if (auto c = weak.lock()) c->cancellation().Cancel();
+  });
+  return child;
 }
 
 // A context for calls the proxy makes on its own behalf (cleanup, deferred grants).

@@ -26,6 +26,8 @@ constexpr UnaryOptions kRead{.idempotent = true};
 constexpr UnaryOptions kWrite{.idempotent = false};
 // A proxy-chosen id that collides with a live lease is replaced this many times.
 constexpr int kGrantRetries = 3;
+// How long a lease call waits for one shard before treating it as down (see BoundedContext).
+constexpr std::chrono::milliseconds kShardTimeout(2000);
 
 bool IsNotFound(const Status& status) { return status.message() == etcd_errors::LeaseNotFound().message(); }
 
@@ -88,7 +90,7 @@ void LeaseService::GrantAttempt(CallContextPtr ctx, LeaseGrantRequest request, b
                                 GrantDone done) {
   const auto topology = topology_.Get();
   CallShards<LeaseGrantResponse>(
-      *topology, AllShards(*topology), methods::kLeaseGrant, ctx, request, kWrite,
+      *topology, AllShards(*topology), methods::kLeaseGrant, BoundedContext(ctx, kShardTimeout), request, kWrite,
       [this, topology, ctx, request, proxy_chose_id, retries_left,
        done = std::move(done)](std::vector<ShardOutcome<LeaseGrantResponse>> outcomes) mutable {
         std::vector<std::size_t> granted, down;
@@ -133,7 +135,7 @@ void LeaseService::Revoke(CallContextPtr ctx, const LeaseRevokeRequest& request,
   const auto topology = topology_.Get();
   const int64_t id = request.id();
   CallShards<LeaseRevokeResponse>(
-      *topology, AllShards(*topology), methods::kLeaseRevoke, ctx, request, kWrite,
+      *topology, AllShards(*topology), methods::kLeaseRevoke, BoundedContext(ctx, kShardTimeout), request, kWrite,
       [this, id, done = std::move(done)](std::vector<ShardOutcome<LeaseRevokeResponse>> outcomes) {
         pending_->DropGrants(id);
         std::optional<LeaseRevokeResponse> revoked;
@@ -160,7 +162,7 @@ void LeaseService::TimeToLive(CallContextPtr ctx, const LeaseTimeToLiveRequest& 
                               std::function<void(Status, LeaseTimeToLiveResponse)> done) {
   const auto topology = topology_.Get();
   CallShards<LeaseTimeToLiveResponse>(
-      *topology, AllShards(*topology), methods::kLeaseTimeToLive, ctx, request, kRead,
+      *topology, AllShards(*topology), methods::kLeaseTimeToLive, BoundedContext(ctx, kShardTimeout), request, kRead,
       [id = request.id(), done = std::move(done)](std::vector<ShardOutcome<LeaseTimeToLiveResponse>> outcomes) {
         std::optional<LeaseTimeToLiveResponse> merged;
         std::optional<Status> error;
@@ -199,7 +201,7 @@ void LeaseService::Leases(CallContextPtr ctx, const LeaseLeasesRequest& request,
                           std::function<void(Status, LeaseLeasesResponse)> done) {
   const auto topology = topology_.Get();
   CallShards<LeaseLeasesResponse>(
-      *topology, AllShards(*topology), methods::kLeaseLeases, ctx, request, kRead,
+      *topology, AllShards(*topology), methods::kLeaseLeases, BoundedContext(ctx, kShardTimeout), request, kRead,
       [done = std::move(done)](std::vector<ShardOutcome<LeaseLeasesResponse>> outcomes) {
         std::set<int64_t> ids;
         std::optional<LeaseLeasesResponse> merged;

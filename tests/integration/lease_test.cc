@@ -28,7 +28,11 @@ class LeaseTest : public ::testing::Test {
   // A test that failed half-way may have left a shard stopped.
   void SetUp() override {
     for (std::size_t i = 0; i < 3; ++i) {
-      if (!setup_->shard(i).member(0).process->running()) RestartShard(i);
+      if (setup_->shard(i).member(0).process->running()) {
+        setup_->shard(i).ResumeMember(0);
+      } else {
+        RestartShard(i);
+      }
     }
   }
 
@@ -344,6 +348,43 @@ TEST_F(LeaseTest, GrantWhileAShardIsDownThenKeysOnTheRecoveredShard) {
             std::string::npos);
   EXPECT_EQ(Etcdctl(Proxy(), "lease revoke " + id).exit_code, 0);
   EXPECT_EQ(CountKeys(Proxy(), {"ag", "jg", "zg", "zt"}), 0);
+}
+
+TEST_F(LeaseTest, HungShardDoesNotStopLeasesOnTheOthers) {
+  setup_->shard(1).PauseMember(0);  // SIGSTOP: connections hang instead of being refused
+  const auto started = std::chrono::steady_clock::now();
+  const std::string id = Grant(3);
+  const auto grant_time = std::chrono::steady_clock::now() - started;
+  EXPECT_LT(grant_time, 4s);
+  ASSERT_EQ(Etcdctl(Proxy(), "put ah 1 --lease=" + id).output, "OK\n");
+  ASSERT_EQ(Etcdctl(Proxy(), "put zh 1 --lease=" + id).output, "OK\n");
+  {
+    KeepAliveLoop loop(Proxy(), ParseHex(id), 500ms);
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (std::chrono::steady_clock::now() < until) {
+      ASSERT_TRUE(KeyExists(ShardAddress(0), "ah"));
+      ASSERT_TRUE(KeyExists(ShardAddress(2), "zh"));
+    }
+    EXPECT_FALSE(loop.failed());
+    setup_->shard(1).ResumeMember(0);
+    EXPECT_TRUE(WaitFor([&] { return Etcdctl(Proxy(), "put jh 1 --lease=" + id).output == "OK\n"; }, 10s));
+  }
+  EXPECT_EQ(Etcdctl(Proxy(), "lease revoke " + id).exit_code, 0);
+  EXPECT_EQ(CountKeys(Proxy(), {"ah", "jh", "zh"}), 0);
+}
+
+TEST_F(LeaseTest, EtcdctlKeepAliveKeepsTheLeaseUntilItStops) {
+  const std::string id = Grant(2);
+  PutAll({"ac", "jc", "zc"}, id);
+  TempDir dir;
+  ChildProcess keepalive({"env", "ETCDCTL_API=3", "etcdctl", "--endpoints", Proxy(), "lease", "keep-alive", id},
+                         dir.path() / "keepalive.log");
+  ASSERT_TRUE(WaitFor([&] { return keepalive.Log().find("keepalived with TTL(2)") != std::string::npos; }, 5s))
+      << keepalive.Log();
+  const auto until = std::chrono::steady_clock::now() + 4s;  // 2 TTLs
+  while (std::chrono::steady_clock::now() < until) ASSERT_EQ(CountKeys(Proxy(), {"ac", "jc", "zc"}), 3);
+  keepalive.Kill();
+  EXPECT_TRUE(WaitFor([&] { return CountKeys(Proxy(), {"ac", "jc", "zc"}) == 0; }, 10s));
 }
 
 TEST_F(LeaseTest, RevokeWhileAShardIsDownLeavesNoTraceOnceItIsBack) {
