@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "common/methods.h"
 
 namespace esp {
@@ -101,7 +103,13 @@ void KeepAliveHub::SendRound(int64_t id, uint64_t serial) {
   LeaseKeepAliveRequest request;
   request.set_id(id);
   const std::string bytes = request.SerializeAsString();
-  const std::size_t n = topology_.Get()->shards.size();
+  std::size_t n = 0;  // the round's own shard count, even if a new topology was published since
+  {
+    const std::lock_guard lock(mu_);
+    const auto it = leases_.find(id);
+    if (it == leases_.end() || !it->second.round || it->second.round->serial != serial) return;
+    n = std::min(it->second.round->settled.size(), topology_.Get()->shards.size());
+  }
   for (std::size_t shard = 0; shard < n; ++shard) {
     auto [stream, generation] = StreamFor(shard);
     {
