@@ -12,6 +12,11 @@
 
 namespace esp {
 
+PendingLeases::Outcome PendingLeases::ToOutcome(bool applied, const Status& status) {
+  if (applied) return Outcome::kApplied;
+  return IsShardDown(status) ? Outcome::kShardDown : Outcome::kFailed;
+}
+
 void PendingLeases::AddGrant(std::size_t shard, int64_t id, int64_t ttl) {
   const std::lock_guard lock(mu_);
   entries_[{shard, id}] = Entry{.revoke = false, .ttl = ttl, .refreshed = std::chrono::steady_clock::now()};
@@ -48,12 +53,37 @@ int64_t PendingLeases::RemainingTtl(const Entry& entry) {
 }
 
 void PendingLeases::Flush() {
-  std::vector<std::pair<Key, Entry>> snapshot;
+  std::map<std::size_t, std::shared_ptr<std::vector<std::pair<Key, Entry>>>> by_shard;
   {
     const std::lock_guard lock(mu_);
-    snapshot.assign(entries_.begin(), entries_.end());
+    for (const auto& item : entries_) {
+      const std::size_t shard = item.first.first;
+      if (flushing_.contains(shard)) continue;
+      auto& list = by_shard[shard];
+      if (!list) list = std::make_shared<std::vector<std::pair<Key, Entry>>>();
+      list->push_back(item);
+    }
+    for (const auto& [shard, list] : by_shard) flushing_.insert(shard);
   }
-  for (const auto& [key, entry] : snapshot) Apply(key, entry, [](bool) {});
+  for (auto& [shard, list] : by_shard) FlushShard(shard, list, 0);
+}
+
+void PendingLeases::FlushShard(std::size_t shard, std::shared_ptr<std::vector<std::pair<Key, Entry>>> entries,
+                               std::size_t next) {
+  if (next == entries->size()) {
+    const std::lock_guard lock(mu_);
+    flushing_.erase(shard);
+    return;
+  }
+  const auto& [key, entry] = (*entries)[next];
+  Apply(key, entry, [self = shared_from_this(), shard, entries, next](Outcome outcome) {
+    if (outcome == Outcome::kShardDown) {
+      const std::lock_guard lock(self->mu_);
+      self->flushing_.erase(shard);
+      return;
+    }
+    self->FlushShard(shard, entries, next + 1);
+  });
 }
 
 void PendingLeases::OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leases, std::function<void(bool)> done) {
@@ -76,16 +106,16 @@ void PendingLeases::OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leas
   join->remaining.store(grants.size());
   join->done = std::move(done);
   for (const auto& [key, entry] : grants) {
-    Apply(key, entry, [join](bool applied) {
-      if (applied) join->any = true;
+    Apply(key, entry, [join](Outcome outcome) {
+      if (outcome == Outcome::kApplied) join->any = true;
       if (join->remaining.fetch_sub(1) == 1) join->done(join->any.load());
     });
   }
 }
 
-void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void(bool)> done) {
+void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void(Outcome)> done) {
   const auto topology = topology_.Get();
-  if (key.first >= topology->shards.size()) return done(false);
+  if (key.first >= topology->shards.size()) return done(Outcome::kFailed);
   auto self = shared_from_this();
   if (entry.revoke) {
     etcdserverpb::LeaseRevokeRequest request;
@@ -96,14 +126,14 @@ void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void
           // Not found: the lease expired there on its own, which is as good.
           const bool applied = status.ok() || status.message() == etcd_errors::LeaseNotFound().message();
           self->Settle(key, /*revoke=*/true, applied);
-          done(applied);
+          done(ToOutcome(applied, status));
         });
     return;
   }
   const int64_t ttl = RemainingTtl(entry);
   if (ttl <= 0) {  // expired on the other shards meanwhile: nothing left to grant
     Settle(key, /*revoke=*/false, /*applied=*/true);
-    return done(false);
+    return done(Outcome::kFailed);
   }
   etcdserverpb::LeaseGrantRequest request;
   request.set_id(key.second);
@@ -115,7 +145,7 @@ void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void
         const bool applied = status.ok() || status.message() == etcd_errors::LeaseExists().message();
         if (applied) spdlog::info("lease {:x}: granted on shard {} with the remaining TTL {} s", key.second, key.first, ttl);
         self->Settle(key, /*revoke=*/false, applied);
-        done(applied);
+        done(ToOutcome(applied, status));
       });
 }
 

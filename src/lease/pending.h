@@ -9,7 +9,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <utility>
+#include <vector>
 
 #include "kv/lease_hook.h"
 #include "upstream/topology.h"
@@ -28,7 +30,9 @@ class PendingLeases final : public LeaseHook, public std::enable_shared_from_thi
   void DropGrants(int64_t id);
   // A keep-alive renewed the lease on the shards that are up: its remaining TTL restarts.
   void Touch(int64_t id);
-  // Tries every pending operation once (housekeeping tick).
+  // Tries the pending operations once (housekeeping tick). Per shard they go one at a time and
+  // stop at the first that finds the shard still down: a shard that stays down costs one failed
+  // call per tick, however many leases wait for it.
   void Flush();
   std::size_t size() const;
 
@@ -42,14 +46,19 @@ class PendingLeases final : public LeaseHook, public std::enable_shared_from_thi
     std::chrono::steady_clock::time_point refreshed;
   };
 
+  enum class Outcome { kApplied, kShardDown, kFailed };
+  static Outcome ToOutcome(bool applied, const Status& status);
+
   // Seconds the lease has left, rounded up; <= 0 when it has expired on the other shards.
   static int64_t RemainingTtl(const Entry& entry);
-  void Apply(const Key& key, const Entry& entry, std::function<void(bool)> done);
+  void Apply(const Key& key, const Entry& entry, std::function<void(Outcome)> done);
+  void FlushShard(std::size_t shard, std::shared_ptr<std::vector<std::pair<Key, Entry>>> entries, std::size_t next);
   void Settle(const Key& key, bool revoke, bool applied);
 
   const TopologyHolder& topology_;
   mutable std::mutex mu_;
   std::map<Key, Entry> entries_;
+  std::set<std::size_t> flushing_;  // shards with a flush under way
 };
 
 }  // namespace esp
