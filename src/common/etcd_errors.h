@@ -22,6 +22,8 @@ inline Status Compacted() {
 inline Status FutureRev() {
   return {StatusCode::kOutOfRange, "etcdserver: mvcc: required revision is a future revision"};
 }
+inline Status LeaseNotFound() { return {StatusCode::kNotFound, "etcdserver: requested lease not found"}; }
+inline Status LeaseExists() { return {StatusCode::kFailedPrecondition, "etcdserver: lease already exists"}; }
 inline Status RequestTooLarge() { return {StatusCode::kInvalidArgument, "etcdserver: request is too large"}; }
 
 }  // namespace esp::etcd_errors

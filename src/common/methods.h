@@ -8,4 +8,10 @@ inline constexpr const char* kDeleteRange = "/etcdserverpb.KV/DeleteRange";
 inline constexpr const char* kTxn = "/etcdserverpb.KV/Txn";
 inline constexpr const char* kCompact = "/etcdserverpb.KV/Compact";
 
+inline constexpr const char* kLeaseGrant = "/etcdserverpb.Lease/LeaseGrant";
+inline constexpr const char* kLeaseRevoke = "/etcdserverpb.Lease/LeaseRevoke";
+inline constexpr const char* kLeaseKeepAlive = "/etcdserverpb.Lease/LeaseKeepAlive";
+inline constexpr const char* kLeaseTimeToLive = "/etcdserverpb.Lease/LeaseTimeToLive";
+inline constexpr const char* kLeaseLeases = "/etcdserverpb.Lease/LeaseLeases";
+
 }  // namespace esp::methods

@@ -1,5 +1,6 @@
 #include "kv/kv_service.h"
 
+#include <algorithm>
 #include <memory>
 #include <sstream>
 
@@ -41,6 +42,19 @@ bool IsReadOnly(const TxnRequest& txn) {
     }
   }
   return true;
+}
+
+// The leases a txn's puts attach (both branches, nested txns included), each once.
+void CollectLeases(const TxnRequest& txn, std::vector<int64_t>& out) {
+  for (const auto* branch : {&txn.success(), &txn.failure()}) {
+    for (const auto& op : *branch) {
+      if (op.has_request_put() && op.request_put().lease() != 0 &&
+          std::find(out.begin(), out.end(), op.request_put().lease()) == out.end()) {
+        out.push_back(op.request_put().lease());
+      }
+      if (op.has_request_txn()) CollectLeases(op.request_txn(), out);
+    }
+  }
 }
 
 }  // namespace
@@ -118,8 +132,35 @@ void KvService::Put(CallContextPtr ctx, std::string bytes, UnaryDone done) {
   if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
   if (Status s = CheckPutRequest(request); !s.ok()) return done(std::move(s), {});
   const auto topology = topology_.Get();
-  topology->shards[topology->map.ShardForKey(request.key())]->Unary(methods::kPut, ctx, std::move(bytes), kWrite,
-                                                                     std::move(done));
+  std::vector<int64_t> leases;
+  if (request.lease() != 0) leases.push_back(request.lease());
+  ForwardWithLeases(topology, topology->map.ShardForKey(request.key()), methods::kPut, std::move(ctx),
+                    std::move(bytes), std::move(leases), kWrite, std::move(done));
+}
+
+void KvService::ForwardWithLeases(const std::shared_ptr<const Topology>& topology, std::size_t shard_index,
+                                  const char* method, CallContextPtr ctx, std::string bytes,
+                                  std::vector<int64_t> leases, UnaryOptions options, UnaryDone done) {
+  const auto shard = topology->shards[shard_index];
+  if (leases.empty() || !lease_hook_) {
+    shard->Unary(method, ctx, std::move(bytes), options, std::move(done));
+    return;
+  }
+  // The lease may have been granted while this shard was down: on "lease not found", let the
+  // lease layer grant it there, then send the request once more.
+  shard->Unary(method, ctx, bytes, options,
+               [hook = lease_hook_, shard, shard_index, method, ctx, bytes, leases = std::move(leases), options,
+                done = std::move(done)](Status status, std::string response) mutable {
+                 if (status.message() != etcd_errors::LeaseNotFound().message()) {
+                   return done(std::move(status), std::move(response));
+                 }
+                 hook->OnLeaseNotFound(shard_index, std::move(leases),
+                                       [shard, method, ctx, bytes = std::move(bytes), options, status,
+                                        done = std::move(done)](bool granted) mutable {
+                                         if (!granted) return done(std::move(status), {});
+                                         shard->Unary(method, ctx, std::move(bytes), options, std::move(done));
+                                       });
+               });
 }
 
 void KvService::DeleteRange(CallContextPtr ctx, std::string bytes, UnaryDone done) {
@@ -173,8 +214,10 @@ void KvService::Txn(CallContextPtr ctx, std::string bytes, UnaryDone done) {
   auto route = RouteTxn(topology->map, request);
   if (auto* error = std::get_if<Status>(&route)) return done(std::move(*error), {});
   const UnaryOptions options = IsReadOnly(request) ? kRead : kWrite;
-  topology->shards[std::get<std::size_t>(route)]->Unary(methods::kTxn, ctx, std::move(bytes), options,
-                                                         std::move(done));
+  std::vector<int64_t> leases;
+  CollectLeases(request, leases);
+  ForwardWithLeases(topology, std::get<std::size_t>(route), methods::kTxn, std::move(ctx), std::move(bytes),
+                    std::move(leases), options, std::move(done));
 }
 
 void KvService::Compact(CallContextPtr ctx, std::string bytes, UnaryDone done) {

@@ -1,6 +1,9 @@
 #pragma once
 // The KV service across shards: Range, Put, DeleteRange, Txn and Compact.
+#include <memory>
+
 #include "etcdserverpb/rpc.pb.h"
+#include "kv/lease_hook.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
 
@@ -13,6 +16,8 @@ struct KvOptions {
 class KvService {
  public:
   KvService(const TopologyHolder& topology, KvOptions options);
+  // Lets a Put or Txn whose lease the shard does not know ask the lease layer (optional).
+  void SetLeaseHook(std::shared_ptr<LeaseHook> hook) { lease_hook_ = std::move(hook); }
   void Register(Router& router);
 
  private:
@@ -22,6 +27,11 @@ class KvService {
   void Txn(CallContextPtr ctx, std::string bytes, UnaryDone done);
   void Compact(CallContextPtr ctx, std::string bytes, UnaryDone done);
 
+  // Forwards to one shard; on "requested lease not found" asks the lease hook and, if it granted
+  // one of `leases` there, sends the request once more.
+  void ForwardWithLeases(const std::shared_ptr<const Topology>& topology, std::size_t shard, const char* method,
+                         CallContextPtr ctx, std::string bytes, std::vector<int64_t> leases, UnaryOptions options,
+                         UnaryDone done);
   void SpanningRange(const CallContextPtr& ctx, const Topology& topology,
                      const etcdserverpb::RangeRequest& request,
                      const std::vector<RangePiece>& pieces, UnaryDone done);
@@ -31,6 +41,7 @@ class KvService {
 
   const TopologyHolder& topology_;
   KvOptions options_;
+  std::shared_ptr<LeaseHook> lease_hook_;
 };
 
 }  // namespace esp

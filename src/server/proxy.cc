@@ -12,6 +12,13 @@
 
 namespace esp {
 
+// A keep-alive round answers without a shard that has not answered within this time; below the
+// 2 s minimum lease TTL, so a hung shard cannot let a lease lapse on the living ones.
+constexpr std::chrono::milliseconds kKeepAliveShardTimeout(1000);
+constexpr std::chrono::milliseconds kHousekeepingTick(200);
+// Pending lease grants and revokes are retried every this many ticks.
+constexpr int kPendingFlushTicks = 5;
+
 // gRPC's framing and metadata on top of the largest request etcd accepts (etcd adds the same).
 constexpr int kGrpcOverheadBytes = 512 * 1024;
 
@@ -72,11 +79,21 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
       cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
       maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
-      health_(std::make_unique<ShardHealthMonitor>(topology_, ShardEndpoints(config), metrics_)) {
+      health_(std::make_unique<ShardHealthMonitor>(topology_, ShardEndpoints(config), metrics_)),
+      pending_leases_(std::make_shared<PendingLeases>(topology_)),
+      keepalive_(std::make_shared<KeepAliveHub>(topology_, pending_leases_, kKeepAliveShardTimeout)),
+      lease_(topology_, pending_leases_, keepalive_),
+      housekeeper_(kHousekeepingTick) {
+  kv_.SetLeaseHook(pending_leases_);
   kv_.Register(router_);
+  lease_.Register(router_);
   cluster_.Register(router_);
   maintenance_.Register(router_);
   RegisterGrpcHealth();
+  housekeeper_.OnTick([hub = keepalive_] { hub->Tick(); });
+  housekeeper_.OnTick([pending = pending_leases_, ticks = 0]() mutable {
+    if (++ticks % kPendingFlushTicks == 0) pending->Flush();
+  });
   RegisterUnimplemented(router_);
   // Last: the wrapper must see every handler, the UNIMPLEMENTED ones included.
   metrics_.InstrumentRouter(router_);
@@ -128,6 +145,7 @@ bool Proxy::Start() {
   if (!server_->Start()) return false;
   health_->Start();
   if (http_ && !http_->Start()) return false;
+  housekeeper_.Start();
   const auto topology = topology_.Get();
   spdlog::info("serving the etcd v3 API on {}{} over {} shard(s)", options_.listen_address,
                options_.tls.enabled() ? (options_.tls.client_cert_auth ? " (mutual TLS)" : " (TLS)") : "",
@@ -139,6 +157,8 @@ bool Proxy::Start() {
 
 void Proxy::Shutdown() {
   if (server_) server_->Shutdown(std::chrono::seconds(2));
+  housekeeper_.Stop();
+  keepalive_->Shutdown();
   if (http_) http_->Stop();
   if (health_) health_->Stop();
 }

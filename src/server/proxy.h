@@ -11,6 +11,10 @@
 #include "observability/http_server.h"
 #include "observability/metrics.h"
 #include "observability/shard_health.h"
+#include "lease/housekeeper.h"
+#include "lease/keepalive.h"
+#include "lease/lease_service.h"
+#include "lease/pending.h"
 #include "transport/grpc_server.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
@@ -63,6 +67,10 @@ class Proxy {
   MaintenanceService maintenance_;
   std::unique_ptr<ShardHealthMonitor> health_;
   std::unique_ptr<HttpServer> http_;
+  std::shared_ptr<PendingLeases> pending_leases_;
+  std::shared_ptr<KeepAliveHub> keepalive_;
+  LeaseService lease_;
+  Housekeeper housekeeper_;
   std::unique_ptr<GrpcServer> server_;
 };
 

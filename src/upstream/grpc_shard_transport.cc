@@ -95,6 +95,10 @@ void PrepareContext(grpc::ClientContext& ctx, const CallContext& call) {
 }
 
 // One upstream bidirectional stream. Owns itself from StartCall until OnDone.
+// Writes come from service threads, outside gRPC's reactions. gRPC destroys the call right
+// before OnDone, so such a write racing with the stream's end would touch a freed call: a hold
+// (AddHold) keeps the call alive until the server has ended the stream and no write or
+// writes-done started outside a reaction is still being handed to gRPC.
 class GrpcUpstreamStream final : public UpstreamStream,
                                  public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
@@ -106,13 +110,14 @@ class GrpcUpstreamStream final : public UpstreamStream,
     self_ = self;
     for (const auto& [key, value] : metadata) context_.AddMetadata(key, value);
     stub.PrepareBidiStreamingCall(&context_, method, grpc::StubOptions(), this);
+    AddHold();
     StartRead(&read_buffer_);
     StartCall();
   }
 
   bool Write(std::string message) override {
     std::unique_lock lock(mu_);
-    if (done_ || half_closed_) return false;
+    if (done_ || ended_ || half_closed_) return false;
     queue_.push_back(std::move(message));
     if (!write_in_flight_) StartNextLocked(lock);
     return true;
@@ -120,9 +125,10 @@ class GrpcUpstreamStream final : public UpstreamStream,
 
   void CloseSend() override {
     std::unique_lock lock(mu_);
-    if (done_ || half_closed_) return;
+    if (done_ || ended_ || half_closed_) return;
     half_closed_ = true;
     if (!write_in_flight_) {
+      writes_done_in_flight_ = true;
       lock.unlock();
       StartWritesDone();
     }
@@ -131,7 +137,13 @@ class GrpcUpstreamStream final : public UpstreamStream,
   void Cancel() override { context_.TryCancel(); }
 
   void OnReadDone(bool ok) override {
-    if (!ok) return;  // OnDone follows with the final status
+    if (!ok) {  // the stream has ended; OnDone follows with the final status
+      std::unique_lock lock(mu_);
+      ended_ = true;
+      queue_.clear();
+      ReleaseHoldIfIdle(lock);
+      return;
+    }
     observer_->OnMessage(ByteBufferToString(read_buffer_));
     StartRead(&read_buffer_);
   }
@@ -141,14 +153,24 @@ class GrpcUpstreamStream final : public UpstreamStream,
     write_in_flight_ = false;
     if (!ok) {
       queue_.clear();
+      ReleaseHoldIfIdle(lock);
       return;
     }
     if (!queue_.empty()) {
       StartNextLocked(lock);
     } else if (half_closed_) {
+      writes_done_in_flight_ = true;
       lock.unlock();
       StartWritesDone();
+    } else {
+      ReleaseHoldIfIdle(lock);
     }
+  }
+
+  void OnWritesDoneDone(bool) override {
+    std::unique_lock lock(mu_);
+    writes_done_in_flight_ = false;
+    ReleaseHoldIfIdle(lock);
   }
 
   void OnDone(const grpc::Status& status) override {
@@ -163,6 +185,14 @@ class GrpcUpstreamStream final : public UpstreamStream,
   }
 
  private:
+  // Drops the hold once the stream has ended and nothing is being started from outside.
+  void ReleaseHoldIfIdle(std::unique_lock<std::mutex>& lock) {
+    if (!ended_ || write_in_flight_ || writes_done_in_flight_ || hold_released_) return;
+    hold_released_ = true;
+    lock.unlock();
+    RemoveHold();
+  }
+
   void StartNextLocked(std::unique_lock<std::mutex>& lock) {
     in_flight_ = StringToByteBuffer(queue_.front());
     queue_.pop_front();
@@ -180,6 +210,9 @@ class GrpcUpstreamStream final : public UpstreamStream,
   std::deque<std::string> queue_;
   bool write_in_flight_ = false;
   bool half_closed_ = false;
+  bool writes_done_in_flight_ = false;
+  bool ended_ = false;  // the server ended the stream (last read failed)
+  bool hold_released_ = false;
   bool done_ = false;
 };
 

@@ -1,0 +1,225 @@
+#include "lease/lease_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <set>
+
+#include "common/etcd_errors.h"
+#include "common/methods.h"
+#include "lease/fanout.h"
+#include "lease/lease_ids.h"
+
+namespace esp {
+namespace {
+
+using etcdserverpb::LeaseGrantRequest;
+using etcdserverpb::LeaseGrantResponse;
+using etcdserverpb::LeaseLeasesRequest;
+using etcdserverpb::LeaseLeasesResponse;
+using etcdserverpb::LeaseRevokeRequest;
+using etcdserverpb::LeaseRevokeResponse;
+using etcdserverpb::LeaseTimeToLiveRequest;
+using etcdserverpb::LeaseTimeToLiveResponse;
+
+constexpr UnaryOptions kRead{.idempotent = true};
+constexpr UnaryOptions kWrite{.idempotent = false};
+// A proxy-chosen id that collides with a live lease is replaced this many times.
+constexpr int kGrantRetries = 3;
+// How long a lease call waits for one shard before treating it as down (see BoundedContext).
+constexpr std::chrono::milliseconds kShardTimeout(2000);
+
+bool IsNotFound(const Status& status) { return status.message() == etcd_errors::LeaseNotFound().message(); }
+
+// Undoes grants of a lease the client will be told it did not get.
+void RevokeQuietly(const Topology& topology, const std::vector<std::size_t>& shards, int64_t id) {
+  LeaseRevokeRequest request;
+  request.set_id(id);
+  CallShards<LeaseRevokeResponse>(topology, shards, methods::kLeaseRevoke, BackgroundContext(), request, kWrite,
+                                  [id](std::vector<ShardOutcome<LeaseRevokeResponse>> outcomes) {
+                                    for (const auto& o : outcomes) {
+                                      if (!o.status.ok()) {
+                                        spdlog::warn("lease {:x}: cleanup revoke on shard {} failed: {}", id, o.shard,
+                                                     o.status.message());
+                                      }
+                                    }
+                                  });
+}
+
+}  // namespace
+
+LeaseService::LeaseService(const TopologyHolder& topology, std::shared_ptr<PendingLeases> pending,
+                           std::shared_ptr<KeepAliveHub> keepalive)
+    : topology_(topology), pending_(std::move(pending)), keepalive_(std::move(keepalive)) {}
+
+void LeaseService::Register(Router& router) {
+  router.AddTyped<LeaseGrantRequest, LeaseGrantResponse>(
+      methods::kLeaseGrant, [this](CallContextPtr ctx, const LeaseGrantRequest& r, GrantDone done) {
+        Grant(std::move(ctx), r, std::move(done));
+      });
+  router.AddTyped<LeaseRevokeRequest, LeaseRevokeResponse>(
+      methods::kLeaseRevoke,
+      [this](CallContextPtr ctx, const LeaseRevokeRequest& r, std::function<void(Status, LeaseRevokeResponse)> done) {
+        Revoke(std::move(ctx), r, std::move(done));
+      });
+  router.AddTyped<LeaseTimeToLiveRequest, LeaseTimeToLiveResponse>(
+      methods::kLeaseTimeToLive, [this](CallContextPtr ctx, const LeaseTimeToLiveRequest& r,
+                                        std::function<void(Status, LeaseTimeToLiveResponse)> done) {
+        TimeToLive(std::move(ctx), r, std::move(done));
+      });
+  router.AddTyped<LeaseLeasesRequest, LeaseLeasesResponse>(
+      methods::kLeaseLeases,
+      [this](CallContextPtr ctx, const LeaseLeasesRequest& r, std::function<void(Status, LeaseLeasesResponse)> done) {
+        Leases(std::move(ctx), r, std::move(done));
+      });
+  router.AddStream(methods::kLeaseKeepAlive, [hub = keepalive_](CallContextPtr ctx, std::shared_ptr<StreamSink> sink) {
+    return hub->NewClientStream(std::move(ctx), std::move(sink));
+  });
+}
+
+void LeaseService::Grant(CallContextPtr ctx, const LeaseGrantRequest& request, GrantDone done) {
+  LeaseGrantRequest with_id = request;
+  const bool proxy_chooses = request.id() == 0;
+  if (proxy_chooses) with_id.set_id(NewLeaseId());
+  GrantAttempt(std::move(ctx), std::move(with_id), proxy_chooses, kGrantRetries, std::move(done));
+}
+
+// Grants on every shard in parallel. An error from etcd anywhere undoes the grants that were
+// made; shards that are down get the grant later (PendingLeases) as long as one shard granted.
+void LeaseService::GrantAttempt(CallContextPtr ctx, LeaseGrantRequest request, bool proxy_chose_id, int retries_left,
+                                GrantDone done) {
+  const auto topology = topology_.Get();
+  CallShards<LeaseGrantResponse>(
+      *topology, AllShards(*topology), methods::kLeaseGrant, BoundedContext(ctx, kShardTimeout), request, kWrite,
+      [this, topology, ctx, request, proxy_chose_id, retries_left,
+       done = std::move(done)](std::vector<ShardOutcome<LeaseGrantResponse>> outcomes) mutable {
+        std::vector<std::size_t> granted, down;
+        std::optional<Status> etcd_error, down_error;
+        for (const auto& o : outcomes) {
+          if (o.status.ok()) {
+            granted.push_back(o.shard);
+          } else if (IsShardDown(o.status)) {
+            down.push_back(o.shard);
+            if (!down_error) down_error = o.status;
+          } else if (!etcd_error) {
+            etcd_error = o.status;
+          }
+        }
+        if (etcd_error || granted.empty()) {
+          RevokeQuietly(*topology, granted, request.id());
+          // A shard that timed out may have granted all the same.
+          for (std::size_t shard : down) pending_->AddRevoke(shard, request.id());
+          if (etcd_error && proxy_chose_id && retries_left > 0 &&
+              etcd_error->message() == etcd_errors::LeaseExists().message()) {
+            request.set_id(NewLeaseId());
+            return GrantAttempt(ctx, request, true, retries_left - 1, std::move(done));
+          }
+          return done(etcd_error ? *etcd_error : *down_error, {});
+        }
+        for (std::size_t shard : down) pending_->AddGrant(shard, request.id(), request.ttl());
+        LeaseGrantResponse response = outcomes[0].status.ok() ? outcomes[0].response : LeaseGrantResponse();
+        int64_t ttl = INT64_MAX;
+        for (const auto& o : outcomes) {
+          if (!o.status.ok()) continue;
+          if (!response.has_header()) response = o.response;
+          ttl = std::min(ttl, o.response.ttl());
+        }
+        response.set_id(request.id());
+        response.set_ttl(ttl);
+        done(Status::Ok(), std::move(response));
+      });
+}
+
+void LeaseService::Revoke(CallContextPtr ctx, const LeaseRevokeRequest& request,
+                          std::function<void(Status, LeaseRevokeResponse)> done) {
+  const auto topology = topology_.Get();
+  const int64_t id = request.id();
+  CallShards<LeaseRevokeResponse>(
+      *topology, AllShards(*topology), methods::kLeaseRevoke, BoundedContext(ctx, kShardTimeout), request, kWrite,
+      [this, id, done = std::move(done)](std::vector<ShardOutcome<LeaseRevokeResponse>> outcomes) {
+        pending_->DropGrants(id);
+        std::optional<LeaseRevokeResponse> revoked;
+        std::optional<Status> other_error, down_error;
+        for (auto& o : outcomes) {
+          if (o.status.ok()) {
+            if (!revoked) revoked = std::move(o.response);
+          } else if (IsShardDown(o.status)) {
+            pending_->AddRevoke(o.shard, id);
+            if (!down_error) down_error = o.status;
+          } else if (!IsNotFound(o.status) && !other_error) {
+            other_error = o.status;
+          }
+        }
+        if (revoked) return done(Status::Ok(), std::move(*revoked));
+        if (other_error) return done(*other_error, {});
+        // Not found on the shards that answered; a shard that did not may still hold it.
+        if (down_error) return done(*down_error, {});
+        done(etcd_errors::LeaseNotFound(), {});
+      });
+}
+
+void LeaseService::TimeToLive(CallContextPtr ctx, const LeaseTimeToLiveRequest& request,
+                              std::function<void(Status, LeaseTimeToLiveResponse)> done) {
+  const auto topology = topology_.Get();
+  CallShards<LeaseTimeToLiveResponse>(
+      *topology, AllShards(*topology), methods::kLeaseTimeToLive, BoundedContext(ctx, kShardTimeout), request, kRead,
+      [id = request.id(), done = std::move(done)](std::vector<ShardOutcome<LeaseTimeToLiveResponse>> outcomes) {
+        std::optional<LeaseTimeToLiveResponse> merged;
+        std::optional<Status> error;
+        std::vector<std::string> keys;
+        for (auto& o : outcomes) {
+          if (!o.status.ok()) {
+            if (!error) error = o.status;
+            continue;
+          }
+          if (o.response.ttl() == -1) continue;  // not on this shard
+          for (auto& key : *o.response.mutable_keys()) keys.push_back(std::move(key));
+          if (!merged) {
+            merged = std::move(o.response);
+            continue;
+          }
+          merged->set_ttl(std::min(merged->ttl(), o.response.ttl()));
+          merged->set_grantedttl(std::max(merged->grantedttl(), o.response.grantedttl()));
+        }
+        if (!merged) {
+          if (error) return done(*error, {});
+          LeaseTimeToLiveResponse none = outcomes.front().response;  // header of one shard
+          none.set_id(id);
+          none.set_ttl(-1);
+          none.clear_keys();
+          return done(Status::Ok(), std::move(none));
+        }
+        // Each shard lists its keys in order; std::string compares bytes as unsigned, as etcd does.
+        std::sort(keys.begin(), keys.end());
+        merged->clear_keys();
+        for (auto& key : keys) merged->add_keys(std::move(key));
+        done(Status::Ok(), std::move(*merged));
+      });
+}
+
+void LeaseService::Leases(CallContextPtr ctx, const LeaseLeasesRequest& request,
+                          std::function<void(Status, LeaseLeasesResponse)> done) {
+  const auto topology = topology_.Get();
+  CallShards<LeaseLeasesResponse>(
+      *topology, AllShards(*topology), methods::kLeaseLeases, BoundedContext(ctx, kShardTimeout), request, kRead,
+      [done = std::move(done)](std::vector<ShardOutcome<LeaseLeasesResponse>> outcomes) {
+        std::set<int64_t> ids;
+        std::optional<LeaseLeasesResponse> merged;
+        std::optional<Status> error;
+        for (auto& o : outcomes) {
+          if (!o.status.ok()) {
+            if (!error) error = o.status;
+            continue;
+          }
+          for (const auto& lease : o.response.leases()) ids.insert(lease.id());
+          if (!merged) merged = std::move(o.response);
+        }
+        // A shard that is down is left out: its leases are (or will be) on the others too.
+        if (!merged) return done(*error, {});
+        merged->clear_leases();
+        for (int64_t id : ids) merged->add_leases()->set_id(id);
+        done(Status::Ok(), std::move(*merged));
+      });
+}
+
+}  // namespace esp

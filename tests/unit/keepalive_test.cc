@@ -1,0 +1,182 @@
+// KeepAliveHub against fake shards: coalescing, TTL merge, shards that fail or stay silent.
+#include "lease/keepalive.h"
+
+#include <gtest/gtest.h>
+
+namespace esp {
+namespace {
+
+using etcdserverpb::LeaseKeepAliveRequest;
+using etcdserverpb::LeaseKeepAliveResponse;
+
+class FakeStream final : public UpstreamStream {
+ public:
+  explicit FakeStream(std::shared_ptr<UpstreamStreamObserver> observer) : observer_(std::move(observer)) {}
+  bool Write(std::string message) override {
+    if (ended_) return false;
+    LeaseKeepAliveRequest request;
+    request.ParseFromString(message);
+    writes_.push_back(request.id());
+    return true;
+  }
+  void CloseSend() override {}
+  void Cancel() override { End(Status(StatusCode::kCancelled, "cancelled")); }
+
+  void Answer(int64_t id, int64_t ttl) {
+    LeaseKeepAliveResponse response;
+    response.set_id(id);
+    response.set_ttl(ttl);
+    observer_->OnMessage(response.SerializeAsString());
+  }
+  void End(Status status) {
+    if (ended_) return;
+    ended_ = true;
+    observer_->OnClose(std::move(status));
+  }
+  const std::vector<int64_t>& writes() const { return writes_; }
+
+ private:
+  std::shared_ptr<UpstreamStreamObserver> observer_;
+  std::vector<int64_t> writes_;
+  bool ended_ = false;
+};
+
+class FakeShard final : public ShardTransport {
+ public:
+  const std::string& description() const override { return description_; }
+  void Unary(const std::string&, const CallContextPtr&, std::string, UnaryOptions, UnaryDone done) override {
+    done(Status(StatusCode::kUnavailable, "fake"), {});
+  }
+  std::shared_ptr<UpstreamStream> OpenStream(const std::string&, const Metadata&,
+                                             std::shared_ptr<UpstreamStreamObserver> observer) override {
+    streams.push_back(std::make_shared<FakeStream>(std::move(observer)));
+    return streams.back();
+  }
+  FakeStream& last() { return *streams.back(); }
+  std::vector<std::shared_ptr<FakeStream>> streams;
+
+ private:
+  std::string description_ = "fake";
+};
+
+class KeepAliveHubTest : public ::testing::Test {
+ protected:
+  KeepAliveHubTest()
+      : shards_{std::make_shared<FakeShard>(), std::make_shared<FakeShard>()},
+        topology_(std::make_shared<const Topology>(
+            Topology{ShardMap({{"s0", "", "m"}, {"s1", "m", ""}}), {shards_[0], shards_[1]}})),
+        hub_(std::make_shared<KeepAliveHub>(topology_, std::make_shared<PendingLeases>(topology_),
+                                            std::chrono::milliseconds(0))) {}
+
+  struct Got {
+    int calls = 0;
+    Status status;
+    int64_t ttl = -1;
+  };
+  KeepAliveHub::Answer Record(Got& got) {
+    return [&got](Status status, LeaseKeepAliveResponse response) {
+      ++got.calls;
+      got.status = std::move(status);
+      got.ttl = response.ttl();
+    };
+  }
+
+  std::vector<std::shared_ptr<FakeShard>> shards_;
+  TopologyHolder topology_;
+  std::shared_ptr<KeepAliveHub> hub_;
+};
+
+TEST_F(KeepAliveHubTest, AnswersWithTheSmallestTtlOnceEveryShardAnswered) {
+  Got got;
+  hub_->KeepAlive(7, Record(got));
+  ASSERT_EQ(shards_[0]->last().writes(), std::vector<int64_t>{7});
+  ASSERT_EQ(shards_[1]->last().writes(), std::vector<int64_t>{7});
+  shards_[0]->last().Answer(7, 10);
+  EXPECT_EQ(got.calls, 0);
+  shards_[1]->last().Answer(7, 8);
+  EXPECT_EQ(got.calls, 1);
+  EXPECT_TRUE(got.status.ok());
+  EXPECT_EQ(got.ttl, 8);
+}
+
+TEST_F(KeepAliveHubTest, ManyRequestsForOneLeaseShareUpstreamRounds) {
+  Got first;
+  hub_->KeepAlive(7, Record(first));
+  std::vector<Got> later(100);
+  for (auto& g : later) hub_->KeepAlive(7, Record(g));
+  // While a round is in flight, nothing more goes upstream.
+  EXPECT_EQ(shards_[0]->last().writes().size(), 1u);
+  shards_[0]->last().Answer(7, 5);
+  shards_[1]->last().Answer(7, 5);
+  EXPECT_EQ(first.calls, 1);
+  for (const auto& g : later) EXPECT_EQ(g.calls, 0);  // their round started after they arrived
+  EXPECT_EQ(shards_[0]->last().writes().size(), 2u);
+  shards_[0]->last().Answer(7, 5);
+  shards_[1]->last().Answer(7, 5);
+  for (const auto& g : later) EXPECT_EQ(g.ttl, 5);
+  // 101 client requests, 2 rounds: 4 upstream messages over 2 shards.
+  EXPECT_EQ(hub_->upstream_writes(), 4u);
+}
+
+TEST_F(KeepAliveHubTest, DifferentLeasesGoUpstreamIndependently) {
+  Got a, b;
+  hub_->KeepAlive(1, Record(a));
+  hub_->KeepAlive(2, Record(b));
+  EXPECT_EQ(shards_[0]->streams.size(), 1u);  // one shared stream per shard
+  EXPECT_EQ(shards_[0]->last().writes(), (std::vector<int64_t>{1, 2}));
+  for (auto& s : shards_) s->last().Answer(2, 3);
+  EXPECT_EQ(b.calls, 1);
+  EXPECT_EQ(a.calls, 0);
+}
+
+TEST_F(KeepAliveHubTest, LeaseGoneEverywhereAnswersZero) {
+  Got got;
+  hub_->KeepAlive(7, Record(got));
+  for (auto& s : shards_) s->last().Answer(7, 0);
+  EXPECT_TRUE(got.status.ok());
+  EXPECT_EQ(got.ttl, 0);
+}
+
+TEST_F(KeepAliveHubTest, ShardWithoutTheLeaseIsLeftOutOfTheTtl) {
+  Got got;
+  hub_->KeepAlive(7, Record(got));
+  shards_[0]->last().Answer(7, 0);
+  shards_[1]->last().Answer(7, 9);
+  EXPECT_EQ(got.ttl, 9);
+}
+
+TEST_F(KeepAliveHubTest, BrokenStreamAnswersWithoutThatShardAndIsReopened) {
+  Got got;
+  hub_->KeepAlive(7, Record(got));
+  shards_[1]->last().End(Status(StatusCode::kUnavailable, "gone"));
+  shards_[0]->last().Answer(7, 6);
+  EXPECT_EQ(got.calls, 1);
+  EXPECT_EQ(got.ttl, 6);
+  Got again;
+  hub_->KeepAlive(7, Record(again));
+  EXPECT_EQ(shards_[1]->streams.size(), 2u);
+  EXPECT_EQ(shards_[1]->last().writes(), std::vector<int64_t>{7});
+}
+
+TEST_F(KeepAliveHubTest, SilentShardIsGivenUpOnTick) {
+  Got got;
+  hub_->KeepAlive(7, Record(got));
+  shards_[0]->last().Answer(7, 6);
+  hub_->Tick();  // timeout 0: shard 1 is late
+  EXPECT_EQ(got.calls, 1);
+  EXPECT_EQ(got.ttl, 6);
+  // An answer arriving afterwards is ignored.
+  shards_[1]->streams.front()->Answer(7, 6);
+  EXPECT_EQ(got.calls, 1);
+}
+
+TEST_F(KeepAliveHubTest, NoShardAnsweringIsAnError) {
+  Got got;
+  hub_->KeepAlive(7, Record(got));
+  hub_->Tick();
+  EXPECT_EQ(got.calls, 1);
+  EXPECT_EQ(got.status.code(), StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace esp
