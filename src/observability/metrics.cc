@@ -2,7 +2,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <google/protobuf/descriptor.h>
+
 #include <chrono>
+#include <mutex>
+
+#include "etcdserverpb/rpc.pb.h"
 
 namespace esp {
 namespace {
@@ -22,18 +27,17 @@ prometheus::Histogram::BucketBoundaries LatencyBuckets() {
 // Counts a client stream from its opening to its close, and its final status.
 class CountingSink final : public StreamSink {
  public:
-  CountingSink(std::shared_ptr<StreamSink> inner, Metrics& metrics, std::string method)
-      : inner_(std::move(inner)), metrics_(metrics), method_(std::move(method)), start_(SteadyClock::now()) {}
+  CountingSink(std::shared_ptr<StreamSink> inner, std::shared_ptr<CallMetrics> metrics)
+      : inner_(std::move(inner)), metrics_(std::move(metrics)), start_(SteadyClock::now()) {}
   bool Write(std::string message) override { return inner_->Write(std::move(message)); }
   void Finish(Status status) override {
-    if (!finished_.exchange(true)) metrics_.RecordRequest(method_, status.code(), SecondsSince(start_));
+    if (!finished_.exchange(true)) metrics_->Record(status.code(), SecondsSince(start_));
     inner_->Finish(std::move(status));
   }
 
  private:
   std::shared_ptr<StreamSink> inner_;
-  Metrics& metrics_;
-  std::string method_;
+  std::shared_ptr<CallMetrics> metrics_;
   SteadyClock::time_point start_;
   std::atomic<bool> finished_{false};
 };
@@ -55,16 +59,27 @@ class CountingHandler final : public StreamHandler {
 };
 
 // A ShardTransport that records every unary call's outcome and latency under its shard's name.
+// Handles for every etcd method are resolved up front; other methods get theirs on first use.
 class InstrumentedTransport final : public ShardTransport {
  public:
   InstrumentedTransport(std::shared_ptr<ShardTransport> inner, std::string shard, Metrics& metrics)
-      : inner_(std::move(inner)), shard_(std::move(shard)), metrics_(metrics) {}
+      : inner_(std::move(inner)), shard_(std::move(shard)), metrics_(metrics) {
+    const auto* file = etcdserverpb::RangeRequest::descriptor()->file();
+    for (int s = 0; s < file->service_count(); ++s) {
+      const auto* service = file->service(s);
+      for (int m = 0; m < service->method_count(); ++m) {
+        const std::string path = "/" + service->full_name() + "/" + service->method(m)->name();
+        known_.emplace(path, metrics_.ForUpstream(shard_, path));
+      }
+    }
+  }
   const std::string& description() const override { return inner_->description(); }
   void Unary(const std::string& method, const CallContextPtr& ctx, std::string request, UnaryOptions options,
              UnaryDone done) override {
     inner_->Unary(method, ctx, std::move(request), options,
-                  [this, method, start = SteadyClock::now(), done = std::move(done)](Status status, std::string bytes) {
-                    metrics_.RecordUpstream(shard_, method, status.code(), SecondsSince(start));
+                  [metrics = Lookup(method), start = SteadyClock::now(), done = std::move(done)](Status status,
+                                                                                             std::string bytes) {
+                    metrics->Record(status.code(), SecondsSince(start));
                     done(std::move(status), std::move(bytes));
                   });
   }
@@ -74,9 +89,20 @@ class InstrumentedTransport final : public ShardTransport {
   }
 
  private:
+  std::shared_ptr<CallMetrics> Lookup(const std::string& method) {
+    if (const auto it = known_.find(method); it != known_.end()) return it->second;  // read-only map
+    const std::lock_guard lock(mu_);
+    auto& entry = others_[method];
+    if (!entry) entry = metrics_.ForUpstream(shard_, method);
+    return entry;
+  }
+
   std::shared_ptr<ShardTransport> inner_;
   std::string shard_;
   Metrics& metrics_;
+  std::unordered_map<std::string, std::shared_ptr<CallMetrics>> known_;
+  std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<CallMetrics>> others_;
 };
 
 }  // namespace
@@ -129,15 +155,37 @@ Metrics::Metrics()
                     .Help("1 when the shard answered the last health probe, else 0")
                     .Register(*registry_)) {}
 
-void Metrics::RecordRequest(const std::string& method, StatusCode code, double seconds) {
-  requests_.Add({{"method", method}, {"code", StatusCodeName(code)}}).Increment();
-  latency_.Add({{"method", method}}, LatencyBuckets()).Observe(seconds);
+CallMetrics::CallMetrics(prometheus::Family<prometheus::Counter>& calls,
+                         prometheus::Family<prometheus::Histogram>& latency,
+                         prometheus::Family<prometheus::Counter>* errors, const prometheus::Labels& labels)
+    : calls_(calls),
+      labels_(labels),
+      latency_(latency.Add(labels, LatencyBuckets())),
+      errors_(errors ? &errors->Add(labels) : nullptr) {}
+
+void CallMetrics::Record(StatusCode code, double seconds) {
+  std::size_t index = static_cast<std::size_t>(code);
+  if (index >= kCodes) index = static_cast<std::size_t>(StatusCode::kUnknown);
+  prometheus::Counter* counter = by_code_[index].load(std::memory_order_acquire);
+  if (counter == nullptr) {
+    // Family::Add returns the existing child for equal labels, so a race here is harmless.
+    prometheus::Labels labels = labels_;
+    labels.emplace("code", StatusCodeName(code));
+    counter = &calls_.Add(labels);
+    by_code_[index].store(counter, std::memory_order_release);
+  }
+  counter->Increment();
+  latency_.Observe(seconds);
+  if (errors_ != nullptr && code != StatusCode::kOk) errors_->Increment();
 }
 
-void Metrics::RecordUpstream(const std::string& shard, const std::string& method, StatusCode code, double seconds) {
-  upstream_requests_.Add({{"shard", shard}, {"method", method}, {"code", StatusCodeName(code)}}).Increment();
-  upstream_latency_.Add({{"shard", shard}, {"method", method}}, LatencyBuckets()).Observe(seconds);
-  if (code != StatusCode::kOk) upstream_errors_.Add({{"shard", shard}, {"method", method}}).Increment();
+std::shared_ptr<CallMetrics> Metrics::ForMethod(const std::string& method) {
+  return std::make_shared<CallMetrics>(requests_, latency_, nullptr, prometheus::Labels{{"method", method}});
+}
+
+std::shared_ptr<CallMetrics> Metrics::ForUpstream(const std::string& shard, const std::string& method) {
+  return std::make_shared<CallMetrics>(upstream_requests_, upstream_latency_, &upstream_errors_,
+                                       prometheus::Labels{{"shard", shard}, {"method", method}});
 }
 
 void Metrics::RecordRetry(const std::string& shard, const std::string& method) {
@@ -152,13 +200,15 @@ void Metrics::SetShardUp(const std::string& shard, bool up) { shard_up_.Add({{"s
 void Metrics::InstrumentRouter(Router& router) {
   router.WrapUnary([this](const std::string& method, UnaryHandler inner) -> UnaryHandler {
     prometheus::Gauge& in_flight = InFlight(method);
-    return [this, method, &in_flight, inner = std::move(inner)](CallContextPtr ctx, std::string request, UnaryDone done) {
+    auto calls = ForMethod(method);
+    return [method, &in_flight, calls, inner = std::move(inner)](CallContextPtr ctx, std::string request, UnaryDone done) {
       in_flight.Increment();
       inner(std::move(ctx), std::move(request),
-            [this, method, &in_flight, start = SteadyClock::now(), done = std::move(done)](Status status, std::string bytes) {
+            [&method, &in_flight, &calls, start = SteadyClock::now(), done = std::move(done)](Status status,
+                                                                                          std::string bytes) {
               in_flight.Decrement();
               const double seconds = SecondsSince(start);
-              RecordRequest(method, status.code(), seconds);
+              calls->Record(status.code(), seconds);
               // Request logs are debug-only: at info, one line per request would drown the rest.
               spdlog::debug("{} {} {:.3f} ms{}{}", method, StatusCodeName(status.code()), seconds * 1000,
                             status.ok() ? "" : ": ", status.message());
@@ -168,8 +218,9 @@ void Metrics::InstrumentRouter(Router& router) {
   });
   router.WrapStreams([this](const std::string& method, StreamFactory inner) -> StreamFactory {
     prometheus::Gauge& open = OpenStreams(method);
-    return [this, method, &open, inner = std::move(inner)](CallContextPtr ctx, std::shared_ptr<StreamSink> sink) {
-      auto handler = inner(std::move(ctx), std::make_shared<CountingSink>(std::move(sink), *this, method));
+    auto calls = ForMethod(method);
+    return [&open, calls, inner = std::move(inner)](CallContextPtr ctx, std::shared_ptr<StreamSink> sink) {
+      auto handler = inner(std::move(ctx), std::make_shared<CountingSink>(std::move(sink), calls));
       return std::make_shared<CountingHandler>(std::move(handler), open);
     };
   });

@@ -7,8 +7,11 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <array>
+#include <atomic>
 #include <memory>
 #include <string>
+#include <unordered_map>
 
 #include "transport/router.h"
 #include "upstream/topology.h"
@@ -17,6 +20,23 @@ namespace esp {
 
 // gRPC's name of a status code ("OK", "Unavailable", ...), as Go's grpc-prometheus labels it.
 const char* StatusCodeName(StatusCode code);
+
+// The metrics of one label set (one method, or one shard and method), resolved once. Looking a
+// child up in a prometheus-cpp Family hashes its labels and takes a lock: too costly per request.
+class CallMetrics {
+ public:
+  CallMetrics(prometheus::Family<prometheus::Counter>& calls, prometheus::Family<prometheus::Histogram>& latency,
+              prometheus::Family<prometheus::Counter>* errors, const prometheus::Labels& labels);
+  void Record(StatusCode code, double seconds);
+
+ private:
+  static constexpr std::size_t kCodes = 17;
+  prometheus::Family<prometheus::Counter>& calls_;
+  prometheus::Labels labels_;
+  prometheus::Histogram& latency_;
+  prometheus::Counter* errors_;
+  std::array<std::atomic<prometheus::Counter*>, kCodes> by_code_{};  // filled on first use
+};
 
 class Metrics {
  public:
@@ -30,8 +50,8 @@ class Metrics {
   void SetShardUp(const std::string& shard, bool up);
 
   // Used by the wrappers; public so that they need no friendship.
-  void RecordRequest(const std::string& method, StatusCode code, double seconds);
-  void RecordUpstream(const std::string& shard, const std::string& method, StatusCode code, double seconds);
+  std::shared_ptr<CallMetrics> ForMethod(const std::string& method);
+  std::shared_ptr<CallMetrics> ForUpstream(const std::string& shard, const std::string& method);
   void RecordRetry(const std::string& shard, const std::string& method);
   prometheus::Gauge& InFlight(const std::string& method);
   prometheus::Gauge& OpenStreams(const std::string& method);
