@@ -169,12 +169,14 @@ Config ParseConfig(const std::string& yaml_text) {
   return config;
 }
 
-Config LoadConfigFile(const std::string& path) {
+std::string ReadFileOrThrow(const std::string& path) {
   std::ifstream in(path);
-  if (!in) throw ConfigError("cannot read config file " + path);
+  if (!in) throw ConfigError("cannot read " + path);
   std::stringstream buffer;
   buffer << in.rdbuf();
-  return ParseConfig(buffer.str());
+  return buffer.str();
 }
+
+Config LoadConfigFile(const std::string& path) { return ParseConfig(ReadFileOrThrow(path)); }
 
 }  // namespace esp

@@ -49,6 +49,9 @@ Config LoadConfigFile(const std::string& path);
 // every shard with at least one non-empty endpoint.
 void ValidateConfig(const Config& config);
 
+// The whole content of a file; throws ConfigError naming it when it cannot be read.
+std::string ReadFileOrThrow(const std::string& path);
+
 // Printable form of a key for messages: printable ASCII as is, other bytes as \xNN.
 std::string PrintableKey(const std::string& key);
 

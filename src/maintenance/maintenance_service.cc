@@ -274,16 +274,6 @@ void MaintenanceService::RegisterAggregates(Router& router) {
       });
 }
 
-namespace {
-
-class RefusingStream final : public StreamHandler {
- public:
-  void OnMessage(std::string) override {}
-  void OnClose() override {}
-};
-
-}  // namespace
-
 void MaintenanceService::RegisterRefusals(Router& router) {
   std::string names;
   const auto topology = topology_.Get();
@@ -294,20 +284,13 @@ void MaintenanceService::RegisterRefusals(Router& router) {
   const std::string snapshot =
       "etcd-sharding-proxy: there is no single snapshot of several etcd clusters; snapshot each shard directly "
       "(etcdctl snapshot save against one member of each): " + names;
-  router.AddStream("/etcdserverpb.Maintenance/Snapshot", [snapshot](CallContextPtr, std::shared_ptr<StreamSink> sink) {
-    sink->Finish(Status(StatusCode::kFailedPrecondition, snapshot));
-    return std::make_shared<RefusingStream>();
-  });
+  router.AddStream("/etcdserverpb.Maintenance/Snapshot", RefuseStream(Status(StatusCode::kFailedPrecondition, snapshot)));
   const std::string move_leader =
       "etcd-sharding-proxy: the proxy has no leader to move; move a shard's leader on that shard's cluster: " + names;
-  router.AddUnary("/etcdserverpb.Maintenance/MoveLeader", [move_leader](CallContextPtr, std::string, UnaryDone done) {
-    done(Status(StatusCode::kFailedPrecondition, move_leader), {});
-  });
+  router.AddUnary("/etcdserverpb.Maintenance/MoveLeader", RefuseUnary(Status(StatusCode::kFailedPrecondition, move_leader)));
   const std::string downgrade =
       "etcd-sharding-proxy: downgrade each shard's cluster on its own endpoints: " + names;
-  router.AddUnary("/etcdserverpb.Maintenance/Downgrade", [downgrade](CallContextPtr, std::string, UnaryDone done) {
-    done(Status(StatusCode::kFailedPrecondition, downgrade), {});
-  });
+  router.AddUnary("/etcdserverpb.Maintenance/Downgrade", RefuseUnary(Status(StatusCode::kFailedPrecondition, downgrade)));
 }
 
 }  // namespace esp

@@ -47,14 +47,6 @@ std::vector<std::string> AdvertisedUrls(const ProxyOptions& options) {
   return {(options.tls.enabled() ? "https://" : "http://") + options.listen_address};
 }
 
-std::string ReadFileOrThrow(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw ConfigError("cannot read " + path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
-
 std::shared_ptr<grpc::ServerCredentials> ServerCredentials(const ClientTlsOptions& tls) {
   if (!tls.enabled()) return nullptr;
   grpc::SslServerCredentialsOptions options(tls.client_cert_auth

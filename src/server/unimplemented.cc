@@ -5,16 +5,6 @@
 #include "etcdserverpb/rpc.pb.h"
 
 namespace esp {
-namespace {
-
-class RefusingStream final : public StreamHandler {
- public:
-  void OnMessage(std::string) override {}
-  void OnClose() override {}
-};
-
-}  // namespace
-
 void RegisterUnimplemented(Router& router) {
   // Make sure the generated descriptors are linked in and registered.
   const auto* file = etcdserverpb::RangeRequest::descriptor()->file();
@@ -26,15 +16,11 @@ void RegisterUnimplemented(Router& router) {
       if (router.FindUnary(path) || router.FindStream(path)) continue;
       const std::string message =
           "etcd-sharding-proxy: " + service->full_name() + "." + method->name() + " is not implemented yet";
+      const Status status(StatusCode::kUnimplemented, message);
       if (method->client_streaming() || method->server_streaming()) {
-        router.AddStream(path, [message](CallContextPtr, std::shared_ptr<StreamSink> sink) {
-          sink->Finish(Status(StatusCode::kUnimplemented, message));
-          return std::make_shared<RefusingStream>();
-        });
+        router.AddStream(path, RefuseStream(status));
       } else {
-        router.AddUnary(path, [message](CallContextPtr, std::string, UnaryDone done) {
-          done(Status(StatusCode::kUnimplemented, message), {});
-        });
+        router.AddUnary(path, RefuseUnary(status));
       }
     }
   }

@@ -1,6 +1,27 @@
 #include "transport/router.h"
 
 namespace esp {
+namespace {
+
+// The handler of a stream that was finished as soon as it opened: what arrives is dropped.
+class IgnoringStream final : public StreamHandler {
+ public:
+  void OnMessage(std::string) override {}
+  void OnClose() override {}
+};
+
+}  // namespace
+
+UnaryHandler RefuseUnary(Status status) {
+  return [status = std::move(status)](CallContextPtr, std::string, UnaryDone done) { done(status, {}); };
+}
+
+StreamFactory RefuseStream(Status status) {
+  return [status = std::move(status)](CallContextPtr, std::shared_ptr<StreamSink> sink) {
+    sink->Finish(status);
+    return std::make_shared<IgnoringStream>();
+  };
+}
 
 void Router::AddUnary(std::string method, UnaryHandler handler) {
   unary_[std::move(method)] = std::move(handler);

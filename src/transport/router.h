@@ -40,6 +40,10 @@ class StreamHandler {
 using StreamFactory =
     std::function<std::shared_ptr<StreamHandler>(CallContextPtr, std::shared_ptr<StreamSink>)>;
 
+// Handlers that answer every call with `status`, for methods the proxy refuses or lacks.
+UnaryHandler RefuseUnary(Status status);
+StreamFactory RefuseStream(Status status);
+
 class Router {
  public:
   void AddUnary(std::string method, UnaryHandler handler);

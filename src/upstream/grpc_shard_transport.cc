@@ -28,20 +28,12 @@ struct GrpcShardTransport::Member {
 
 namespace {
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw ConfigError("cannot read " + path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
-
 std::shared_ptr<grpc::ChannelCredentials> MakeCredentials(const ShardConfig& shard) {
   if (!shard.tls) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions options;
-  if (!shard.tls->ca_file.empty()) options.pem_root_certs = ReadFile(shard.tls->ca_file);
-  if (!shard.tls->cert_file.empty()) options.pem_cert_chain = ReadFile(shard.tls->cert_file);
-  if (!shard.tls->key_file.empty()) options.pem_private_key = ReadFile(shard.tls->key_file);
+  if (!shard.tls->ca_file.empty()) options.pem_root_certs = ReadFileOrThrow(shard.tls->ca_file);
+  if (!shard.tls->cert_file.empty()) options.pem_cert_chain = ReadFileOrThrow(shard.tls->cert_file);
+  if (!shard.tls->key_file.empty()) options.pem_private_key = ReadFileOrThrow(shard.tls->key_file);
   return grpc::SslCredentials(options);
 }
 
