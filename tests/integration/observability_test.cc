@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <sstream>
+#include <thread>
 
 #include "support/fixtures.h"
 
@@ -54,6 +55,42 @@ class ObservabilityTest : public ::testing::Test {
 };
 ShardedSetup* ObservabilityTest::setup_ = nullptr;
 int ObservabilityTest::metrics_port_ = 0;
+
+// A client that gives up cancels the proxy's call to the shard too: the call does not linger
+// until the (here hung) shard answers. The upstream metrics show how that call ended.
+TEST_F(ObservabilityTest, ClientCancellationReachesTheShardCall) {
+  const std::string range = "method=\"/etcdserverpb.KV/Range\"";
+  const auto upstream_canceled = [&] {
+    return Sample(HttpGet(metrics_port_, "/metrics").body, "etcd_proxy_upstream_requests_total",
+                  {range, "shard=\"shard-2\"", "code=\"Canceled\""});
+  };
+  const auto in_flight = [&] {
+    return Sample(HttpGet(metrics_port_, "/metrics").body, "etcd_proxy_requests_in_flight", {range});
+  };
+  const double before = upstream_canceled();
+  setup_->shard(2).PauseMember(0);
+  struct Resume {
+    ~Resume() { setup_->shard(2).ResumeMember(0); }
+  } resume;
+
+  auto kv = etcdserverpb::KV::NewStub(Connect(proxy()));
+  grpc::ClientContext ctx;
+  etcdserverpb::RangeRequest req;
+  req.set_key("t");  // shard-2
+  etcdserverpb::RangeResponse resp;
+  bool saw_in_flight = false;
+  std::thread canceller([&] {
+    saw_in_flight = WaitFor([&] { return in_flight() == 1; }, std::chrono::seconds(10));
+    ctx.TryCancel();
+  });
+  const grpc::Status status = kv->Range(&ctx, req, &resp);
+  canceller.join();
+  ASSERT_TRUE(saw_in_flight);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  // Still hung, yet the proxy's call to it has ended as cancelled and nothing is in flight.
+  EXPECT_TRUE(WaitFor([&] { return upstream_canceled() == before + 1; }, std::chrono::seconds(5)));
+  EXPECT_TRUE(WaitFor([&] { return in_flight() == 0; }, std::chrono::seconds(5)));
+}
 
 TEST_F(ObservabilityTest, MetricsCountKnownTraffic) {
   const std::string put = "method=\"/etcdserverpb.KV/Put\"";
