@@ -39,7 +39,7 @@ TEST_F(QuickStartTest, PutsLandOnTheirShardsAndAFromKeyGetSeesAll) {
 
 TEST_F(QuickStartTest, CrossShardTxnIsRefusedWithTheShardsNamed) {
   const std::string proxy = setup_->proxy().address();
-  const auto result = RunCommand("sh -c 'printf \"\\n\\nput a 1\\nput z 2\\n\\n\" | env ETCDCTL_API=3 etcdctl --endpoints " +
+  const auto result = RunCommand("sh -c 'printf \"\\nput a 1\\nput z 2\\n\\n\\n\" | env ETCDCTL_API=3 etcdctl --endpoints " +
                                  proxy + " txn'");
   EXPECT_NE(result.exit_code, 0);
   EXPECT_NE(result.output.find("must stay within one shard"), std::string::npos) << result.output;
