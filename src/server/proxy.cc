@@ -72,10 +72,12 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
       cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
       maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
+      watch_(topology_),
       health_(std::make_unique<ShardHealthMonitor>(topology_, ShardEndpoints(config), metrics_)) {
   kv_.Register(router_);
   cluster_.Register(router_);
   maintenance_.Register(router_);
+  watch_.Register(router_);
   RegisterGrpcHealth();
   RegisterUnimplemented(router_);
   // Last: the wrapper must see every handler, the UNIMPLEMENTED ones included.

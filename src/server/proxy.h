@@ -14,6 +14,7 @@
 #include "transport/grpc_server.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
+#include "watch/watch_stream.h"
 
 namespace esp {
 
@@ -61,6 +62,7 @@ class Proxy {
   KvService kv_;
   ClusterService cluster_;
   MaintenanceService maintenance_;
+  WatchService watch_;
   std::unique_ptr<ShardHealthMonitor> health_;
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<GrpcServer> server_;
