@@ -1,5 +1,7 @@
 #include "watch/watch_stream.h"
 
+#include <algorithm>
+#include <chrono>
 #include <utility>
 
 namespace esp {
@@ -109,6 +111,7 @@ void WatchStream::OnCreate(const etcdserverpb::WatchCreateRequest& request) {
         upstream.set_key(range.key);
         upstream.set_range_end(range.range_end);
       }
+      piece->request = upstream;
       to_create.emplace_back(piece, std::move(upstream));
     }
     if (watch->id != -1) watches_[watch->id] = watch;
@@ -184,7 +187,18 @@ void WatchStream::OnPieceResponse(const std::shared_ptr<Piece>& piece, etcdserve
     auto watch = piece ? piece->watch.lock() : nullptr;
     if (response.has_header()) last_header_ = response.header();
     if (closed_ || !watch || watch->done) return;
-    if (response.created()) {
+    if (response.created() && piece->resuming && !response.canceled()) {
+      piece->resuming = false;  // resumed transparently: the client saw its `created` long ago
+      piece->retries = 0;
+      return;
+    }
+    TrackRevision(*piece, response);
+    if (response.created() && piece->resuming) {
+      // The shard refused the re-created watcher (e.g. the token expired): end the watch.
+      response.set_created(false);
+      response.set_watch_id(watch->id);
+      CancelWatchLocked(watch, std::move(response), release);
+    } else if (response.created()) {
       piece->created = true;
       ++watch->pieces_created;
       if (response.canceled()) {
@@ -205,23 +219,74 @@ void WatchStream::OnPieceResponse(const std::shared_ptr<Piece>& piece, etcdserve
       CancelWatchLocked(watch, std::move(response), release);
     } else {
       response.set_watch_id(watch->id);
-      EmitLocked(watch, std::move(response));
+      EmitPieceLocked(watch, piece.get(), std::move(response));
     }
   }
   ReleaseAll(release);
 }
 
-void WatchStream::OnPieceBroken(const std::shared_ptr<Piece>& piece, const Status& status) {
-  Handles release;
+void WatchStream::TrackRevision(Piece& piece, const etcdserverpb::WatchResponse& response) {
+  if (response.canceled()) return;
+  if (response.created()) {
+    // A watch from "now" has seen everything up to the created header; one with a start
+    // revision still owes everything from there.
+    const std::int64_t start = piece.request.start_revision();
+    piece.next_revision = start > 0 ? start : response.header().revision() + 1;
+    return;
+  }
+  if (response.fragment()) return;  // the rest of this revision's events is still to come
+  if (response.events_size() > 0) {
+    piece.next_revision = response.events(response.events_size() - 1).kv().mod_revision() + 1;
+  } else if (piece.next_revision > 0) {
+    // A progress notification: every event up to its revision has been delivered.
+    piece.next_revision = std::max(piece.next_revision, response.header().revision() + 1);
+  }
+}
+
+void WatchStream::OnPieceBroken(const std::shared_ptr<Piece>& piece, const Status&) {
   {
     const std::lock_guard lock(mu_);
     auto watch = piece ? piece->watch.lock() : nullptr;
     if (closed_ || !watch || watch->done) return;
-    auto canceled = Response(last_header_, watch->id);
-    canceled.set_canceled(true);
-    canceled.set_cancel_reason("etcd-sharding-proxy: the upstream watch on " + topology_->map.Describe(piece->shard) +
-                               " broke (" + status.message() + "); re-create the watch");
-    CancelWatchLocked(watch, std::move(canceled), release);
+    piece->handle = {};  // gone with its stream
+    piece->resuming = piece->created;
+    if (watch->fragmenting == piece.get()) watch->fragmenting = nullptr;  // its fragments end here
+  }
+  ScheduleResume(piece);
+}
+
+void WatchStream::ScheduleResume(const std::shared_ptr<Piece>& piece) {
+  const std::lock_guard lock(mu_);
+  // Back off while the shard stays down: 50 ms doubling to 2 s, then every 2 s, indefinitely.
+  const auto delay = std::min(std::chrono::milliseconds(2000), std::chrono::milliseconds(50 << std::min(piece->retries, 6)));
+  ++piece->retries;
+  std::weak_ptr<Piece> weak = piece;
+  std::weak_ptr<WatchStream> owner = weak_from_this();
+  piece->retry_alarm = std::make_unique<grpc::Alarm>();
+  piece->retry_alarm->Set(std::chrono::system_clock::now() + delay, [weak, owner](bool fired) {
+    auto p = weak.lock();
+    auto o = owner.lock();
+    if (fired && p && o) o->Resume(p);
+  });
+}
+
+void WatchStream::Resume(const std::shared_ptr<Piece>& piece) {
+  etcdserverpb::WatchCreateRequest request;
+  WatchPtr watch;
+  {
+    const std::lock_guard lock(mu_);
+    watch = piece->watch.lock();
+    if (closed_ || !watch || watch->done) return;
+    request = piece->request;
+    // From the first revision not yet delivered: nothing lost, nothing twice.
+    if (piece->created) request.set_start_revision(piece->next_revision);
+  }
+  auto handle = hub_->Create(topology_->shards[piece->shard], ctx_->metadata(), std::move(request), piece);
+  Handles release;
+  {
+    const std::lock_guard lock(mu_);
+    piece->handle = handle;
+    if (watch->done || closed_) release.push_back(handle);
   }
   ReleaseAll(release);
 }
@@ -232,6 +297,21 @@ void WatchStream::EmitLocked(const WatchPtr& watch, etcdserverpb::WatchResponse 
     return;
   }
   sink_->Write(response.SerializeAsString());
+}
+
+void WatchStream::EmitPieceLocked(const WatchPtr& watch, const Piece* piece, etcdserverpb::WatchResponse response) {
+  watch->deferred.emplace_back(piece, std::move(response));
+  // In arrival order, except that another shard's response never splits a fragmented one.
+  while (!watch->deferred.empty()) {
+    auto it = watch->deferred.begin();
+    if (watch->fragmenting != nullptr) {
+      while (it != watch->deferred.end() && it->first != watch->fragmenting) ++it;
+      if (it == watch->deferred.end()) return;
+    }
+    watch->fragmenting = it->second.fragment() ? it->first : nullptr;
+    EmitLocked(watch, std::move(it->second));
+    watch->deferred.erase(it);
+  }
 }
 
 void WatchStream::FlushCreatesLocked() {

@@ -2,6 +2,8 @@
 // One client Watch stream: many watches (create, cancel, progress requests interleaved), each
 // served by one upstream watcher per shard it covers, through the shared UpstreamWatchHub.
 #include <cstdint>
+#include <grpcpp/alarm.h>
+
 #include <deque>
 #include <map>
 #include <memory>
@@ -40,6 +42,11 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
     bool done = false;  // canceled: later upstream responses are dropped
     std::optional<etcdserverpb::WatchResponse> created;  // the answer to the create, once known
     std::vector<etcdserverpb::WatchResponse> held;       // what must follow `created`
+    // A spanning watch must not interleave another shard's response into one shard's fragments
+    // (the client joins fragments until the last): while `fragmenting` sends a fragmented
+    // response, the other shards' responses wait in `deferred`.
+    const Piece* fragmenting = nullptr;
+    std::deque<std::pair<const Piece*, etcdserverpb::WatchResponse>> deferred;
   };
   using WatchPtr = std::shared_ptr<Watch>;
   using Handles = std::vector<UpstreamWatcherHandle>;
@@ -51,9 +58,13 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
   std::int64_t AssignIdLocked(std::int64_t requested);
   void EmitLocked(const WatchPtr& watch, etcdserverpb::WatchResponse response);
   void FlushCreatesLocked();
+  void EmitPieceLocked(const WatchPtr& watch, const Piece* piece, etcdserverpb::WatchResponse response);
   void FinishWatchLocked(WatchPtr watch, Handles& release);
   void CancelWatchLocked(WatchPtr watch, etcdserverpb::WatchResponse canceled, Handles& release);
   void ReleaseAll(const Handles& handles);
+  void ScheduleResume(const std::shared_ptr<Piece>& piece);
+  void Resume(const std::shared_ptr<Piece>& piece);
+  static void TrackRevision(Piece& piece, const etcdserverpb::WatchResponse& response);
   etcdserverpb::ResponseHeader LastHeaderLocked() const { return last_header_; }
 
   CallContextPtr ctx_;
@@ -76,6 +87,13 @@ struct WatchStream::Piece final : UpstreamWatchTarget {
   std::size_t shard = 0;
   bool created = false;
   UpstreamWatcherHandle handle;
+  // What was sent upstream, to re-create the watcher after its stream broke.
+  etcdserverpb::WatchCreateRequest request;
+  // The revision to resume from: everything before it has been delivered (0: not created yet).
+  std::int64_t next_revision = 0;
+  bool resuming = false;  // the next `created` is the re-created watcher's: not for the client
+  int retries = 0;
+  std::unique_ptr<grpc::Alarm> retry_alarm;
   std::weak_ptr<Piece> self;
 
   void OnUpstreamResponse(etcdserverpb::WatchResponse response) override {
