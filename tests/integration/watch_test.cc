@@ -113,13 +113,19 @@ std::unique_ptr<grpc::ClientContext> Ctx() {
   return ctx;
 }
 
-// etcd's watcher gauge on a member's client URL.
-int WatcherGauge(const std::string& member_address) {
+// One of etcd's gauges on a member's client URL; -1 if absent.
+int Gauge(const std::string& member_address, const std::string& name) {
   const auto result = RunCommand("curl -s http://" + member_address + "/metrics");
   std::smatch match;
-  static const std::regex line(R"(\netcd_debugging_mvcc_watcher_total (\d+))");
+  const std::regex line("\n" + name + " (\\d+)");
   if (!std::regex_search(result.output, match, line)) return -1;
   return std::stoi(match[1]);
+}
+int WatcherGauge(const std::string& member_address) {
+  return Gauge(member_address, "etcd_debugging_mvcc_watcher_total");
+}
+int WatchStreamGauge(const std::string& member_address) {
+  return Gauge(member_address, "etcd_debugging_mvcc_watch_stream_total");
 }
 
 class WatchTest : public ::testing::Test {
@@ -493,6 +499,8 @@ TEST_F(WatchTest, UpstreamWatchersAreSharedAndReleased) {
   std::vector<int> before;
   for (std::size_t s = 0; s < 3; ++s) before.push_back(WatcherGauge(member(s)));
   ASSERT_GE(before[0], 0);
+  const int streams_before = WatchStreamGauge(member(0));
+  ASSERT_GE(streams_before, 0);
   {
     WatchClient one(proxy());
     WatchClient two(proxy());
@@ -503,6 +511,8 @@ TEST_F(WatchTest, UpstreamWatchersAreSharedAndReleased) {
     EXPECT_TRUE(WaitFor([&] { return WatcherGauge(member(0)) == before[0] + 4; }, 10s)) << WatcherGauge(member(0));
     EXPECT_EQ(WatcherGauge(member(1)), before[1] + 1);
     EXPECT_EQ(WatcherGauge(member(2)), before[2] + 1);
+    // Both client streams' watchers share one upstream stream.
+    EXPECT_EQ(WatchStreamGauge(member(0)), streams_before + 1);
     // Cancel frees the upstream watcher while the shared stream stays in use.
     two.Cancel(0);
     EXPECT_TRUE(two.Expect().canceled());
@@ -515,6 +525,7 @@ TEST_F(WatchTest, UpstreamWatchersAreSharedAndReleased) {
     EXPECT_TRUE(WaitFor([&] { return WatcherGauge(member(s)) == before[s]; }, 10s))
         << "shard " << s << ": " << WatcherGauge(member(s)) << " vs " << before[s];
   }
+  EXPECT_TRUE(WaitFor([&] { return WatchStreamGauge(member(0)) == streams_before; }, 10s));
 }
 
 // Runs last in this suite (it restarts a shard): when a shard's member goes away and comes back,
