@@ -106,13 +106,16 @@ class GrpcUpstreamStream final : public UpstreamStream,
     self_ = self;
     for (const auto& [key, value] : metadata) context_.AddMetadata(key, value);
     stub.PrepareBidiStreamingCall(&context_, method, grpc::StubOptions(), this);
+    // Writes start from outside reactions (Write, CloseSend): the hold keeps OnDone from running
+    // while one is being started; it goes once the call is ending and no start is under way.
+    AddHold();
     StartRead(&read_buffer_);
     StartCall();
   }
 
   bool Write(std::string message) override {
     std::unique_lock lock(mu_);
-    if (done_ || half_closed_) return false;
+    if (done_ || half_closed_ || ending_) return false;
     queue_.push_back(std::move(message));
     if (!write_in_flight_) StartNextLocked(lock);
     return true;
@@ -120,18 +123,26 @@ class GrpcUpstreamStream final : public UpstreamStream,
 
   void CloseSend() override {
     std::unique_lock lock(mu_);
-    if (done_ || half_closed_) return;
+    if (done_ || half_closed_ || ending_) return;
     half_closed_ = true;
     if (!write_in_flight_) {
+      ++starting_;
       lock.unlock();
       StartWritesDone();
+      EndStart();
     }
   }
 
   void Cancel() override { context_.TryCancel(); }
 
   void OnReadDone(bool ok) override {
-    if (!ok) return;  // OnDone follows with the final status
+    if (!ok) {
+      // OnDone follows with the final status, once no write is being started.
+      std::unique_lock lock(mu_);
+      ending_ = true;
+      ReleaseHoldIfIdleLocked(lock);
+      return;
+    }
     observer_->OnMessage(ByteBufferToString(read_buffer_));
     StartRead(&read_buffer_);
   }
@@ -146,8 +157,10 @@ class GrpcUpstreamStream final : public UpstreamStream,
     if (!queue_.empty()) {
       StartNextLocked(lock);
     } else if (half_closed_) {
+      ++starting_;
       lock.unlock();
       StartWritesDone();
+      EndStart();
     }
   }
 
@@ -167,8 +180,23 @@ class GrpcUpstreamStream final : public UpstreamStream,
     in_flight_ = StringToByteBuffer(queue_.front());
     queue_.pop_front();
     write_in_flight_ = true;
+    ++starting_;
     lock.unlock();
     StartWrite(&in_flight_);
+    EndStart();
+  }
+
+  void EndStart() {
+    std::unique_lock lock(mu_);
+    --starting_;
+    ReleaseHoldIfIdleLocked(lock);
+  }
+
+  void ReleaseHoldIfIdleLocked(std::unique_lock<std::mutex>& lock) {
+    if (!ending_ || starting_ > 0 || hold_released_) return;
+    hold_released_ = true;
+    lock.unlock();
+    RemoveHold();
   }
 
   std::shared_ptr<UpstreamStreamObserver> observer_;
@@ -181,6 +209,9 @@ class GrpcUpstreamStream final : public UpstreamStream,
   bool write_in_flight_ = false;
   bool half_closed_ = false;
   bool done_ = false;
+  bool ending_ = false;         // the last read failed: the call is ending
+  int starting_ = 0;            // Start* calls under way outside the lock
+  bool hold_released_ = false;
 };
 
 }  // namespace
