@@ -71,6 +71,7 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
       cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
       maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
+      watch_(topology_),
       health_(std::make_unique<ShardHealthMonitor>(topology_, ShardEndpoints(config), metrics_)),
       pending_leases_(std::make_shared<PendingLeases>(topology_)),
       keepalive_(std::make_shared<KeepAliveHub>(topology_, pending_leases_, kKeepAliveShardTimeout)),
@@ -81,6 +82,7 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
   lease_.Register(router_);
   cluster_.Register(router_);
   maintenance_.Register(router_);
+  watch_.Register(router_);
   RegisterGrpcHealth();
   housekeeper_.OnTick([hub = keepalive_] { hub->Tick(); });
   housekeeper_.OnTick([pending = pending_leases_, ticks = 0]() mutable {

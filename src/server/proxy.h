@@ -18,6 +18,7 @@
 #include "transport/grpc_server.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
+#include "watch/watch_stream.h"
 
 namespace esp {
 
@@ -65,6 +66,7 @@ class Proxy {
   KvService kv_;
   ClusterService cluster_;
   MaintenanceService maintenance_;
+  WatchService watch_;
   std::unique_ptr<ShardHealthMonitor> health_;
   std::unique_ptr<HttpServer> http_;
   std::shared_ptr<PendingLeases> pending_leases_;
