@@ -71,9 +71,6 @@ class LeaseTest : public ::testing::Test {
 };
 ShardedSetup* LeaseTest::setup_ = nullptr;
 
-// etcdctl lock and elect wait for the previous holder with Watch (another issue).
-bool WatchMissing(const std::string& log) { return log.find("Watch.Watch is not implemented") != std::string::npos; }
-
 int64_t ParseHex(const std::string& hex) { return static_cast<int64_t>(std::stoull(hex, nullptr, 16)); }
 
 TEST_F(LeaseTest, EtcdctlLeaseCommandsAcrossShards) {
@@ -264,10 +261,6 @@ TEST_F(LeaseTest, EtcdctlLockIsMutuallyExclusive) {
   ChildProcess second(base, dir.path() / "second.log");
   // The second contender stays blocked while the first holds the lock (2 lease TTLs).
   EXPECT_FALSE(WaitFor([&] { return second.Log().find("mylock/") != std::string::npos; }, 4s)) << second.Log();
-  if (WatchMissing(second.Log())) {
-    first.Terminate();
-    GTEST_SKIP() << "a blocked contender waits with Watch, which this build does not serve yet";
-  }
   first.Signal(SIGINT);  // etcdctl releases the lock on SIGINT
   EXPECT_TRUE(WaitFor([&] { return second.Log().find("mylock/") != std::string::npos; }, 10s)) << second.Log();
 
@@ -291,10 +284,6 @@ TEST_F(LeaseTest, EtcdctlElectHandsOverWhenTheLeaderResigns) {
   ASSERT_TRUE(WaitFor([&] { return one.Log().find("one") != std::string::npos; }, 10s)) << one.Log();
   ChildProcess two(elect("two"), dir.path() / "two.log");
   EXPECT_FALSE(WaitFor([&] { return two.Log().find("two") != std::string::npos; }, 3s)) << two.Log();
-  if (WatchMissing(two.Log())) {
-    one.Terminate();
-    GTEST_SKIP() << "a waiting candidate waits with Watch, which this build does not serve yet";
-  }
   one.Signal(SIGINT);  // etcdctl closes its session (revokes its lease) on SIGINT
   EXPECT_TRUE(WaitFor([&] { return two.Log().find("two") != std::string::npos; }, 10s)) << two.Log();
   two.Signal(SIGINT);
