@@ -23,8 +23,6 @@ using etcdserverpb::RangeRequest;
 using etcdserverpb::RangeResponse;
 using etcdserverpb::TxnRequest;
 
-constexpr UnaryOptions kRead{.idempotent = true};
-constexpr UnaryOptions kWrite{.idempotent = false};
 
 Status Unparsable() { return {StatusCode::kInternal, "grpc: error unmarshalling request"}; }
 

@@ -22,8 +22,6 @@ using etcdserverpb::LeaseRevokeResponse;
 using etcdserverpb::LeaseTimeToLiveRequest;
 using etcdserverpb::LeaseTimeToLiveResponse;
 
-constexpr UnaryOptions kRead{.idempotent = true};
-constexpr UnaryOptions kWrite{.idempotent = false};
 // A proxy-chosen id that collides with a live lease is replaced this many times.
 constexpr int kGrantRetries = 3;
 // How long a lease call waits for one shard before treating it as down (see BoundedContext).

@@ -16,6 +16,9 @@ struct UnaryOptions {
   bool idempotent = false;
 };
 
+inline constexpr UnaryOptions kRead{.idempotent = true};
+inline constexpr UnaryOptions kWrite{.idempotent = false};
+
 // Receives what an upstream stream delivers. Calls are serialized per stream.
 class UpstreamStreamObserver {
  public:
