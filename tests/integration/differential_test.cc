@@ -97,12 +97,6 @@ std::vector<std::string> KvStrings(const Kvs& kvs) {
   return out;
 }
 
-std::unique_ptr<grpc::ClientContext> Ctx() {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  return ctx;
-}
-
 std::string TargetValue(RangeRequest::SortTarget target, const KeyValue& kv) {
   switch (target) {
     case RangeRequest::VERSION:

@@ -107,12 +107,6 @@ class WatchClient {
   bool ended_ = false;
 };
 
-std::unique_ptr<grpc::ClientContext> Ctx() {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() + 10s);
-  return ctx;
-}
-
 // One of etcd's gauges on a member's client URL; -1 if absent.
 int Gauge(const std::string& member_address, const std::string& name) {
   const auto result = RunCommand("curl -s http://" + member_address + "/metrics");

@@ -385,6 +385,12 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& address, const EtcdTls
   return grpc::CreateCustomChannel(address, grpc::SslCredentials(options), args);
 }
 
+std::unique_ptr<grpc::ClientContext> Ctx(std::chrono::milliseconds timeout) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+  return ctx;
+}
+
 CommandResult RunCommand(const std::string& command_line, std::chrono::seconds timeout) {
   const std::string full = "timeout " + std::to_string(timeout.count()) + " " + command_line + " 2>&1";
   CommandResult result;

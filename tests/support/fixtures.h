@@ -2,6 +2,7 @@
 // Test fixtures that run the real thing: etcd processes and the proxy binary, on free loopback
 // ports with temporary data directories. Every process is ended by its pid when its owner dies.
 #include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -161,6 +162,9 @@ class ShardedSetup {
 };
 
 std::shared_ptr<grpc::Channel> Connect(const std::string& address);
+
+// A client context whose call fails after `timeout` instead of hanging a test.
+std::unique_ptr<grpc::ClientContext> Ctx(std::chrono::milliseconds timeout = std::chrono::seconds(10));
 std::shared_ptr<grpc::Channel> Connect(const std::string& address, const EtcdTls& tls);
 
 struct CommandResult {
