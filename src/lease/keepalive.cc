@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <set>
 
 #include "common/methods.h"
 
@@ -34,11 +35,48 @@ class ShardObserver final : public UpstreamStreamObserver {
   uint64_t generation_;
 };
 
+// The leases one client stream keeps alive, counted in the hub (KeptAliveLeaseCount). Shared with
+// the answer callbacks, which may outlive the stream's handler.
+class TrackedLeases {
+ public:
+  explicit TrackedLeases(std::weak_ptr<KeepAliveHub> hub) : hub_(std::move(hub)) {}
+  void Add(int64_t id) { Change(id, true); }
+  void Remove(int64_t id) { Change(id, false); }
+  void Clear() {
+    std::set<int64_t> ids;
+    {
+      const std::lock_guard lock(mu_);
+      ids.swap(ids_);
+      closed_ = true;
+    }
+    if (auto hub = hub_.lock()) {
+      for (int64_t id : ids) hub->Untrack(id);
+    }
+  }
+
+ private:
+  void Change(int64_t id, bool add) {
+    {
+      const std::lock_guard lock(mu_);
+      if (closed_) return;
+      if (add ? !ids_.insert(id).second : ids_.erase(id) == 0) return;
+    }
+    if (auto hub = hub_.lock()) add ? hub->Track(id) : hub->Untrack(id);
+  }
+
+  std::weak_ptr<KeepAliveHub> hub_;
+  std::mutex mu_;
+  std::set<int64_t> ids_;
+  bool closed_ = false;
+};
+
 // One client's LeaseKeepAlive stream: each request is answered on its own, in completion order.
+// The client's metadata (a `token` included) is not used: the upstream streams are shared, and
+// etcd does not check permissions on renewals (docs/semantics.md, LeaseKeepAlive).
 class ClientStream final : public StreamHandler {
  public:
   ClientStream(std::weak_ptr<KeepAliveHub> hub, std::shared_ptr<StreamSink> sink)
-      : hub_(std::move(hub)), sink_(std::move(sink)) {}
+      : hub_(hub), sink_(std::move(sink)), tracked_(std::make_shared<TrackedLeases>(hub)) {}
 
   void OnMessage(std::string message) override {
     LeaseKeepAliveRequest request;
@@ -48,18 +86,25 @@ class ClientStream final : public StreamHandler {
     }
     auto hub = hub_.lock();
     if (!hub) return sink_->Finish(Status(StatusCode::kUnavailable, "etcd-sharding-proxy: shutting down"));
-    hub->KeepAlive(request.id(), [sink = sink_](Status status, LeaseKeepAliveResponse response) {
+    tracked_->Add(request.id());
+    hub->KeepAlive(request.id(), [sink = sink_, tracked = tracked_](Status status, LeaseKeepAliveResponse response) {
       // No shard answered: the client's library reconnects and retries, as with a dead etcd.
       if (!status.ok()) return sink->Finish(std::move(status));
+      // Gone: clientv3 stops keeping it alive.
+      if (response.ttl() <= 0) tracked->Remove(response.id());
       sink->Write(response.SerializeAsString());
     });
   }
   // etcd ends the stream when the client half-closes; answers still in flight are dropped.
-  void OnClose() override { sink_->Finish(Status::Ok()); }
+  void OnClose() override {
+    tracked_->Clear();
+    sink_->Finish(Status::Ok());
+  }
 
  private:
   std::weak_ptr<KeepAliveHub> hub_;
   std::shared_ptr<StreamSink> sink_;
+  std::shared_ptr<TrackedLeases> tracked_;
 };
 
 }  // namespace
@@ -70,6 +115,22 @@ KeepAliveHub::KeepAliveHub(const TopologyHolder& topology, std::shared_ptr<Pendi
 
 std::shared_ptr<StreamHandler> KeepAliveHub::NewClientStream(CallContextPtr, std::shared_ptr<StreamSink> sink) {
   return std::make_shared<ClientStream>(weak_from_this(), std::move(sink));
+}
+
+void KeepAliveHub::Track(int64_t id) {
+  const std::lock_guard lock(kept_mu_);
+  ++kept_[id];
+}
+
+void KeepAliveHub::Untrack(int64_t id) {
+  const std::lock_guard lock(kept_mu_);
+  const auto it = kept_.find(id);
+  if (it != kept_.end() && --it->second == 0) kept_.erase(it);
+}
+
+std::size_t KeepAliveHub::KeptAliveLeaseCount() const {
+  const std::lock_guard lock(kept_mu_);
+  return kept_.size();
 }
 
 void KeepAliveHub::KeepAlive(int64_t id, Answer answer) {
@@ -249,6 +310,7 @@ void KeepAliveHub::SettleLocked(int64_t id, std::size_t shard, const LeaseKeepAl
   if (response) {
     ++round.answered;
     if (!round.header) round.header = response->header();
+    (response->ttl() > 0 ? round.holders : round.lacking).push_back(shard);
     // A shard without the lease (TTL 0) while others have it: it was down at grant time and
     // gets the lease from PendingLeases; the lease lives on as long as any shard has it.
     if (response->ttl() > 0 && (round.min_ttl == 0 || response->ttl() < round.min_ttl)) round.min_ttl = response->ttl();
@@ -265,9 +327,19 @@ KeepAliveHub::Completion KeepAliveHub::CompleteLocked(int64_t id) {
     done.status = Status(StatusCode::kUnavailable,
                          "etcd-sharding-proxy: no shard answered the keep-alive of lease " + std::to_string(id));
   } else {
-    if (state.round->header) *done.response.mutable_header() = *state.round->header;
+    const Round& round = *state.round;
+    if (round.header) *done.response.mutable_header() = *round.header;
     done.response.set_id(id);
-    done.response.set_ttl(state.round->min_ttl);
+    done.response.set_ttl(round.min_ttl);
+    if (!round.holders.empty() && !round.lacking.empty()) {
+      done.split = LeaseSplit{.id = id,
+                              .holders = round.holders,
+                              .lacking = round.lacking,
+                              .unknown = round.settled.size() - round.answered,
+                              .ttl = round.min_ttl};
+      // Revoked while the holders were down: etcd answers a revoked lease's keep-alive with 0.
+      if (JudgeSplit(*done.split) == SplitVerdict::kGone) done.response.set_ttl(0);
+    }
   }
   state.round.reset();
   done.next_serial = BeginRoundLocked(id, state);
@@ -278,6 +350,7 @@ KeepAliveHub::Completion KeepAliveHub::CompleteLocked(int64_t id) {
 void KeepAliveHub::Deliver(std::vector<Completion> completions) {
   for (auto& done : completions) {
     if (done.status.ok() && done.response.ttl() > 0) pending_->Touch(done.id);
+    if (done.split && on_split_) on_split_(*done.split);
     for (auto& waiter : done.waiters) waiter(done.status, done.response);
     if (done.next_serial) SendRound(done.id, *done.next_serial);
   }

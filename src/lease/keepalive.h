@@ -18,6 +18,7 @@
 
 #include "etcdserverpb/rpc.pb.h"
 #include "lease/pending.h"
+#include "lease/repair.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
 
@@ -39,6 +40,16 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
   void Tick();
   // Cancels the upstream streams.
   void Shutdown();
+  // Called (outside any lock) with every round that found the lease on some shards and not on
+  // others; the proxy hands it to LeaseRepair. A round judged kGone is answered with TTL 0.
+  void SetSplitHandler(std::function<void(const LeaseSplit&)> handler) { on_split_ = std::move(handler); }
+
+  // Distinct leases that open client keep-alive streams are keeping alive: sent at least once on
+  // a stream that is still open, and not answered with TTL 0 (gone) since. For the metrics.
+  std::size_t KeptAliveLeaseCount() const;
+  // Client streams: `id` is being kept alive by one more stream / one fewer.
+  void Track(int64_t id);
+  void Untrack(int64_t id);
 
   // Called by the upstream streams' observers.
   void OnShardAnswer(std::size_t shard, uint64_t generation, const etcdserverpb::LeaseKeepAliveResponse& response);
@@ -56,6 +67,8 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
     std::size_t remaining = 0;
     std::size_t answered = 0;
     int64_t min_ttl = 0;  // smallest positive TTL seen; 0 if none
+    std::vector<std::size_t> holders;  // shards that answered with a positive TTL
+    std::vector<std::size_t> lacking;  // shards that answered TTL 0 (no such lease)
     std::optional<etcdserverpb::ResponseHeader> header;
   };
   struct LeaseState {
@@ -73,6 +86,7 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
     Status status;
     etcdserverpb::LeaseKeepAliveResponse response;
     std::optional<uint64_t> next_serial;  // a follow-up round to send
+    std::optional<LeaseSplit> split;      // the shards disagree on whether the lease exists
   };
 
   std::optional<uint64_t> BeginRoundLocked(int64_t id, LeaseState& state);
@@ -95,6 +109,9 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
   std::unordered_map<int64_t, LeaseState> leases_;
   std::vector<ShardStream> streams_;
   bool shut_down_ = false;
+  std::function<void(const LeaseSplit&)> on_split_;  // set before serving
+  mutable std::mutex kept_mu_;
+  std::unordered_map<int64_t, std::size_t> kept_;  // lease -> client streams keeping it alive
 };
 
 }  // namespace esp

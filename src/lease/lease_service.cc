@@ -47,8 +47,8 @@ void RevokeQuietly(const Topology& topology, const std::vector<std::size_t>& sha
 }  // namespace
 
 LeaseService::LeaseService(const TopologyHolder& topology, std::shared_ptr<PendingLeases> pending,
-                           std::shared_ptr<KeepAliveHub> keepalive)
-    : topology_(topology), pending_(std::move(pending)), keepalive_(std::move(keepalive)) {}
+                           std::shared_ptr<KeepAliveHub> keepalive, std::shared_ptr<LeaseRepair> repair)
+    : topology_(topology), pending_(std::move(pending)), keepalive_(std::move(keepalive)), repair_(std::move(repair)) {}
 
 void LeaseService::Register(Router& router) {
   router.AddTyped<LeaseGrantRequest, LeaseGrantResponse>(
@@ -83,7 +83,9 @@ void LeaseService::Grant(CallContextPtr ctx, const LeaseGrantRequest& request, G
 }
 
 // Grants on every shard in parallel. An error from etcd anywhere undoes the grants that were
-// made; shards that are down get the grant later (PendingLeases) as long as one shard granted.
+// made; shards that are down get the grant later (PendingLeases, LeaseRepair) as long as at
+// least as many shards granted as are down: then any proxy can tell later that the lease exists
+// (see lease/repair.h).
 void LeaseService::GrantAttempt(CallContextPtr ctx, LeaseGrantRequest request, bool proxy_chose_id, int retries_left,
                                 GrantDone done) {
   const auto topology = topology_.Get();
@@ -103,7 +105,7 @@ void LeaseService::GrantAttempt(CallContextPtr ctx, LeaseGrantRequest request, b
             etcd_error = o.status;
           }
         }
-        if (etcd_error || granted.empty()) {
+        if (etcd_error || granted.empty() || granted.size() < down.size()) {
           RevokeQuietly(*topology, granted, request.id());
           // A shard that timed out may have granted all the same.
           for (std::size_t shard : down) pending_->AddRevoke(shard, request.id());
@@ -135,23 +137,33 @@ void LeaseService::Revoke(CallContextPtr ctx, const LeaseRevokeRequest& request,
   CallShards<LeaseRevokeResponse>(
       *topology, AllShards(*topology), methods::kLeaseRevoke, BoundedContext(ctx, kShardTimeout), request, kWrite,
       [this, id, done = std::move(done)](std::vector<ShardOutcome<LeaseRevokeResponse>> outcomes) {
-        pending_->DropGrants(id);
         std::optional<LeaseRevokeResponse> revoked;
         std::optional<Status> other_error, down_error;
+        std::vector<std::size_t> down;
+        std::size_t without = 0;  // shards that no longer hold the lease: revoked or not found
         for (auto& o : outcomes) {
           if (o.status.ok()) {
+            ++without;
             if (!revoked) revoked = std::move(o.response);
+          } else if (IsNotFound(o.status)) {
+            ++without;
           } else if (IsShardDown(o.status)) {
-            pending_->AddRevoke(o.shard, id);
+            down.push_back(o.shard);
             if (!down_error) down_error = o.status;
-          } else if (!IsNotFound(o.status) && !other_error) {
+          } else if (!other_error) {
             other_error = o.status;
           }
         }
+        // Done only when more than half of the shards are without the lease: whatever the
+        // others hold, any proxy can then tell that it was revoked (lease/repair.h). Otherwise
+        // the client gets an error and the lease counts as alive, as after a failed revoke on
+        // one etcd; its keys on the shards that did revoke are gone all the same.
+        if (2 * without <= outcomes.size()) return done(other_error ? *other_error : *down_error, {});
+        // The shards that are down drop it when they answer again (this proxy's fast path; any
+        // proxy's keep-alive or TimeToLive for the lease does it too).
+        pending_->DropGrants(id);
+        for (std::size_t shard : down) pending_->AddRevoke(shard, id);
         if (revoked) return done(Status::Ok(), std::move(*revoked));
-        if (other_error) return done(*other_error, {});
-        // Not found on the shards that answered; a shard that did not may still hold it.
-        if (down_error) return done(*down_error, {});
         done(etcd_errors::LeaseNotFound(), {});
       });
 }
@@ -161,16 +173,24 @@ void LeaseService::TimeToLive(CallContextPtr ctx, const LeaseTimeToLiveRequest& 
   const auto topology = topology_.Get();
   CallShards<LeaseTimeToLiveResponse>(
       *topology, AllShards(*topology), methods::kLeaseTimeToLive, BoundedContext(ctx, kShardTimeout), request, kRead,
-      [id = request.id(), done = std::move(done)](std::vector<ShardOutcome<LeaseTimeToLiveResponse>> outcomes) {
+      [repair = repair_, id = request.id(),
+       done = std::move(done)](std::vector<ShardOutcome<LeaseTimeToLiveResponse>> outcomes) {
         std::optional<LeaseTimeToLiveResponse> merged;
         std::optional<Status> error;
         std::vector<std::string> keys;
+        LeaseSplit split{.id = id, .holders = {}, .lacking = {}, .unknown = 0, .ttl = INT64_MAX};
         for (auto& o : outcomes) {
           if (!o.status.ok()) {
             if (!error) error = o.status;
+            ++split.unknown;
             continue;
           }
-          if (o.response.ttl() == -1) continue;  // not on this shard
+          if (o.response.ttl() == -1) {  // not on this shard
+            split.lacking.push_back(o.shard);
+            continue;
+          }
+          split.holders.push_back(o.shard);
+          split.ttl = std::min(split.ttl, o.response.ttl());
           for (auto& key : *o.response.mutable_keys()) keys.push_back(std::move(key));
           if (!merged) {
             merged = std::move(o.response);
@@ -179,8 +199,12 @@ void LeaseService::TimeToLive(CallContextPtr ctx, const LeaseTimeToLiveRequest& 
           merged->set_ttl(std::min(merged->ttl(), o.response.ttl()));
           merged->set_grantedttl(std::max(merged->grantedttl(), o.response.grantedttl()));
         }
+        // A split lease is repaired on the way; one revoked on most shards reads as gone.
+        const bool gone = !split.holders.empty() && !split.lacking.empty() && repair &&
+                          repair->Resolve(split) == SplitVerdict::kGone;
+        if (gone) merged.reset();
         if (!merged) {
-          if (error) return done(*error, {});
+          if (error && !gone) return done(*error, {});
           LeaseTimeToLiveResponse none = outcomes.front().response;  // header of one shard
           none.set_id(id);
           none.set_ttl(-1);

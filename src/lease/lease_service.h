@@ -6,6 +6,7 @@
 #include "etcdserverpb/rpc.pb.h"
 #include "lease/keepalive.h"
 #include "lease/pending.h"
+#include "lease/repair.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
 
@@ -14,7 +15,7 @@ namespace esp {
 class LeaseService {
  public:
   LeaseService(const TopologyHolder& topology, std::shared_ptr<PendingLeases> pending,
-               std::shared_ptr<KeepAliveHub> keepalive);
+               std::shared_ptr<KeepAliveHub> keepalive, std::shared_ptr<LeaseRepair> repair);
   void Register(Router& router);
 
  private:
@@ -33,6 +34,7 @@ class LeaseService {
   const TopologyHolder& topology_;
   std::shared_ptr<PendingLeases> pending_;
   std::shared_ptr<KeepAliveHub> keepalive_;
+  std::shared_ptr<LeaseRepair> repair_;
 };
 
 }  // namespace esp

@@ -75,9 +75,11 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       health_(std::make_unique<ShardHealthMonitor>(topology_, ShardEndpoints(config), metrics_)),
       pending_leases_(std::make_shared<PendingLeases>(topology_)),
       keepalive_(std::make_shared<KeepAliveHub>(topology_, pending_leases_, kKeepAliveShardTimeout)),
-      lease_(topology_, pending_leases_, keepalive_),
+      lease_repair_(std::make_shared<LeaseRepair>(topology_, pending_leases_)),
+      lease_(topology_, pending_leases_, keepalive_, lease_repair_),
       housekeeper_(kHousekeepingTick) {
-  kv_.SetLeaseHook(pending_leases_);
+  kv_.SetLeaseHook(lease_repair_);
+  keepalive_->SetSplitHandler([repair = lease_repair_](const LeaseSplit& split) { repair->Resolve(split); });
   kv_.Register(router_);
   lease_.Register(router_);
   cluster_.Register(router_);

@@ -71,6 +71,7 @@ class Proxy {
   std::unique_ptr<HttpServer> http_;
   std::shared_ptr<PendingLeases> pending_leases_;
   std::shared_ptr<KeepAliveHub> keepalive_;
+  std::shared_ptr<LeaseRepair> lease_repair_;
   LeaseService lease_;
   Housekeeper housekeeper_;
   std::unique_ptr<GrpcServer> server_;

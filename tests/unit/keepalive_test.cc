@@ -178,5 +178,79 @@ TEST_F(KeepAliveHubTest, NoShardAnsweringIsAnError) {
   EXPECT_EQ(got.status.code(), StatusCode::kUnavailable);
 }
 
+TEST_F(KeepAliveHubTest, SplitRoundsAreReportedForRepair) {
+  std::vector<LeaseSplit> splits;
+  hub_->SetSplitHandler([&](const LeaseSplit& split) { splits.push_back(split); });
+  Got got;
+  hub_->KeepAlive(7, Record(got));
+  shards_[0]->last().Answer(7, 0);
+  shards_[1]->last().Answer(7, 9);
+  ASSERT_EQ(splits.size(), 1u);
+  EXPECT_EQ(splits[0].id, 7);
+  EXPECT_EQ(splits[0].holders, std::vector<std::size_t>{1});
+  EXPECT_EQ(splits[0].lacking, std::vector<std::size_t>{0});
+  EXPECT_EQ(splits[0].unknown, 0u);
+  EXPECT_EQ(splits[0].ttl, 9);
+  EXPECT_EQ(got.ttl, 9);  // half the shards hold it: alive (granted while shard 0 was down)
+  // Agreeing shards are no split.
+  hub_->KeepAlive(7, Record(got));
+  for (auto& s : shards_) s->last().Answer(7, 9);
+  EXPECT_EQ(splits.size(), 1u);
+}
+
+TEST(KeepAliveHubSplitTest, LeaseHeldByAMinorityAnswersZero) {
+  std::vector<std::shared_ptr<FakeShard>> shards = {std::make_shared<FakeShard>(), std::make_shared<FakeShard>(),
+                                                    std::make_shared<FakeShard>()};
+  TopologyHolder topology(std::make_shared<const Topology>(
+      Topology{ShardMap({{"s0", "", "g"}, {"s1", "g", "p"}, {"s2", "p", ""}}), {shards[0], shards[1], shards[2]}}));
+  auto hub = std::make_shared<KeepAliveHub>(topology, std::make_shared<PendingLeases>(topology),
+                                            std::chrono::milliseconds(0));
+  int64_t ttl = -1;
+  hub->KeepAlive(7, [&](Status, LeaseKeepAliveResponse response) { ttl = response.ttl(); });
+  // Revoked on shards 0 and 1 while shard 2 was down: the lease is gone, as etcd answers.
+  shards[0]->last().Answer(7, 0);
+  shards[1]->last().Answer(7, 0);
+  shards[2]->last().Answer(7, 9);
+  EXPECT_EQ(ttl, 0);
+}
+
+// Collects what the hub writes to one client stream.
+class FakeSink final : public StreamSink {
+ public:
+  bool Write(std::string message) override {
+    LeaseKeepAliveResponse response;
+    response.ParseFromString(message);
+    ttls.push_back(response.ttl());
+    return true;
+  }
+  void Finish(Status) override { finished = true; }
+  std::vector<int64_t> ttls;
+  bool finished = false;
+};
+
+TEST_F(KeepAliveHubTest, CountsTheLeasesOpenStreamsKeepAlive) {
+  auto request = [](int64_t id) {
+    LeaseKeepAliveRequest r;
+    r.set_id(id);
+    return r.SerializeAsString();
+  };
+  auto sink_a = std::make_shared<FakeSink>();
+  auto sink_b = std::make_shared<FakeSink>();
+  auto a = hub_->NewClientStream(nullptr, sink_a);
+  auto b = hub_->NewClientStream(nullptr, sink_b);
+  EXPECT_EQ(hub_->KeptAliveLeaseCount(), 0u);
+  a->OnMessage(request(1));
+  a->OnMessage(request(2));
+  b->OnMessage(request(2));  // the same lease from two clients counts once
+  EXPECT_EQ(hub_->KeptAliveLeaseCount(), 2u);
+  for (auto& s : shards_) s->last().Answer(1, 0);  // lease 1 is gone: no longer kept alive
+  EXPECT_EQ(sink_a->ttls, std::vector<int64_t>{0});
+  EXPECT_EQ(hub_->KeptAliveLeaseCount(), 1u);
+  a->OnClose();
+  EXPECT_EQ(hub_->KeptAliveLeaseCount(), 1u);  // b still keeps lease 2 alive
+  b->OnClose();
+  EXPECT_EQ(hub_->KeptAliveLeaseCount(), 0u);
+}
+
 }  // namespace
 }  // namespace esp

@@ -1,0 +1,159 @@
+#include "lease/repair.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "common/etcd_errors.h"
+#include "common/methods.h"
+#include "etcdserverpb/rpc.pb.h"
+#include "lease/fanout.h"
+
+namespace esp {
+namespace {
+
+using etcdserverpb::LeaseGrantRequest;
+using etcdserverpb::LeaseGrantResponse;
+using etcdserverpb::LeaseRevokeRequest;
+using etcdserverpb::LeaseRevokeResponse;
+using etcdserverpb::LeaseTimeToLiveRequest;
+using etcdserverpb::LeaseTimeToLiveResponse;
+
+// Repair calls are the proxy's own: bounded, so a hung shard does not hold a client's Put long.
+constexpr std::chrono::seconds kRepairTimeout(2);
+
+bool IsMessage(const Status& status, const Status& expected) { return status.message() == expected.message(); }
+
+}  // namespace
+
+SplitVerdict JudgeSplit(const LeaseSplit& split) {
+  const std::size_t holders = split.holders.size();
+  const std::size_t lacking = split.lacking.size();
+  if (holders >= lacking + split.unknown) return SplitVerdict::kAlive;
+  if (lacking > holders + split.unknown) return SplitVerdict::kGone;
+  return SplitVerdict::kUndecided;
+}
+
+LeaseRepair::LeaseRepair(const TopologyHolder& topology, std::shared_ptr<PendingLeases> pending)
+    : topology_(topology), pending_(std::move(pending)) {}
+
+std::size_t LeaseRepair::repairs() const {
+  const std::lock_guard lock(mu_);
+  return repairs_;
+}
+
+void LeaseRepair::Finish(int64_t id) {
+  const std::lock_guard lock(mu_);
+  in_flight_.erase(id);
+}
+
+SplitVerdict LeaseRepair::Resolve(const LeaseSplit& split, std::function<void(bool)> done) {
+  const SplitVerdict verdict = JudgeSplit(split);
+  const bool alive = verdict == SplitVerdict::kAlive && !split.lacking.empty() && split.ttl > 0;
+  const bool gone = verdict == SplitVerdict::kGone && !split.holders.empty();
+  if (!alive && !gone) {
+    if (done) done(false);
+    return verdict;
+  }
+  {
+    const std::lock_guard lock(mu_);
+    const bool started = in_flight_.insert(split.id).second;
+    if (!started && !done) return verdict;
+    ++repairs_;
+  }
+  const auto topology = topology_.Get();
+  auto finish = [self = shared_from_this(), id = split.id, done = std::move(done)](bool applied) {
+    self->Finish(id);
+    if (done) done(applied);
+  };
+  if (alive) {
+    // The remaining TTL, not the granted one: the lease must not outlive its other copies.
+    spdlog::info("lease {:x}: granting on {} shard(s) that lack it, TTL {} s", split.id, split.lacking.size(), split.ttl);
+    LeaseGrantRequest request;
+    request.set_id(split.id);
+    request.set_ttl(split.ttl);
+    CallShards<LeaseGrantResponse>(*topology, split.lacking, methods::kLeaseGrant, BackgroundContext(kRepairTimeout),
+                                   request, kWrite, [finish](std::vector<ShardOutcome<LeaseGrantResponse>> outcomes) {
+                                     // "Already exists": another proxy or round repaired it first.
+                                     const bool applied = std::all_of(outcomes.begin(), outcomes.end(), [](const auto& o) {
+                                       return o.status.ok() || IsMessage(o.status, etcd_errors::LeaseExists());
+                                     });
+                                     finish(applied);
+                                   });
+    return verdict;
+  }
+  spdlog::info("lease {:x}: revoked on most shards; revoking it on the {} that still hold it", split.id,
+               split.holders.size());
+  LeaseRevokeRequest request;
+  request.set_id(split.id);
+  CallShards<LeaseRevokeResponse>(*topology, split.holders, methods::kLeaseRevoke, BackgroundContext(kRepairTimeout),
+                                  request, kWrite, [finish](std::vector<ShardOutcome<LeaseRevokeResponse>> outcomes) {
+                                    const bool applied = std::all_of(outcomes.begin(), outcomes.end(), [](const auto& o) {
+                                      return o.status.ok() || IsMessage(o.status, etcd_errors::LeaseNotFound());
+                                    });
+                                    finish(applied);
+                                  });
+  return verdict;
+}
+
+void LeaseRepair::OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leases, std::function<void(bool)> done) {
+  pending_->OnLeaseNotFound(
+      shard, leases, [self = shared_from_this(), shard, leases, done = std::move(done)](bool granted) mutable {
+        if (granted) return done(true);
+        // Answers once every lease has been probed: true if any of them was granted.
+        struct Join {
+          std::atomic<std::size_t> remaining;
+          std::atomic<bool> any{false};
+          std::function<void(bool)> done;
+        };
+        auto join = std::make_shared<Join>();
+        join->remaining.store(leases.size());
+        join->done = std::move(done);
+        for (int64_t id : leases) {
+          self->Probe(shard, id, [join](bool ok) {
+            if (ok) join->any = true;
+            if (join->remaining.fetch_sub(1) == 1) join->done(join->any.load());
+          });
+        }
+      });
+}
+
+// Asks every shard but `shard` (which just said "not found") whether it holds `id`.
+void LeaseRepair::Probe(std::size_t shard, int64_t id, std::function<void(bool)> done) {
+  const auto topology = topology_.Get();
+  std::vector<std::size_t> others;
+  for (std::size_t s : AllShards(*topology)) {
+    if (s != shard) others.push_back(s);
+  }
+  if (others.empty()) return done(false);
+  LeaseTimeToLiveRequest request;
+  request.set_id(id);
+  CallShards<LeaseTimeToLiveResponse>(
+      *topology, others, methods::kLeaseTimeToLive, BackgroundContext(kRepairTimeout), request, kRead,
+      [self = shared_from_this(), shard, id, done = std::move(done)](
+          std::vector<ShardOutcome<LeaseTimeToLiveResponse>> outcomes) mutable {
+        LeaseSplit split{.id = id, .holders = {}, .lacking = {shard}, .unknown = 0, .ttl = INT64_MAX};
+        for (const auto& o : outcomes) {
+          if (!o.status.ok()) {
+            ++split.unknown;
+          } else if (o.response.ttl() < 0) {
+            split.lacking.push_back(o.shard);
+          } else {
+            split.holders.push_back(o.shard);
+            split.ttl = std::min(split.ttl, o.response.ttl());
+          }
+        }
+        if (split.holders.empty()) return done(false);
+        // Only `shard` is granted here: the request is waiting for it. Other lacking shards are
+        // repaired by the next keep-alive or TimeToLive that sees the split.
+        if (JudgeSplit(split) != SplitVerdict::kAlive) {
+          self->Resolve(split);  // revoked on most shards: drop the leftovers; the client gets "not found"
+          return done(false);
+        }
+        split.lacking = {shard};
+        self->Resolve(split, std::move(done));
+      });
+}
+
+}  // namespace esp
