@@ -25,6 +25,25 @@ constexpr std::chrono::seconds kRepairTimeout(2);
 
 bool IsMessage(const Status& status, const Status& expected) { return status.message() == expected.message(); }
 
+// The split that TimeToLive answers describe: -1 is "not here", an error "did not answer".
+LeaseSplit SplitOf(int64_t id, const std::vector<ShardOutcome<LeaseTimeToLiveResponse>>& outcomes) {
+  LeaseSplit split{.id = id, .holders = {}, .lacking = {}, .unknown = 0, .ttl = INT64_MAX};
+  for (const auto& o : outcomes) {
+    if (!o.status.ok()) {
+      ++split.unknown;
+    } else if (o.response.ttl() < 0) {
+      split.lacking.push_back(o.shard);
+    } else {
+      split.holders.push_back(o.shard);
+      // etcd truncates the remaining seconds: 1.9 s reads 1. Rounded up (never beyond the
+      // granted TTL), a lease granted again right after a renewal keeps its granted TTL instead
+      // of shrinking by a second on every repair; it may outlive its other copies by < 1 s.
+      split.ttl = std::min(split.ttl, std::min(o.response.ttl() + 1, o.response.grantedttl()));
+    }
+  }
+  return split;
+}
+
 }  // namespace
 
 SplitVerdict JudgeSplit(const LeaseSplit& split) {
@@ -56,45 +75,72 @@ SplitVerdict LeaseRepair::Resolve(const LeaseSplit& split, std::function<void(bo
     if (done) done(false);
     return verdict;
   }
+  const bool waited_for = static_cast<bool>(done);
   {
     const std::lock_guard lock(mu_);
     const bool started = in_flight_.insert(split.id).second;
-    if (!started && !done) return verdict;
+    if (!started && !waited_for) return verdict;
     ++repairs_;
   }
-  const auto topology = topology_.Get();
   auto finish = [self = shared_from_this(), id = split.id, done = std::move(done)](bool applied) {
     self->Finish(id);
     if (done) done(applied);
   };
-  if (alive) {
-    // The remaining TTL, not the granted one: the lease must not outlive its other copies.
-    spdlog::info("lease {:x}: granting on {} shard(s) that lack it, TTL {} s", split.id, split.lacking.size(), split.ttl);
-    LeaseGrantRequest request;
-    request.set_id(split.id);
-    request.set_ttl(split.ttl);
-    CallShards<LeaseGrantResponse>(*topology, split.lacking, methods::kLeaseGrant, BackgroundContext(kRepairTimeout),
-                                   request, kWrite, [finish](std::vector<ShardOutcome<LeaseGrantResponse>> outcomes) {
-                                     // "Already exists": another proxy or round repaired it first.
-                                     const bool applied = std::all_of(outcomes.begin(), outcomes.end(), [](const auto& o) {
-                                       return o.status.ok() || IsMessage(o.status, etcd_errors::LeaseExists());
-                                     });
-                                     finish(applied);
-                                   });
-    return verdict;
+  if (gone) {
+    RevokeOn(split, std::move(finish));
+  } else if (waited_for) {
+    GrantOn(split, std::move(finish));
+  } else {
+    // Seen by a keep-alive or TimeToLive: the split may be a revoke still under way (revoked on
+    // some shards, not yet on the others). Look again once before granting anything.
+    Confirm(split.id, std::move(finish));
   }
+  return verdict;
+}
+
+void LeaseRepair::GrantOn(const LeaseSplit& split, std::function<void(bool)> finish) {
+  // The remaining TTL, not the granted one: the lease must not outlive its other copies.
+  // (etcd raises a TTL below its minimum, as for any grant.)
+  spdlog::info("lease {:x}: granting on {} shard(s) that lack it, TTL {} s", split.id, split.lacking.size(), split.ttl);
+  LeaseGrantRequest request;
+  request.set_id(split.id);
+  request.set_ttl(split.ttl);
+  CallShards<LeaseGrantResponse>(*topology_.Get(), split.lacking, methods::kLeaseGrant,
+                                 BackgroundContext(kRepairTimeout), request, kWrite,
+                                 [finish = std::move(finish)](std::vector<ShardOutcome<LeaseGrantResponse>> outcomes) {
+                                   // "Already exists": another proxy or round repaired it first.
+                                   finish(std::all_of(outcomes.begin(), outcomes.end(), [](const auto& o) {
+                                     return o.status.ok() || IsMessage(o.status, etcd_errors::LeaseExists());
+                                   }));
+                                 });
+}
+
+void LeaseRepair::RevokeOn(const LeaseSplit& split, std::function<void(bool)> finish) {
   spdlog::info("lease {:x}: revoked on most shards; revoking it on the {} that still hold it", split.id,
                split.holders.size());
   LeaseRevokeRequest request;
   request.set_id(split.id);
-  CallShards<LeaseRevokeResponse>(*topology, split.holders, methods::kLeaseRevoke, BackgroundContext(kRepairTimeout),
-                                  request, kWrite, [finish](std::vector<ShardOutcome<LeaseRevokeResponse>> outcomes) {
-                                    const bool applied = std::all_of(outcomes.begin(), outcomes.end(), [](const auto& o) {
+  CallShards<LeaseRevokeResponse>(*topology_.Get(), split.holders, methods::kLeaseRevoke,
+                                  BackgroundContext(kRepairTimeout), request, kWrite,
+                                  [finish = std::move(finish)](std::vector<ShardOutcome<LeaseRevokeResponse>> outcomes) {
+                                    finish(std::all_of(outcomes.begin(), outcomes.end(), [](const auto& o) {
                                       return o.status.ok() || IsMessage(o.status, etcd_errors::LeaseNotFound());
-                                    });
-                                    finish(applied);
+                                    }));
                                   });
-  return verdict;
+}
+
+void LeaseRepair::Confirm(int64_t id, std::function<void(bool)> finish) {
+  const auto topology = topology_.Get();
+  LeaseTimeToLiveRequest request;
+  request.set_id(id);
+  CallShards<LeaseTimeToLiveResponse>(
+      *topology, AllShards(*topology), methods::kLeaseTimeToLive, BackgroundContext(kRepairTimeout), request, kRead,
+      [self = shared_from_this(), id, finish = std::move(finish)](
+          std::vector<ShardOutcome<LeaseTimeToLiveResponse>> outcomes) mutable {
+        const LeaseSplit split = SplitOf(id, outcomes);
+        if (JudgeSplit(split) != SplitVerdict::kAlive || split.lacking.empty() || split.ttl <= 0) return finish(false);
+        self->GrantOn(split, std::move(finish));
+      });
 }
 
 void LeaseRepair::OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leases, std::function<void(bool)> done) {
@@ -133,17 +179,8 @@ void LeaseRepair::Probe(std::size_t shard, int64_t id, std::function<void(bool)>
       *topology, others, methods::kLeaseTimeToLive, BackgroundContext(kRepairTimeout), request, kRead,
       [self = shared_from_this(), shard, id, done = std::move(done)](
           std::vector<ShardOutcome<LeaseTimeToLiveResponse>> outcomes) mutable {
-        LeaseSplit split{.id = id, .holders = {}, .lacking = {shard}, .unknown = 0, .ttl = INT64_MAX};
-        for (const auto& o : outcomes) {
-          if (!o.status.ok()) {
-            ++split.unknown;
-          } else if (o.response.ttl() < 0) {
-            split.lacking.push_back(o.shard);
-          } else {
-            split.holders.push_back(o.shard);
-            split.ttl = std::min(split.ttl, o.response.ttl());
-          }
-        }
+        LeaseSplit split = SplitOf(id, outcomes);
+        split.lacking.push_back(shard);  // it just said "not found"
         if (split.holders.empty()) return done(false);
         // Only `shard` is granted here: the request is waiting for it. Other lacking shards are
         // repaired by the next keep-alive or TimeToLive that sees the split.

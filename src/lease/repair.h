@@ -60,6 +60,10 @@ class LeaseRepair final : public LeaseHook, public std::enable_shared_from_this<
 
  private:
   void Probe(std::size_t shard, int64_t id, std::function<void(bool)> done);
+  void GrantOn(const LeaseSplit& split, std::function<void(bool)> finish);
+  void RevokeOn(const LeaseSplit& split, std::function<void(bool)> finish);
+  // Asks every shard again and grants on those that lack the lease if it is still alive.
+  void Confirm(int64_t id, std::function<void(bool)> finish);
   void Finish(int64_t id);
 
   const TopologyHolder& topology_;

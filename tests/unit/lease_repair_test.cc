@@ -65,6 +65,7 @@ class LeaseRepairTest : public ::testing::Test {
     etcdserverpb::LeaseTimeToLiveResponse response;
     response.set_id(7);
     response.set_ttl(ttl);
+    response.set_grantedttl(30);
     shards_[shard]->answers["/etcdserverpb.Lease/LeaseTimeToLive"] = {Status::Ok(), response.SerializeAsString()};
   }
   std::vector<std::string> Methods(std::size_t shard) {
@@ -72,6 +73,8 @@ class LeaseRepairTest : public ::testing::Test {
     for (const auto& [method, body] : shards_[shard]->calls) out.push_back(method);
     return out;
   }
+
+  std::size_t repairs() const { return repair_->repairs(); }
 
   std::vector<std::shared_ptr<FakeShard>> shards_;
   TopologyHolder topology_;
@@ -88,7 +91,7 @@ TEST_F(LeaseRepairTest, NotFoundOnAShardGrantsALeaseMostShardsHold) {
   etcdserverpb::LeaseGrantRequest grant;
   ASSERT_TRUE(grant.ParseFromString(shards_[2]->calls[0].second));
   EXPECT_EQ(grant.id(), 7);
-  EXPECT_EQ(grant.ttl(), 12);  // the smallest remaining TTL
+  EXPECT_EQ(grant.ttl(), 13);  // the smallest remaining TTL, rounded up (etcd truncates it)
 }
 
 TEST_F(LeaseRepairTest, NotFoundOnAShardRevokesALeaseOnlyAMinorityHolds) {
@@ -110,6 +113,29 @@ TEST_F(LeaseRepairTest, UnknownLeaseIsNotGranted) {
   EXPECT_EQ(result, false);
   EXPECT_EQ(Methods(0), std::vector<std::string>{"/etcdserverpb.Lease/LeaseTimeToLive"});
   EXPECT_EQ(Methods(1), std::vector<std::string>{"/etcdserverpb.Lease/LeaseTimeToLive"});
+}
+
+TEST_F(LeaseRepairTest, KeepAliveSplitIsConfirmedBeforeGranting) {
+  HasLease(0, 20);
+  HasLease(1, 20);
+  HasLease(2, -1);
+  const LeaseSplit split{.id = 7, .holders = {0, 1}, .lacking = {2}, .unknown = 0, .ttl = 20};
+  EXPECT_EQ(repair_->Resolve(split), SplitVerdict::kAlive);
+  EXPECT_EQ(Methods(2), (std::vector<std::string>{"/etcdserverpb.Lease/LeaseTimeToLive",
+                                                  "/etcdserverpb.Lease/LeaseGrant"}));
+  EXPECT_EQ(repairs(), 1u);
+}
+
+TEST_F(LeaseRepairTest, SplitFromARevokeUnderWayIsNotGrantedAgain) {
+  // The keep-alive saw shard 2 without the lease; by the second look the revoke reached 0 and 1.
+  HasLease(0, -1);
+  HasLease(1, -1);
+  HasLease(2, -1);
+  const LeaseSplit split{.id = 7, .holders = {0, 1}, .lacking = {2}, .unknown = 0, .ttl = 20};
+  repair_->Resolve(split);
+  for (std::size_t shard = 0; shard < 3; ++shard) {
+    EXPECT_EQ(Methods(shard), std::vector<std::string>{"/etcdserverpb.Lease/LeaseTimeToLive"}) << shard;
+  }
 }
 
 }  // namespace
