@@ -179,12 +179,14 @@ void LeaseService::TimeToLive(CallContextPtr ctx, const LeaseTimeToLiveRequest& 
         std::optional<Status> error;
         std::vector<std::string> keys;
         LeaseSplit split{.id = id, .holders = {}, .lacking = {}, .unknown = 0, .ttl = INT64_MAX};
+        std::optional<etcdserverpb::ResponseHeader> header;  // of the first shard that answered
         for (auto& o : outcomes) {
           if (!o.status.ok()) {
             if (!error) error = o.status;
             ++split.unknown;
             continue;
           }
+          if (!header) header = o.response.header();
           if (o.response.ttl() == -1) {  // not on this shard
             split.lacking.push_back(o.shard);
             continue;
@@ -205,10 +207,11 @@ void LeaseService::TimeToLive(CallContextPtr ctx, const LeaseTimeToLiveRequest& 
         if (gone) merged.reset();
         if (!merged) {
           if (error && !gone) return done(*error, {});
-          LeaseTimeToLiveResponse none = outcomes.front().response;  // header of one shard
+          // As etcd answers an unknown lease: TTL -1, no error.
+          LeaseTimeToLiveResponse none;
+          if (header) *none.mutable_header() = *header;
           none.set_id(id);
           none.set_ttl(-1);
-          none.clear_keys();
           return done(Status::Ok(), std::move(none));
         }
         // Each shard lists its keys in order; std::string compares bytes as unsigned, as etcd does.

@@ -173,6 +173,21 @@ TEST_F(LeaseMultiProxyTest, PutWithALeaseRevokedWhileTheShardWasDownIsRefused) {
   EXPECT_TRUE(WaitFor([&] { return TimeToLive(Shard(1), id).ttl() == -1; }, 5s));  // leftover dropped
 }
 
+TEST_F(LeaseMultiProxyTest, TimeToLiveOfALeaseRevokedWhileAShardWasDownIsMinusOne) {
+  const int64_t id = Grant(B(), 60);
+  ASSERT_TRUE(Put(B(), "jv", id).ok());
+  setup_->shard(1).KillMember(0);
+  ASSERT_TRUE(Revoke(A(), id).ok());
+  other_->process().Kill();
+  RestartShard(1);
+  ASSERT_GT(TimeToLive(Shard(1), id).ttl(), 0);
+  // As etcd answers for a revoked lease, keys or not; the leftover and its key are removed.
+  const auto ttl = TimeToLive(B(), id, true);
+  EXPECT_EQ(ttl.ttl(), -1);
+  EXPECT_TRUE(Keys(ttl).empty());
+  EXPECT_TRUE(WaitFor([&] { return !KeyExists(Shard(1), "jv"); }, 5s));
+}
+
 TEST_F(LeaseMultiProxyTest, ConcurrentGrantsThroughTwoProxiesNeverCollide) {
   constexpr int kPerThread = 250;  // 2 threads per proxy: 1000 leases
   const auto started = std::chrono::steady_clock::now();
