@@ -4,6 +4,7 @@
 #include <grpcpp/client_context.h>
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <cstdio>
 #include <future>
 #include <set>
@@ -347,6 +348,23 @@ TEST_F(LeaseMultiProxyTest, LeaseThatExpiredOnAHungShardOnlyIsGrantedThereAgain)
   stop = true;
   keepalive.join();
   EXPECT_TRUE(Revoke(B(), id).ok());
+}
+
+TEST_F(LeaseMultiProxyTest, EtcdctlLockContendersOnDifferentProxies) {
+  TempDir dir;
+  const auto lock = [](const std::string& address) {
+    return std::vector<std::string>{"env", "ETCDCTL_API=3", "etcdctl", "--endpoints", address, "lock", "--ttl", "2",
+                                    "xlock"};
+  };
+  ChildProcess first(lock(A()), dir.path() / "first.log");
+  ASSERT_TRUE(WaitFor([&] { return first.Log().find("xlock/") != std::string::npos; }, 10s)) << first.Log();
+  ChildProcess second(lock(B()), dir.path() / "second.log");
+  // Kept alive through proxy A, the holder's lease stays on every shard for 2 TTLs.
+  EXPECT_FALSE(WaitFor([&] { return second.Log().find("xlock/") != std::string::npos; }, 4s)) << second.Log();
+  first.Kill();  // dies holding the lock: its lease expires, on every shard, and B's client takes over
+  EXPECT_TRUE(WaitFor([&] { return second.Log().find("xlock/") != std::string::npos; }, 10s)) << second.Log();
+  second.Signal(SIGINT);
+  second.Terminate();
 }
 
 }  // namespace
