@@ -16,6 +16,7 @@
 #include "lease/lease_service.h"
 #include "lease/pending.h"
 #include "transport/grpc_server.h"
+#include "transport/h2_server.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
 #include "watch/watch_stream.h"
@@ -40,6 +41,9 @@ struct ProxyOptions {
   // host:port of the operator HTTP listener (/metrics, /health, ...); empty: none.
   std::string metrics_address;
   ClientTlsOptions tls;
+  // Client-facing transport: "grpc" (gRPC C++) or "h2" (our event loops on nghttp2).
+  std::string data_plane = "grpc";
+  int data_plane_threads = 0;  // h2 event loops; 0: one per core
 };
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.
@@ -52,7 +56,7 @@ class Proxy {
   ~Proxy();
 
   bool Start();
-  int port() const { return server_->port(); }
+  int port() const { return h2_server_ ? h2_server_->port() : server_->port(); }
   void Shutdown();
 
  private:
@@ -74,6 +78,7 @@ class Proxy {
   LeaseService lease_;
   Housekeeper housekeeper_;
   std::unique_ptr<GrpcServer> server_;
+  std::unique_ptr<H2Server> h2_server_;  // instead of server_ with --data-plane=h2
 };
 
 }  // namespace esp
