@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--data-plane-threads", options.data_plane_threads, "event loops of the h2 data plane (0: one per core)")
       ->capture_default_str();
+  app.add_option("--data-plane-stream-buffer", options.data_plane_stream_buffer,
+                 "h2: response bytes one call may queue for a client that does not read before it is reset")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::from_str(log_level));

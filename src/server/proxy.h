@@ -44,6 +44,7 @@ struct ProxyOptions {
   // Client-facing transport: "grpc" (gRPC C++) or "h2" (our event loops on nghttp2).
   std::string data_plane = "grpc";
   int data_plane_threads = 0;  // h2 event loops; 0: one per core
+  std::size_t data_plane_stream_buffer = 32 * 1024 * 1024;  // h2: bytes queued per call for a slow reader
 };
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.
