@@ -81,13 +81,16 @@ void EventLoop::RemoveFd(int fd) {
 
 EventLoop::TimerId EventLoop::AddTimer(std::chrono::steady_clock::time_point when, Task task) {
   const TimerId id = next_timer_++;
-  timers_.emplace(when, id);
-  timer_tasks_.emplace(id, std::move(task));
+  timer_index_.emplace(id, timers_.emplace(when, std::make_pair(id, std::move(task))));
   return id;
 }
 
-// The multimap entry stays behind and is skipped when it comes due: cheaper than a search.
-void EventLoop::CancelTimer(TimerId id) { timer_tasks_.erase(id); }
+void EventLoop::CancelTimer(TimerId id) {
+  const auto it = timer_index_.find(id);
+  if (it == timer_index_.end()) return;
+  timers_.erase(it->second);
+  timer_index_.erase(it);
+}
 
 int EventLoop::NextTimeoutMs() const {
   if (!local_.empty()) return 0;
@@ -100,12 +103,9 @@ int EventLoop::NextTimeoutMs() const {
 void EventLoop::RunTimers() {
   const auto now = std::chrono::steady_clock::now();
   while (!timers_.empty() && timers_.begin()->first <= now) {
-    const TimerId id = timers_.begin()->second;
+    auto [id, task] = std::move(timers_.begin()->second);
     timers_.erase(timers_.begin());
-    const auto it = timer_tasks_.find(id);
-    if (it == timer_tasks_.end()) continue;
-    Task task = std::move(it->second);
-    timer_tasks_.erase(it);
+    timer_index_.erase(id);
     task();
   }
 }

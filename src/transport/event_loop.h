@@ -62,8 +62,10 @@ class EventLoop {
   std::vector<Task> local_;
 
   std::unordered_map<int, FdHandler> handlers_;
-  std::multimap<std::chrono::steady_clock::time_point, TimerId> timers_;
-  std::unordered_map<TimerId, Task> timer_tasks_;
+  using Timers = std::multimap<std::chrono::steady_clock::time_point, std::pair<TimerId, Task>>;
+  Timers timers_;
+  // Cancelled timers leave at once: a deadline per call must not pile up until it would expire.
+  std::unordered_map<TimerId, Timers::iterator> timer_index_;
   TimerId next_timer_ = 1;
   Task end_of_turn_;
 };
