@@ -41,8 +41,8 @@ struct ProxyOptions {
   // host:port of the operator HTTP listener (/metrics, /health, ...); empty: none.
   std::string metrics_address;
   ClientTlsOptions tls;
-  // Client-facing transport: "grpc" (gRPC C++) or "h2" (our event loops on nghttp2).
-  std::string data_plane = "grpc";
+  // Client-facing transport: "h2" (our event loops on nghttp2) or "grpc" (gRPC C++'s server).
+  std::string data_plane = "h2";
   int data_plane_threads = 0;  // h2 event loops; 0: one per core
   std::size_t data_plane_stream_buffer = 32 * 1024 * 1024;  // h2: bytes queued per call for a slow reader
 };
