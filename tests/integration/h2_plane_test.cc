@@ -264,6 +264,30 @@ TEST_F(H2PlaneTest, EtcdctlOverCleartextHttp2) {
   EXPECT_EQ(del.output, "1\n");
 }
 
+// grpc-go's bidirectional streams on this plane: a watch replaying history, a lease kept alive.
+TEST_F(H2PlaneTest, EtcdctlWatchAndLeaseKeepAlive) {
+  const auto& address = setup_->proxy().address();
+  const auto put = Etcdctl(address, "put h2/watched one -w json");
+  ASSERT_EQ(put.exit_code, 0) << put.output;
+  const auto rev_at = put.output.find("\"revision\":");
+  ASSERT_NE(rev_at, std::string::npos) << put.output;
+  const std::string rev = std::to_string(std::stoll(put.output.substr(rev_at + 11)));
+  ASSERT_EQ(Etcdctl(address, "put h2/watched two").exit_code, 0);
+  // The watch never ends by itself: `timeout` bounds it once the replayed events are printed.
+  const auto watch = RunCommand("env ETCDCTL_API=3 timeout 3 etcdctl --endpoints " + address +
+                                " watch --rev=" + rev + " h2/watched");
+  EXPECT_NE(watch.output.find("PUT\nh2/watched\none\nPUT\nh2/watched\ntwo"), std::string::npos)
+      << "revision " << rev << ": " << watch.output;
+  const auto grant = Etcdctl(address, "lease grant 30");
+  ASSERT_EQ(grant.exit_code, 0) << grant.output;
+  const auto id_at = grant.output.find("lease ");
+  ASSERT_NE(id_at, std::string::npos) << grant.output;
+  const std::string id = grant.output.substr(id_at + 6, grant.output.find(' ', id_at + 6) - id_at - 6);
+  const auto kept = Etcdctl(address, "lease keep-alive --once " + id);
+  EXPECT_EQ(kept.exit_code, 0) << kept.output;
+  EXPECT_NE(kept.output.find("keepalived with TTL"), std::string::npos) << kept.output;
+}
+
 TEST_F(H2PlaneTest, PythonEtcd3PutGetWatch) {
   if (RunCommand("/usr/bin/python3 -c 'import etcd3'").exit_code != 0) {
     GTEST_SKIP() << "python3-etcd3 is not installed (scripts/install-deps.sh installs it)";
