@@ -205,7 +205,15 @@ void H2Connection::DoRead() {
       Close();
       return;
     }
-    if (static_cast<std::size_t>(n) < buffer.size()) return;
+    // A short plain read drained the socket; TLS reads stop at record ends, so go on until
+    // OpenSSL says it wants more.
+    if (ssl_ == nullptr && static_cast<std::size_t>(n) < buffer.size()) return;
+  }
+  // Out of turns with decrypted bytes still inside OpenSSL: epoll will not report them.
+  if (!closed() && ssl_ != nullptr && SSL_pending(ssl_) > 0) {
+    loop_->Post([this, alive = std::weak_ptr<bool>(alive_)] {
+      if (!alive.expired() && !closed()) DoRead();
+    });
   }
 }
 

@@ -134,6 +134,8 @@ class H2Connection {
   bool want_write_event_ = false;
   bool dirty_ = false;
   bool draining_ = false;
+  // Expires with the connection: lets a posted task find out whether it still exists.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace esp

@@ -459,5 +459,37 @@ TEST_F(H2PlaneTest, SigtermSendsGoawayAndLetsTheCallInFlightFinish) {
   EXPECT_TRUE(WaitFor([&] { return !proxy.running(); }, std::chrono::seconds(5)));
 }
 
+// TLS on the h2 plane with answers spanning many TLS records (and many DATA frames), from a
+// gRPC C++ client and from etcdctl (grpc-go); server-side TLS only (mutual TLS: tls_test).
+TEST(H2PlaneTlsTest, LargeMessagesOverTls) {
+  TestCertificates certs;
+  EtcdCluster shard(1, "h2tls");
+  shard.Start();
+  ProxyProcess proxy({{"", "", shard.ClientAddresses()}},
+                     {"--data-plane=h2", "--cert-file", certs.cert(), "--key-file", certs.key()});
+  proxy.StartWithoutProbe();
+  auto kv = etcdserverpb::KV::NewStub(Connect(proxy.address(), EtcdTls{certs.ca(), certs.cert(), certs.key()}));
+  std::string value(1024 * 1024 + 7, 't');
+  for (std::size_t i = 0; i < value.size(); i += 4096) value[i] = static_cast<char>('a' + i / 4096 % 26);
+  PutRequest put;
+  put.set_key("tls/big");
+  put.set_value(value);
+  etcdserverpb::PutResponse put_resp;
+  const grpc::Status put_status = kv->Put(Ctx().get(), put, &put_resp);
+  ASSERT_TRUE(put_status.ok()) << put_status.error_message();
+  RangeRequest range;
+  range.set_key("tls/big");
+  RangeResponse resp;
+  const grpc::Status get_status = kv->Range(Ctx().get(), range, &resp);
+  ASSERT_TRUE(get_status.ok()) << get_status.error_message();
+  ASSERT_EQ(resp.kvs_size(), 1);
+  EXPECT_TRUE(resp.kvs(0).value() == value);
+  const auto etcdctl = Etcdctl(proxy.address(), "--cacert " + certs.ca() + " get tls/big --print-value-only");
+  EXPECT_EQ(etcdctl.exit_code, 0) << etcdctl.output;
+  EXPECT_EQ(etcdctl.output, value + "\n");
+  const auto plaintext = Etcdctl(proxy.address(), "--command-timeout 2s get tls/big");
+  EXPECT_NE(plaintext.exit_code, 0) << "a cleartext client must not get through a TLS port";
+}
+
 }  // namespace
 }  // namespace esp::test
