@@ -447,7 +447,8 @@ void H2Connection::SubmitResponseHeaders(H2Stream& stream) {
 
 void H2Connection::SendMessage(H2Stream& stream, std::string message) {
   if (stream.final_status) return;
-  AppendGrpcMessage(stream.out, message);
+  // Checked before appending: one message of any size is fine (etcd answers can be large); a
+  // queue that is already over the cap means the peer stopped reading.
   if (stream.pending() > limits_.max_pending_bytes_per_stream) {
     // The peer does not read fast enough (or at all): give up on this call, not on memory.
     spdlog::warn("h2: stream {} has {} bytes queued for a client that does not read; resetting it", stream.id,
@@ -459,6 +460,7 @@ void H2Connection::SendMessage(H2Stream& stream, std::string message) {
     MarkDirty();
     return;
   }
+  AppendGrpcMessage(stream.out, message);
   if (!stream.headers_sent) {
     SubmitResponseHeaders(stream);
   } else if (stream.deferred) {

@@ -22,7 +22,8 @@ namespace esp {
 struct H2Limits {
   std::size_t max_receive_bytes = 2 * 1024 * 1024;
   // Response bytes one call may have queued for a peer that does not read (flow control holds
-  // them back); past this the call is reset and cancelled instead of growing without bound.
+  // them back); a message arriving past this resets and cancels the call instead of growing
+  // without bound. A single message is never refused for its size.
   std::size_t max_pending_bytes_per_stream = 32 * 1024 * 1024;
   std::uint32_t max_concurrent_streams = 65536;
 };

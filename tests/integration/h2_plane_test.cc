@@ -437,6 +437,27 @@ TEST_F(H2PlaneTest, PeerThatNeverReadsIsCutOffAndOthersAreUnaffected) {
   EXPECT_EQ(stalled.stream(ok).grpc_status(), "0");
 }
 
+// The per-call queue cap (4 MiB in this suite) stops a reader that lags, not a large answer.
+TEST_F(H2PlaneTest, OneAnswerLargerThanTheQueueCapGoesThrough) {
+  auto kv = etcdserverpb::KV::NewStub(Connect(setup_->proxy().address()));
+  const std::string value(1024 * 1024, 'c');
+  for (int i = 0; i < 6; ++i) {
+    PutRequest put;
+    put.set_key("j/cap/" + std::to_string(i));
+    put.set_value(value);
+    etcdserverpb::PutResponse resp;
+    ASSERT_TRUE(kv->Put(Ctx().get(), put, &resp).ok()) << i;
+  }
+  RangeRequest range;
+  range.set_key("j/cap/");
+  range.set_range_end("j/cap0");
+  RangeResponse resp;
+  const grpc::Status status = kv->Range(Ctx().get(), range, &resp);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(resp.kvs_size(), 6);
+  EXPECT_GT(resp.ByteSizeLong(), 6u << 20);
+}
+
 // Last: it stops the suite's proxy.
 TEST_F(H2PlaneTest, SigtermSendsGoawayAndLetsTheCallInFlightFinish) {
   RawH2Client client(port());
