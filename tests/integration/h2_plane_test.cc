@@ -13,6 +13,7 @@
 #include <deque>
 #include <fstream>
 #include <map>
+#include <random>
 #include <sstream>
 
 #include "support/fixtures.h"
@@ -435,6 +436,41 @@ TEST_F(H2PlaneTest, PeerThatNeverReadsIsCutOffAndOthersAreUnaffected) {
   const auto ok = stalled.Submit(kRange, {Framed(RangeBytes("k"))});
   ASSERT_TRUE(stalled.RunUntil([&] { return stalled.stream(ok).closed; }));
   EXPECT_EQ(stalled.stream(ok).grpc_status(), "0");
+}
+
+// Whatever a peer sends, the proxy closes that connection (after a GOAWAY where it can) and
+// goes on serving everyone else.
+TEST_F(H2PlaneTest, GarbageClosesOnlyThatConnection) {
+  std::mt19937 rng(11);
+  std::string junk(4096, '\0');
+  for (auto& c : junk) c = static_cast<char>(rng());
+  const std::vector<std::string> inputs = {
+      "GET / HTTP/1.1\r\nHost: x\r\n\r\n",               // HTTP/1.1 without an upgrade
+      std::string("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") + junk,  // a valid preface, then noise
+      junk};
+  for (const auto& input : inputs) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(send(fd, input.data(), input.size(), MSG_NOSIGNAL), static_cast<ssize_t>(input.size()));
+    // The proxy ends the connection: recv reaches end of file (or a reset) within the bound.
+    bool ended = false;
+    for (int i = 0; i < 100 && !ended; ++i) {
+      pollfd p{fd, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      char buf[4096];
+      ended = recv(fd, buf, sizeof buf, 0) <= 0;
+    }
+    close(fd);
+    EXPECT_TRUE(ended) << "connection still open after " << input.substr(0, 20);
+  }
+  RawH2Client client(port());
+  const auto ok = client.Submit(kRange, {Framed(RangeBytes("k"))});
+  ASSERT_TRUE(client.RunUntil([&] { return client.stream(ok).closed; }));
+  EXPECT_EQ(client.stream(ok).grpc_status(), "0");
 }
 
 // The per-call queue cap (4 MiB in this suite) stops a reader that lags, not a large answer.
