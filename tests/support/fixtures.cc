@@ -321,7 +321,7 @@ ProxyProcess::~ProxyProcess() {
   if (process_) process_->Kill();
 }
 
-// ESP_DATA_PLANE=h2 runs every test's proxy on that data plane (unless the test picks one).
+// ESP_DATA_PLANE=grpc or =h2 runs every test's proxy on that data plane (unless the test picks one).
 static void AddDataPlaneFromEnv(std::vector<std::string>& argv) {
   const char* plane = std::getenv("ESP_DATA_PLANE");
   if (plane == nullptr || *plane == '\0') return;
