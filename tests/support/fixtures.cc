@@ -321,9 +321,20 @@ ProxyProcess::~ProxyProcess() {
   if (process_) process_->Kill();
 }
 
+// ESP_DATA_PLANE=grpc or =h2 runs every test's proxy on that data plane (unless the test picks one).
+static void AddDataPlaneFromEnv(std::vector<std::string>& argv) {
+  const char* plane = std::getenv("ESP_DATA_PLANE");
+  if (plane == nullptr || *plane == '\0') return;
+  for (const auto& arg : argv) {
+    if (arg.starts_with("--data-plane")) return;
+  }
+  argv.push_back(std::string("--data-plane=") + plane);
+}
+
 void ProxyProcess::Start() {
   std::vector<std::string> argv = {ESP_PROXY_BINARY, "--config", config_path_.string(), "--listen-addr", address()};
   argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
+  AddDataPlaneFromEnv(argv);
   process_ = std::make_unique<ChildProcess>(argv, dir_.path() / "proxy.log");
   const auto channel = Connect(address());
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
@@ -334,6 +345,7 @@ void ProxyProcess::Start() {
 void ProxyProcess::StartWithoutProbe() {
   std::vector<std::string> argv = {ESP_PROXY_BINARY, "--config", config_path_.string(), "--listen-addr", address()};
   argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
+  AddDataPlaneFromEnv(argv);
   process_ = std::make_unique<ChildProcess>(argv, dir_.path() / "proxy.log");
   const bool listening = WaitFor(
       [this] {
