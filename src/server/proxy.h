@@ -40,6 +40,8 @@ struct ProxyOptions {
   // host:port of the operator HTTP listener (/metrics, /health, ...); empty: none.
   std::string metrics_address;
   ClientTlsOptions tls;
+  // Responses a Watch stream may have queued for a client that does not read them.
+  std::size_t watch_buffer_bytes = kDefaultWatchBufferBytes;
 };
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.
