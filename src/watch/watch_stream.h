@@ -58,7 +58,8 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
     // (the client joins fragments until the last): while `fragmenting` sends a fragmented
     // response, the other shards' responses wait in `deferred`.
     const Piece* fragmenting = nullptr;
-    std::deque<std::pair<const Piece*, etcdserverpb::WatchResponse>> deferred;
+    // A vector, not a deque: it stays unallocated for the (usual) watch that never defers.
+    std::vector<std::pair<const Piece*, etcdserverpb::WatchResponse>> deferred;
   };
   using WatchPtr = std::shared_ptr<Watch>;
   using Handles = std::vector<UpstreamWatcherHandle>;
