@@ -211,28 +211,33 @@ bool WatchStream::SyncedLocked(const Watch& watch, std::size_t shard) const {
 
 void WatchStream::FlushProgressLocked() {
   // In arrival order: an earlier answer carries a lower revision than a later one.
-  while (!pending_progress_.empty()) {
-    PendingProgress& progress = pending_progress_.front();
-    if (progress.stream_wide) {
+  while (!closed_ && !pending_progress_.empty()) {
+    const PendingProgress& front = pending_progress_.front();
+    if (front.stream_wide) {
       // etcd answers only once every watcher of the stream is synced, the new ones included.
       if (!create_order_.empty()) return;
       for (const auto& [id, watch] : watches_) {
-        if (!SyncedLocked(*watch, progress.shard)) return;
+        if (!SyncedLocked(*watch, front.shard)) return;
       }
-      progress.response.set_watch_id(-1);
-      WriteLocked(progress.response.SerializeAsString());
     } else {
-      for (const std::int64_t id : progress.ids) {
+      for (const std::int64_t id : front.ids) {
         const auto it = watches_.find(id);
-        if (it != watches_.end() && !SyncedLocked(*it->second, progress.shard)) return;
-      }
-      for (const std::int64_t id : progress.ids) {
-        if (!watches_.contains(id)) continue;  // canceled meanwhile
-        progress.response.set_watch_id(id);
-        WriteLocked(progress.response.SerializeAsString());
+        if (it != watches_.end() && !SyncedLocked(*it->second, front.shard)) return;
       }
     }
+    // Taken off the queue before writing: a write may end the stream (slow client).
+    PendingProgress progress = std::move(pending_progress_.front());
     pending_progress_.pop_front();
+    if (progress.stream_wide) {
+      progress.response.set_watch_id(-1);
+      WriteLocked(progress.response.SerializeAsString());
+      continue;
+    }
+    for (const std::int64_t id : progress.ids) {
+      if (!watches_.contains(id)) continue;  // canceled meanwhile
+      progress.response.set_watch_id(id);
+      WriteLocked(progress.response.SerializeAsString());
+    }
   }
 }
 
