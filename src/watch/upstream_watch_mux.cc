@@ -239,7 +239,7 @@ UpstreamWatcherHandle UpstreamWatchHub::CreateDirect(const std::shared_ptr<Shard
     const Key key{shard.get(), MetadataKey(metadata)};
     auto it = streams_.find(key);
     if (it != streams_.end()) {
-      if (auto id = it->second->AddWatcher(request, target)) return {it->second, *id};
+      if (auto id = it->second->AddWatcher(request, target)) return {.stream = it->second, .id = *id, .group = nullptr};
     }
     // None yet, or the old one ended: a fresh stream cannot refuse.
     handle.stream = AddLocked(key, shard, metadata);

@@ -45,6 +45,9 @@ class UpstreamWatchTarget {
   }
   // The upstream stream ended (shard restart, connection loss); the watcher is gone.
   virtual void OnUpstreamBroken(const Status& status) = 0;
+  // A coalesced watcher lost its upstream watcher (true) and re-created it (false): until then
+  // a member's events may lag behind the shard, so its progress answers must wait.
+  virtual void OnSharedResuming(bool /*resuming*/) {}
 };
 
 class UpstreamWatchStream;

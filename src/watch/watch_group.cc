@@ -17,6 +17,7 @@ std::optional<std::int64_t> WatchGroup::Join(std::shared_ptr<UpstreamWatchTarget
   const std::lock_guard delivery(delivery_mu_);
   etcdserverpb::WatchResponse created;
   std::int64_t id = 0;
+  bool resuming = false;
   {
     const std::lock_guard lock(mu_);
     if (dissolved_) return std::nullopt;
@@ -31,8 +32,10 @@ std::optional<std::int64_t> WatchGroup::Join(std::shared_ptr<UpstreamWatchTarget
     }
     members_.emplace(id, member);
     created = JoinerCreatedLocked();
+    resuming = resuming_;
   }
   member->OnUpstreamResponse(std::move(created));
+  if (resuming) member->OnSharedResuming(true);
   return id;
 }
 
@@ -98,6 +101,7 @@ void WatchGroup::OnUpstreamResponse(etcdserverpb::WatchResponse response) {
   Members joined;
   etcdserverpb::WatchResponse joined_created;
   bool dissolve = false;
+  bool resumed = false;
   {
     const std::lock_guard lock(mu_);
     if (dissolved_) return;
@@ -107,10 +111,12 @@ void WatchGroup::OnUpstreamResponse(etcdserverpb::WatchResponse response) {
       if (resuming_) {  // resumed transparently: members saw their `created` long ago
         resuming_ = false;
         retries_ = 0;
-        return;
+        resumed = true;
       }
-      created_ = true;
-      next_revision_ = response.header().revision() + 1;
+      if (!resumed) {
+        created_ = true;
+        next_revision_ = response.header().revision() + 1;
+      }
     } else if (response.canceled()) {
       // A refused create, compaction, or a cancel by the shard: every member's watch ends.
       if (resuming_) response.set_created(false);  // members were created long ago
@@ -142,6 +148,10 @@ void WatchGroup::OnUpstreamResponse(etcdserverpb::WatchResponse response) {
       }
     }
   }
+  if (resumed) {
+    for (const auto& member : to) member->OnSharedResuming(false);
+    return;
+  }
   if (shared) {
     const std::shared_ptr<const SharedWatchResponse> once = shared;
     for (const auto& member : to) member->OnSharedResponse(once);
@@ -156,11 +166,19 @@ void WatchGroup::OnUpstreamResponse(etcdserverpb::WatchResponse response) {
 
 void WatchGroup::OnUpstreamBroken(const Status&) {
   {
-    const std::lock_guard lock(mu_);
-    if (dissolved_) return;
-    upstream_ = {};  // gone with its stream
-    resuming_ = created_;
-    fragmenting_ = false;
+    const std::lock_guard delivery(delivery_mu_);
+    Members to;
+    {
+      const std::lock_guard lock(mu_);
+      if (dissolved_) return;
+      upstream_ = {};  // gone with its stream
+      resuming_ = created_;
+      fragmenting_ = false;
+      if (resuming_) {
+        for (const auto& [id, member] : members_) to.push_back(member);
+      }
+    }
+    for (const auto& member : to) member->OnSharedResuming(true);
   }
   ScheduleResume();
 }

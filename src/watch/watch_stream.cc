@@ -205,7 +205,7 @@ bool WatchStream::SyncedLocked(const Watch& watch, std::size_t shard) const {
   // behind its `created`, deferred behind a fragment) and no piece on the shard is resuming.
   if (!watch.created_sent || !watch.deferred.empty() || watch.fragmenting != nullptr) return false;
   return std::none_of(watch.pieces.begin(), watch.pieces.end(), [shard](const auto& piece) {
-    return piece->shard == shard && (!piece->created || piece->resuming);
+    return piece->shard == shard && (!piece->created || piece->resuming || piece->shared_resuming);
   });
 }
 
@@ -339,6 +339,13 @@ void WatchStream::OnPieceBroken(const std::shared_ptr<Piece>& piece, const Statu
     if (watch->fragmenting == piece.get()) watch->fragmenting = nullptr;  // its fragments end here
   }
   ScheduleResume(piece);
+}
+
+void WatchStream::OnPieceSharedResuming(const std::shared_ptr<Piece>& piece, bool resuming) {
+  const std::lock_guard lock(mu_);
+  if (closed_ || !piece) return;
+  piece->shared_resuming = resuming;
+  if (!resuming) FlushProgressLocked();
 }
 
 void WatchStream::ScheduleResume(const std::shared_ptr<Piece>& piece) {

@@ -39,6 +39,7 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
   void OnPieceResponse(const std::shared_ptr<Piece>& piece, etcdserverpb::WatchResponse response);
   void OnPieceShared(const std::shared_ptr<Piece>& piece, const std::shared_ptr<const SharedWatchResponse>& shared);
   void OnPieceBroken(const std::shared_ptr<Piece>& piece, const Status& status);
+  void OnPieceSharedResuming(const std::shared_ptr<Piece>& piece, bool resuming);
 
  private:
   // An auto-assigned id is given when the `created` goes out, in create order, so a create the
@@ -122,6 +123,7 @@ struct WatchStream::Piece final : UpstreamWatchTarget {
   // The revision to resume from: everything before it has been delivered (0: not created yet).
   std::int64_t next_revision = 0;
   bool resuming = false;  // the next `created` is the re-created watcher's: not for the client
+  bool shared_resuming = false;  // the coalesced watcher it belongs to is being re-created
   int retries = 0;
   std::unique_ptr<grpc::Alarm> retry_alarm;
   std::weak_ptr<Piece> self;
@@ -131,6 +133,9 @@ struct WatchStream::Piece final : UpstreamWatchTarget {
   }
   void OnSharedResponse(const std::shared_ptr<const SharedWatchResponse>& shared) override {
     if (auto o = owner.lock()) o->OnPieceShared(self.lock(), shared);
+  }
+  void OnSharedResuming(bool resuming) override {
+    if (auto o = owner.lock()) o->OnPieceSharedResuming(self.lock(), resuming);
   }
   void OnUpstreamBroken(const Status& status) override {
     if (auto o = owner.lock()) o->OnPieceBroken(self.lock(), status);
