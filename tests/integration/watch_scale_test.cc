@@ -4,12 +4,14 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "integration/watch_client.h"
@@ -266,6 +268,54 @@ TEST_F(WatchScaleTest, ProgressWaitsForPendingCreates) {
     EXPECT_FALSE(second.created());
     EXPECT_GE(second.header().revision(), first.header().revision());
   }
+}
+
+// Members join and leave a shared watcher while events flow: a steady member gets every event,
+// and each joiner gets exactly the events after its `created` revision, without a gap (the
+// writer's puts are all on one key, so every revision in between is one of its events).
+TEST_F(WatchScaleTest, ChurningJoinersSeeExactlyTheEventsAfterTheirCreatedRevision) {
+  WatchClient steady(proxy());
+  steady.Create("churn-key");
+  ASSERT_TRUE(steady.Expect().created());
+  constexpr int kPuts = 200;
+  std::atomic<bool> writing{true};
+  std::vector<std::int64_t> revisions;
+  std::thread writer([&] {
+    auto kv = etcdserverpb::KV::NewStub(Connect(proxy()));
+    for (int i = 0; i < kPuts; ++i) {
+      etcdserverpb::PutRequest req;
+      req.set_key("churn-key");
+      req.set_value(std::to_string(i));
+      etcdserverpb::PutResponse resp;
+      if (kv->Put(Ctx().get(), req, &resp).ok()) revisions.push_back(resp.header().revision());
+    }
+    writing = false;
+  });
+  int joiners = 0;
+  while (writing) {
+    WatchClient joiner(proxy());
+    joiner.Create("churn-key");
+    const auto created = joiner.Expect();
+    ASSERT_TRUE(created.created());
+    std::int64_t expected = created.header().revision() + 1;
+    // A few events (or none, if the writer is done), each the next revision.
+    for (int i = 0; i < 3; ++i) {
+      const auto r = joiner.Next(writing ? 5s : 300ms);
+      if (!r) break;
+      for (const auto& e : r->events()) EXPECT_EQ(e.kv().mod_revision(), expected++) << "joiner " << joiners;
+    }
+    ++joiners;
+  }
+  writer.join();
+  ASSERT_EQ(revisions.size(), static_cast<std::size_t>(kPuts));
+  std::vector<std::int64_t> seen;
+  while (seen.size() < revisions.size()) {
+    const auto r = steady.Next();
+    ASSERT_TRUE(r.has_value()) << "steady member got " << seen.size() << " of " << kPuts;
+    for (const auto& e : r->events()) seen.push_back(e.kv().mod_revision());
+  }
+  EXPECT_EQ(seen, revisions);
+  EXPECT_GT(joiners, 5);
 }
 
 }  // namespace
