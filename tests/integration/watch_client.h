@@ -27,8 +27,11 @@ inline const std::string kAll("\0", 1);
 // One Watch stream read by a background thread, so tests await responses with deadlines.
 class WatchClient {
  public:
-  explicit WatchClient(const std::string& address) : stub_(etcdserverpb::Watch::NewStub(Connect(address))) {
+  // `token`: an etcd auth token, sent as the "token" metadata clientv3 sends.
+  explicit WatchClient(const std::string& address, const std::string& token = "")
+      : stub_(etcdserverpb::Watch::NewStub(Connect(address))) {
     ctx_.set_deadline(std::chrono::system_clock::now() + 300s);
+    if (!token.empty()) ctx_.AddMetadata("token", token);
     stream_ = stub_->Watch(&ctx_);
     reader_ = std::thread([this] { ReadLoop(); });
   }

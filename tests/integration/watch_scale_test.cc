@@ -318,5 +318,36 @@ TEST_F(WatchScaleTest, ChurningJoinersSeeExactlyTheEventsAfterTheirCreatedRevisi
   EXPECT_GT(joiners, 5);
 }
 
+// Runs last in this suite: it enables auth on shard 0. A create the shard refuses (permission
+// denied: `created`+`canceled`, watch_id -1) takes no id, in etcd and through the proxy alike.
+TEST_F(WatchScaleTest, ZzCreateRefusedByTheShardTakesNoId) {
+  const std::string shard0 = member(0);
+  for (const std::string args :
+       {"user add root:rootpw", "user add reader:readerpw", "role add r", "role grant-permission r read allowed",
+        "user grant-role reader r", "auth enable"}) {
+    const auto result = Etcdctl(shard0, args);
+    ASSERT_EQ(result.exit_code, 0) << args << ": " << result.output;
+  }
+  auto auth = etcdserverpb::Auth::NewStub(Connect(shard0));
+  etcdserverpb::AuthenticateRequest login;
+  login.set_name("reader");
+  login.set_password("readerpw");
+  etcdserverpb::AuthenticateResponse token;
+  ASSERT_TRUE(auth->Authenticate(Ctx().get(), login, &token).ok());
+  // The same two creates on the shard itself and through the proxy.
+  for (const std::string& address : {shard0, proxy()}) {
+    WatchClient client(address, token.token());
+    client.Create("denied");
+    const auto refused = client.Expect();
+    EXPECT_TRUE(refused.created() && refused.canceled()) << address;
+    EXPECT_EQ(refused.watch_id(), -1) << address;
+    EXPECT_NE(refused.cancel_reason().find("permission denied"), std::string::npos) << refused.cancel_reason();
+    client.Create("allowed");
+    const auto created = client.Expect();
+    EXPECT_TRUE(created.created() && !created.canceled()) << address << ": " << created.cancel_reason();
+    EXPECT_EQ(created.watch_id(), 0) << address;
+  }
+}
+
 }  // namespace
 }  // namespace esp::test
