@@ -26,6 +26,9 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_option("--listen-metrics-addr", options.metrics_address,
                  "host:port for /metrics, /health, /livez, /readyz, /shards over HTTP (empty: off)");
+  app.add_option("--watch-buffer-bytes", options.watch_buffer_bytes,
+                 "responses a Watch stream may queue for a slow client before it is canceled")
+      ->capture_default_str();
   app.add_option("--cert-file", options.tls.cert_file, "TLS certificate for clients (as etcd's flag)");
   app.add_option("--key-file", options.tls.key_file, "TLS key for clients (as etcd's flag)");
   app.add_option("--trusted-ca-file", options.tls.trusted_ca_file, "CA that signs client certificates");

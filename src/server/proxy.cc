@@ -71,7 +71,7 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
       cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
       maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
-      watch_(topology_),
+      watch_(topology_, options_.watch_buffer_bytes),
       health_(std::make_unique<ShardHealthMonitor>(topology_, ShardEndpoints(config), metrics_)),
       pending_leases_(std::make_shared<PendingLeases>(topology_)),
       keepalive_(std::make_shared<KeepAliveHub>(topology_, pending_leases_, kKeepAliveShardTimeout)),

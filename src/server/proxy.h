@@ -45,6 +45,8 @@ struct ProxyOptions {
   std::string data_plane = "h2";
   int data_plane_threads = 0;  // h2 event loops; 0: one per core
   std::size_t data_plane_stream_buffer = 32 * 1024 * 1024;  // h2: bytes queued per call for a slow reader
+  // Responses a Watch stream may have queued for a client that does not read them.
+  std::size_t watch_buffer_bytes = kDefaultWatchBufferBytes;
 };
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.

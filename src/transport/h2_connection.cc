@@ -76,6 +76,7 @@ class H2Sink final : public StreamSink {
 
   bool Write(std::string message) override {
     if (done_.load(std::memory_order_acquire)) return false;
+    queued_.fetch_add(message.size() + kGrpcFramePrefix, std::memory_order_relaxed);
     loop_->Post([stream = stream_, message = std::move(message)]() mutable {
       if (const auto s = stream.lock(); s && s->connection != nullptr) s->connection->SendMessage(*s, std::move(message));
     });
@@ -89,12 +90,25 @@ class H2Sink final : public StreamSink {
     });
   }
 
+  // Bytes written by the service and not yet handed to nghttp2: what the watch service's
+  // slow-client budget looks at (the loop-side cap below is the last line of defence).
+  std::size_t QueuedBytes() const override { return queued_.load(std::memory_order_relaxed); }
+
+  // On the loop: `n` framed bytes left the call's queue.
+  void OnSent(std::size_t n) {
+    std::size_t current = queued_.load(std::memory_order_relaxed);
+    while (!queued_.compare_exchange_weak(current, current - std::min(current, n), std::memory_order_relaxed)) {
+    }
+  }
+
   void MarkDone() { done_.store(true, std::memory_order_release); }
 
  private:
+  static constexpr std::size_t kGrpcFramePrefix = 5;
   std::shared_ptr<EventLoop> loop_;
   std::weak_ptr<H2Stream> stream_;
   std::atomic<bool> done_{false};
+  std::atomic<std::size_t> queued_{0};
 };
 
 namespace {
@@ -498,6 +512,7 @@ ssize_t H2Connection::ReadData(std::int32_t stream_id, std::uint8_t* buf, std::s
   const std::size_t n = std::min(length, stream->pending());
   std::memcpy(buf, stream->out.data() + stream->out_offset, n);
   stream->out_offset += n;
+  if (stream->sink != nullptr) stream->sink->OnSent(n);
   if (stream->pending() == 0) {
     stream->out.clear();
     stream->out_offset = 0;
