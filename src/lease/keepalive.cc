@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <unordered_set>
 
 #include "common/methods.h"
 
@@ -48,6 +49,7 @@ class ClientStream final : public StreamHandler {
     }
     auto hub = hub_.lock();
     if (!hub) return sink_->Finish(Status(StatusCode::kUnavailable, "etcd-sharding-proxy: shutting down"));
+    if (leases_.insert(request.id()).second) hub->TrackKeptAlive(request.id());
     hub->KeepAlive(request.id(), [sink = sink_](Status status, LeaseKeepAliveResponse response) {
       // No shard answered: the client's library reconnects and retries, as with a dead etcd.
       if (!status.ok()) return sink->Finish(std::move(status));
@@ -55,11 +57,18 @@ class ClientStream final : public StreamHandler {
     });
   }
   // etcd ends the stream when the client half-closes; answers still in flight are dropped.
-  void OnClose() override { sink_->Finish(Status::Ok()); }
+  void OnClose() override {
+    if (auto hub = hub_.lock()) {
+      for (const int64_t id : leases_) hub->UntrackKeptAlive(id);
+    }
+    leases_.clear();
+    sink_->Finish(Status::Ok());
+  }
 
  private:
   std::weak_ptr<KeepAliveHub> hub_;
   std::shared_ptr<StreamSink> sink_;
+  std::unordered_set<int64_t> leases_;  // the transport calls OnMessage and OnClose one at a time
 };
 
 }  // namespace
@@ -70,6 +79,22 @@ KeepAliveHub::KeepAliveHub(const TopologyHolder& topology, std::shared_ptr<Pendi
 
 std::shared_ptr<StreamHandler> KeepAliveHub::NewClientStream(CallContextPtr, std::shared_ptr<StreamSink> sink) {
   return std::make_shared<ClientStream>(weak_from_this(), std::move(sink));
+}
+
+void KeepAliveHub::TrackKeptAlive(int64_t id) {
+  const std::lock_guard lock(mu_);
+  ++kept_alive_[id];
+}
+
+void KeepAliveHub::UntrackKeptAlive(int64_t id) {
+  const std::lock_guard lock(mu_);
+  const auto it = kept_alive_.find(id);
+  if (it != kept_alive_.end() && --it->second == 0) kept_alive_.erase(it);
+}
+
+std::size_t KeepAliveHub::kept_alive_count() {
+  const std::lock_guard lock(mu_);
+  return kept_alive_.size();
 }
 
 void KeepAliveHub::KeepAlive(int64_t id, Answer answer) {

@@ -45,6 +45,11 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
   void OnStreamClosed(std::size_t shard, uint64_t generation, const Status& status);
 
   uint64_t upstream_writes() const { return upstream_writes_.load(); }
+  // For the metrics: distinct leases that open client streams have asked to renew. Each client
+  // stream tracks its leases once and untracks them when it closes.
+  void TrackKeptAlive(int64_t id);
+  void UntrackKeptAlive(int64_t id);
+  std::size_t kept_alive_count();
 
  private:
   struct Round {
@@ -95,6 +100,7 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
   std::unordered_map<int64_t, LeaseState> leases_;
   std::vector<ShardStream> streams_;
   bool shut_down_ = false;
+  std::unordered_map<int64_t, std::size_t> kept_alive_;  // lease -> client streams renewing it
 };
 
 }  // namespace esp

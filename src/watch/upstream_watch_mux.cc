@@ -241,4 +241,16 @@ std::size_t UpstreamWatchHub::stream_count() {
   return streams_.size();
 }
 
+std::size_t UpstreamWatchHub::watcher_count() {
+  const std::lock_guard lock(mu_);  // then each stream's: the order RetireIfIdle takes them in
+  std::size_t n = 0;
+  for (const auto& [key, stream] : streams_) n += stream->watcher_count();
+  return n;
+}
+
+std::size_t UpstreamWatchStream::watcher_count() {
+  const std::lock_guard lock(mu_);
+  return watchers_.size();
+}
+
 }  // namespace esp

@@ -4,6 +4,7 @@
 // thousands of client streams do not become thousands of upstream streams. The proxy picks every
 // upstream watch id itself (client-chosen ids never go upstream) and routes each upstream response
 // back to the watcher's target.
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -58,6 +59,7 @@ class UpstreamWatchStream : public std::enable_shared_from_this<UpstreamWatchStr
   bool RemoveWatcher(std::int64_t id);
   bool RequestProgress(ProgressDone done);
   bool Idle();
+  std::size_t watcher_count();
   // Ends the upstream stream: etcd frees every watcher the stream still had.
   void Close();
   const std::string& shard_description() const { return shard_->description(); }
@@ -97,6 +99,11 @@ class UpstreamWatchHub : public std::enable_shared_from_this<UpstreamWatchHub> {
   // Called by a stream that became idle on its own (its last watcher canceled by the shard).
   void RetireIfIdle(const std::shared_ptr<UpstreamWatchStream>& stream);
   std::size_t stream_count();
+  // For the metrics: watches open on client streams (WatchStream counts them here, as every
+  // stream shares this hub) and watchers held on the shards.
+  void CountClientWatches(std::int64_t delta) { client_watches_.fetch_add(delta, std::memory_order_relaxed); }
+  std::int64_t client_watch_count() const { return client_watches_.load(std::memory_order_relaxed); }
+  std::size_t watcher_count();
 
  private:
   using Key = std::pair<const ShardTransport*, std::string>;
@@ -105,6 +112,7 @@ class UpstreamWatchHub : public std::enable_shared_from_this<UpstreamWatchHub> {
 
   std::mutex mu_;
   std::map<Key, std::shared_ptr<UpstreamWatchStream>> streams_;
+  std::atomic<std::int64_t> client_watches_{0};
 };
 
 }  // namespace esp

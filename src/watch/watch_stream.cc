@@ -114,7 +114,10 @@ void WatchStream::OnCreate(const etcdserverpb::WatchCreateRequest& request) {
       piece->request = upstream;
       to_create.emplace_back(piece, std::move(upstream));
     }
-    if (watch->id != -1) watches_[watch->id] = watch;
+    if (watch->id != -1) {
+      watches_[watch->id] = watch;
+      hub_->CountClientWatches(1);
+    }
     create_order_.push_back(watch);
   }
   // Outside our lock: the hub takes its own, and responses may already arrive meanwhile.
@@ -333,7 +336,10 @@ void WatchStream::FlushCreatesLocked() {
 void WatchStream::FinishWatchLocked(WatchPtr watch, Handles& release) {
   watch->done = true;
   const auto it = watches_.find(watch->id);
-  if (it != watches_.end() && it->second == watch) watches_.erase(it);
+  if (it != watches_.end() && it->second == watch) {
+    watches_.erase(it);
+    hub_->CountClientWatches(-1);
+  }
   for (const auto& piece : watch->pieces) {
     if (piece->handle) release.push_back(piece->handle);
   }
@@ -372,6 +378,7 @@ void WatchStream::OnClose() {
         if (piece->handle) release.push_back(piece->handle);
       }
     }
+    hub_->CountClientWatches(-static_cast<std::int64_t>(watches_.size()));
     watches_.clear();
     create_order_.clear();
   }

@@ -6,38 +6,10 @@
 #include <thread>
 
 #include "support/fixtures.h"
+#include "support/operator_http.h"
 
 namespace esp::test {
 namespace {
-
-struct HttpResult {
-  int status = 0;
-  std::string body;
-};
-
-HttpResult HttpGet(int port, const std::string& path) {
-  // curl prints the body, then the status code on a line of its own.
-  const auto result = RunCommand("curl -s -w '\\n%{http_code}' http://127.0.0.1:" + std::to_string(port) + path);
-  HttpResult out;
-  const auto last_newline = result.output.rfind('\n');
-  if (last_newline == std::string::npos) return out;
-  out.status = std::atoi(result.output.substr(last_newline + 1).c_str());
-  out.body = result.output.substr(0, last_newline);
-  return out;
-}
-
-// The value of the sample of `metric` whose labels include every one of `labels` (name="value").
-double Sample(const std::string& page, const std::string& metric, const std::vector<std::string>& labels) {
-  std::istringstream in(page);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.starts_with(metric + "{")) continue;
-    bool match = true;
-    for (const auto& label : labels) match = match && line.find(label) != std::string::npos;
-    if (match) return std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return 0;
-}
 
 class ObservabilityTest : public ::testing::Test {
  protected:
