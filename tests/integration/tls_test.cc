@@ -66,6 +66,10 @@ TEST_F(TlsTest, ClientWithoutAValidCertificateIsRefused) {
   EXPECT_NE(rogue.exit_code, 0) << rogue.output;
   const auto plaintext = Etcdctl(proxy_->address(), "--command-timeout 3s get k");
   EXPECT_NE(plaintext.exit_code, 0) << plaintext.output;
+  // Each refused connection is one line in the proxy's own log format, with the reason.
+  const std::string log = proxy_->process().Log();
+  EXPECT_NE(log.find("] [error] grpc: Handshake failed"), std::string::npos) << log;
+  EXPECT_NE(log.find("peer did not return a certificate"), std::string::npos) << log;
 }
 
 }  // namespace
