@@ -40,7 +40,8 @@ std::vector<std::string> AlarmTypes(const pb::AlarmResponse& response) {
 void AddReason(HealthVerdict& verdict, const ShardState& shard, const std::string& why) {
   verdict.healthy = false;
   if (!verdict.reason.empty()) verdict.reason += "; ";
-  verdict.reason += shard.description + ": " + why;
+  // Transport errors already start with the shard's description: not twice.
+  verdict.reason += why.starts_with(shard.description) ? why : shard.description + ": " + why;
 }
 
 // `counts(alarm)` says whether an active alarm of that type makes the shard fail.

@@ -170,6 +170,33 @@ TEST_F(HealthTest, GrpcHealthCheckKnowsOnlyTheServerAsAWhole) {
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
 }
 
+// The proxy's shutdown tells health watchers NOT_SERVING and ends their calls, rather than
+// leaving them to the server's grace period.
+TEST_F(HealthTest, ShutdownTellsHealthWatchersNotServing) {
+  std::vector<ShardSpec> shards;
+  const std::vector<std::pair<std::string, std::string>> ranges = {{"", "i"}, {"i", "s"}, {"s", ""}};
+  for (std::size_t i = 0; i < ranges.size(); ++i) {
+    shards.push_back({ranges[i].first, ranges[i].second, setup_->shard(i).ClientAddresses()});
+  }
+  ProxyProcess second(shards);
+  second.Start();
+  auto stub = Health::NewStub(Connect(second.address()));
+  HealthCheckResponse response;
+  ASSERT_TRUE(WaitFor(
+      [&] { return stub->Check(Ctx(2s).get(), {}, &response).ok() && response.status() == HealthCheckResponse::SERVING; },
+      10s));
+  auto ctx = Ctx(20s);
+  auto reader = stub->Watch(ctx.get(), HealthCheckRequest{});
+  ASSERT_TRUE(reader->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+
+  EXPECT_EQ(second.process().Terminate(10s), 0) << second.process().Log();
+  ASSERT_TRUE(reader->Read(&response));
+  EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING);
+  const grpc::Status end = reader->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE) << end.error_message();
+}
+
 // Last: it stops a shard. Watch sends the current status, then each change.
 TEST_F(HealthTest, GrpcHealthWatchFollowsAShardDownAndUp) {
   ASSERT_TRUE(WaitFor([] { return Check("") == HealthCheckResponse::SERVING; }, 10s));

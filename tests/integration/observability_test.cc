@@ -96,6 +96,10 @@ TEST_F(ObservabilityTest, LivezReadyzAndShards) {
   EXPECT_NE(shards.body.find(setup_->shard(1).member(0).client_address()), std::string::npos) << shards.body;
   EXPECT_NE(shards.body.find("\"health\":true"), std::string::npos) << shards.body;
   EXPECT_EQ(HttpGet(metrics_port_, "/nope").status, 404);
+  // Read-only endpoints, as etcd's /health: other methods get 405.
+  const auto post = RunCommand("curl -s -o /dev/null -w '%{http_code}' -X POST http://127.0.0.1:" +
+                               std::to_string(metrics_port_) + "/health");
+  EXPECT_EQ(post.output, "405");
 }
 
 // Last: it stops a shard.
