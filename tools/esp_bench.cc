@@ -18,6 +18,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -570,23 +571,6 @@ double Percentile(const std::vector<int64_t>& sorted, double q) {
   return static_cast<double>(sorted[i]) / 1000.0;
 }
 
-std::string JsonEscape(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c >= 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
-}
-
 std::vector<std::string> Split(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream ss(s);
@@ -744,13 +728,14 @@ void Print(const Options& o, Result& r) {
                p99 = Percentile(r.latencies_ns, 0.99),
                mx = r.latencies_ns.empty() ? 0 : static_cast<double>(r.latencies_ns.back()) / 1000.0;
   if (o.json) {
-    std::printf(
-        "{\"mode\":\"%s\",\"consistency\":\"%s\",\"endpoints\":\"%s\",\"conns\":%d,\"inflight\":%d,\"ok\":%lld,"
-        "\"events\":%lld,\"errors\":%lld,\"seconds\":%.6f,\"throughput\":%.3f,\"p50_us\":%.1f,\"p90_us\":%.1f,"
-        "\"p99_us\":%.1f,\"max_us\":%.1f,\"client_cpu_us\":%.0f,\"first_error\":\"%s\"}\n",
-        r.mode.c_str(), o.consistency.c_str(), JsonEscape(o.endpoints).c_str(), o.conns, o.inflight,
-        static_cast<long long>(r.ok), static_cast<long long>(r.events), static_cast<long long>(r.errors), r.seconds,
-        tput, p50, p90, p99, mx, client_cpu_us, JsonEscape(r.first_error).c_str());
+    const nlohmann::ordered_json out{{"mode", r.mode},       {"consistency", o.consistency}, {"endpoints", o.endpoints},
+                                     {"conns", o.conns},     {"inflight", o.inflight},       {"ok", r.ok},
+                                     {"events", r.events},   {"errors", r.errors},           {"seconds", r.seconds},
+                                     {"throughput", tput},   {"p50_us", p50},                {"p90_us", p90},
+                                     {"p99_us", p99},        {"max_us", mx},                 {"client_cpu_us", client_cpu_us},
+                                     {"first_error", r.first_error}};
+    // An error message may carry bytes that are not UTF-8: replaced, not fatal.
+    std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("mode %s against %s (%d conns, %d in flight)\n", r.mode.c_str(), o.endpoints.c_str(), o.conns,
                 o.inflight);

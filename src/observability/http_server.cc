@@ -1,114 +1,99 @@
 #include "observability/http_server.h"
 
 #include <arpa/inet.h>
+#include <microhttpd.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <cstring>
+#include <optional>
 
 namespace esp {
 namespace {
 
-// A poll timeout bounds how long Stop waits for the serving thread to notice.
-constexpr int kPollMillis = 200;
-constexpr std::size_t kMaxRequestBytes = 16 * 1024;
-
-const char* Reason(int status) {
-  switch (status) {
-    case 200: return "OK";
-    case 404: return "Not Found";
-    case 503: return "Service Unavailable";
-    default: return "Error";
-  }
+std::optional<sockaddr_in> ParseIpv4(const std::string& address) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos) return std::nullopt;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &addr.sin_addr) != 1) return std::nullopt;
+  const std::string port = address.substr(colon + 1);
+  char* end = nullptr;
+  const long value = std::strtol(port.c_str(), &end, 10);
+  if (port.empty() || *end != '\0' || value < 0 || value > 65535) return std::nullopt;
+  addr.sin_port = htons(static_cast<std::uint16_t>(value));
+  return addr;
 }
 
-// Reads up to the end of the request head; operator endpoints take no body.
-std::string ReadHead(int fd) {
-  std::string head;
-  char buf[2048];
-  while (head.find("\r\n\r\n") == std::string::npos && head.size() < kMaxRequestBytes) {
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, 2000) <= 0) break;
-    const ssize_t n = read(fd, buf, sizeof(buf));
-    if (n <= 0) break;
-    head.append(buf, static_cast<std::size_t>(n));
-  }
-  return head;
+MHD_Result CollectQuery(void* cls, MHD_ValueKind, const char* key, const char* value) {
+  static_cast<HttpRequest*>(cls)->query.emplace(key, value ? value : "");
+  return MHD_YES;
 }
 
-void WriteAll(int fd, const std::string& data) {
-  std::size_t sent = 0;
-  while (sent < data.size()) {
-    const ssize_t n = send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) return;
-    sent += static_cast<std::size_t>(n);
+MHD_Result Send(MHD_Connection* connection, const HttpResponse& response, bool head) {
+  // MUST_COPY: the body string dies when this function returns.
+  MHD_Response* reply = MHD_create_response_from_buffer(head ? 0 : response.body.size(),
+                                                        const_cast<char*>(response.body.data()), MHD_RESPMEM_MUST_COPY);
+  if (reply == nullptr) return MHD_NO;
+  MHD_add_response_header(reply, MHD_HTTP_HEADER_CONTENT_TYPE, response.content_type.c_str());
+  if (response.status == MHD_HTTP_METHOD_NOT_ALLOWED) MHD_add_response_header(reply, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+  const MHD_Result queued = MHD_queue_response(connection, static_cast<unsigned>(response.status), reply);
+  MHD_destroy_response(reply);
+  return queued;
+}
+
+MHD_Result OnRequest(void* cls, MHD_Connection* connection, const char* url, const char* method, const char*,
+                    const char*, size_t* upload_size, void** state) {
+  // libmicrohttpd calls once for the headers, then again for the body: answer on the second call
+  // (operator endpoints take no body; anything uploaded is discarded).
+  if (*state == nullptr) {
+    *state = connection;
+    return MHD_YES;
   }
+  if (*upload_size != 0) {
+    *upload_size = 0;
+    return MHD_YES;
+  }
+  const bool get = std::strcmp(method, MHD_HTTP_METHOD_GET) == 0;
+  const bool head = std::strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+  if (!get && !head) return Send(connection, {MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "Method Not Allowed\n"}, false);
+  HttpRequest request{url, {}};
+  MHD_get_connection_values(connection, MHD_GET_ARGUMENT_KIND, &CollectQuery, &request);
+  return Send(connection, static_cast<const HttpServer*>(cls)->Dispatch(request), head);
 }
 
 }  // namespace
 
+void HttpServer::DaemonDeleter::operator()(MHD_Daemon* daemon) const { MHD_stop_daemon(daemon); }
+
+HttpServer::HttpServer(std::string address) : address_(std::move(address)) {}
+
 HttpServer::~HttpServer() { Stop(); }
 
 bool HttpServer::Start() {
-  const auto colon = address_.rfind(':');
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(std::atoi(address_.substr(colon + 1).c_str())));
-  if (colon == std::string::npos || inet_pton(AF_INET, address_.substr(0, colon).c_str(), &addr.sin_addr) != 1) {
+  auto addr = ParseIpv4(address_);
+  if (!addr) {
     spdlog::error("invalid metrics address {} (want IPv4 host:port)", address_);
     return false;
   }
-  listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  const int one = 1;
-  setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(listen_fd_, 64) != 0) {
+  daemon_.reset(MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, nullptr, nullptr,
+                                 &OnRequest, this, MHD_OPTION_SOCK_ADDR, &*addr,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END));
+  if (!daemon_) {
     spdlog::error("cannot listen on {}: {}", address_, std::strerror(errno));
-    close(listen_fd_);
-    listen_fd_ = -1;
     return false;
   }
-  socklen_t len = sizeof(addr);
-  getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-  port_ = ntohs(addr.sin_port);
-  thread_ = std::thread([this] { Serve(); });
+  const MHD_DaemonInfo* info = MHD_get_daemon_info(daemon_.get(), MHD_DAEMON_INFO_BIND_PORT);
+  port_ = info != nullptr ? info->port : ntohs(addr->sin_port);
   return true;
 }
 
-void HttpServer::Stop() {
-  stopping_ = true;
-  if (thread_.joinable()) thread_.join();
-  if (listen_fd_ >= 0) close(listen_fd_);
-  listen_fd_ = -1;
-}
+void HttpServer::Stop() { daemon_.reset(); }
 
-void HttpServer::Serve() {
-  while (!stopping_) {
-    pollfd p{listen_fd_, POLLIN, 0};
-    if (poll(&p, 1, kPollMillis) <= 0) continue;
-    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    ServeConnection(fd);
-    close(fd);
-  }
-}
-
-void HttpServer::ServeConnection(int fd) {
-  const std::string head = ReadHead(fd);
-  // Request line: METHOD SP PATH[?query] SP VERSION
-  const auto first_space = head.find(' ');
-  const auto second_space = head.find(' ', first_space + 1);
-  if (first_space == std::string::npos || second_space == std::string::npos) return;
-  std::string path = head.substr(first_space + 1, second_space - first_space - 1);
-  path = path.substr(0, path.find('?'));
-  HttpResponse response{404, "text/plain; charset=utf-8", "404 page not found\n"};
-  if (const auto it = handlers_.find(path); it != handlers_.end()) response = it->second();
-  WriteAll(fd, "HTTP/1.1 " + std::to_string(response.status) + " " + Reason(response.status) +
-                   "\r\nContent-Type: " + response.content_type +
-                   "\r\nContent-Length: " + std::to_string(response.body.size()) +
-                   "\r\nConnection: close\r\n\r\n" + response.body);
+HttpResponse HttpServer::Dispatch(const HttpRequest& request) const {
+  const auto it = handlers_.find(request.path);
+  if (it == handlers_.end()) return {404, "text/plain; charset=utf-8", "404 page not found\n"};
+  return it->second(request);
 }
 
 }  // namespace esp

@@ -1,14 +1,20 @@
 #pragma once
-// A minimal HTTP/1.1 listener for the operator endpoints (/metrics, /health, /shards, ...).
-// One thread, one request per connection: scrapes and probes are rare and small, and this keeps
-// the operator port independent of the gRPC data plane.
-#include <atomic>
+// The operator HTTP listener (/metrics, /health, /shards, ...) on libmicrohttpd. Its own polling
+// thread keeps the operator port independent of the gRPC data plane; handlers only read
+// snapshots, so they answer at once.
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
-#include <thread>
+
+struct MHD_Daemon;
 
 namespace esp {
+
+struct HttpRequest {
+  std::string path;
+  std::multimap<std::string, std::string> query;  // ?a=1&a=2 keeps both
+};
 
 struct HttpResponse {
   int status = 200;
@@ -18,30 +24,33 @@ struct HttpResponse {
 
 class HttpServer {
  public:
-  using Handler = std::function<HttpResponse()>;
+  using Handler = std::function<HttpResponse(const HttpRequest&)>;
 
-  // `address` is host:port (port 0 picks a free one).
-  explicit HttpServer(std::string address) : address_(std::move(address)) {}
+  // `address` is IPv4 host:port (port 0 picks a free one).
+  explicit HttpServer(std::string address);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
+  // Register every handler before Start: the serving thread reads the table without a lock.
   void Handle(const std::string& path, Handler handler) { handlers_[path] = std::move(handler); }
-  // Binds and starts the serving thread; false (with a logged reason) when it cannot bind.
+  // Binds and starts serving; false (with a logged reason) when it cannot.
   bool Start();
   void Stop();
   int port() const { return port_; }
 
+  // Looks the handler up; 404 for unknown paths. Used by the libmicrohttpd callback.
+  HttpResponse Dispatch(const HttpRequest& request) const;
+
  private:
-  void Serve();
-  void ServeConnection(int fd);
+  struct DaemonDeleter {
+    void operator()(MHD_Daemon* daemon) const;
+  };
 
   std::string address_;
   std::map<std::string, Handler> handlers_;
-  int listen_fd_ = -1;
+  std::unique_ptr<MHD_Daemon, DaemonDeleter> daemon_;
   int port_ = 0;
-  std::atomic<bool> stopping_{false};
-  std::thread thread_;
 };
 
 }  // namespace esp

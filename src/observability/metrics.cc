@@ -24,39 +24,43 @@ prometheus::Histogram::BucketBoundaries LatencyBuckets() {
   return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 }
 
-// Counts a client stream from its opening to its close, and its final status.
+// A client stream counted in the open-streams gauge: open from its creation until the service
+// finishes it or the client cancels it, whichever comes first. Not until OnClose: a client
+// half-closes a server-streaming call (health Watch) right after its request, yet the call
+// stays open.
+class OpenStream {
+ public:
+  explicit OpenStream(prometheus::Gauge& open) : open_(open) { open_.Increment(); }
+  void End() {
+    if (!ended_.exchange(true)) open_.Decrement();
+  }
+
+ private:
+  prometheus::Gauge& open_;
+  std::atomic<bool> ended_{false};
+};
+
+// Counts a client stream's final status and latency, and ends its open-stream count.
 class CountingSink final : public StreamSink {
  public:
-  CountingSink(std::shared_ptr<StreamSink> inner, std::shared_ptr<CallMetrics> metrics)
-      : inner_(std::move(inner)), metrics_(std::move(metrics)), start_(SteadyClock::now()) {}
+  CountingSink(std::shared_ptr<StreamSink> inner, std::shared_ptr<CallMetrics> metrics, std::shared_ptr<OpenStream> open)
+      : inner_(std::move(inner)), metrics_(std::move(metrics)), open_(std::move(open)), start_(SteadyClock::now()) {}
   bool Write(std::string message) override { return inner_->Write(std::move(message)); }
   std::size_t QueuedBytes() const override { return inner_->QueuedBytes(); }
   void Finish(Status status) override {
-    if (!finished_.exchange(true)) metrics_->Record(status.code(), SecondsSince(start_));
+    if (!finished_.exchange(true)) {
+      metrics_->Record(status.code(), SecondsSince(start_));
+      open_->End();
+    }
     inner_->Finish(std::move(status));
   }
 
  private:
   std::shared_ptr<StreamSink> inner_;
   std::shared_ptr<CallMetrics> metrics_;
+  std::shared_ptr<OpenStream> open_;
   SteadyClock::time_point start_;
   std::atomic<bool> finished_{false};
-};
-
-class CountingHandler final : public StreamHandler {
- public:
-  CountingHandler(std::shared_ptr<StreamHandler> inner, prometheus::Gauge& open) : inner_(std::move(inner)), open_(open) {
-    open_.Increment();
-  }
-  void OnMessage(std::string message) override { inner_->OnMessage(std::move(message)); }
-  void OnClose() override {
-    open_.Decrement();
-    inner_->OnClose();
-  }
-
- private:
-  std::shared_ptr<StreamHandler> inner_;
-  prometheus::Gauge& open_;
 };
 
 // A ShardTransport that records every unary call's outcome and latency under its shard's name.
@@ -198,6 +202,20 @@ prometheus::Gauge& Metrics::OpenStreams(const std::string& method) { return open
 
 void Metrics::SetShardUp(const std::string& shard, bool up) { shard_up_.Add({{"shard", shard}}).Set(up ? 1 : 0); }
 
+void Metrics::AddSampledGauge(const std::string& name, const std::string& help, std::function<double()> read) {
+  prometheus::Gauge& gauge = prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add({});
+  const std::lock_guard lock(sampled_mu_);
+  sampled_.emplace_back(&gauge, std::move(read));
+}
+
+std::vector<prometheus::MetricFamily> Metrics::Collect() {
+  {
+    const std::lock_guard lock(sampled_mu_);
+    for (const auto& [gauge, read] : sampled_) gauge->Set(read());
+  }
+  return registry_->Collect();
+}
+
 void Metrics::InstrumentRouter(Router& router) {
   router.WrapUnary([this](const std::string& method, UnaryHandler inner) -> UnaryHandler {
     prometheus::Gauge& in_flight = InFlight(method);
@@ -221,8 +239,10 @@ void Metrics::InstrumentRouter(Router& router) {
     prometheus::Gauge& open = OpenStreams(method);
     auto calls = ForMethod(method);
     return [&open, calls, inner = std::move(inner)](CallContextPtr ctx, std::shared_ptr<StreamSink> sink) {
-      auto handler = inner(std::move(ctx), std::make_shared<CountingSink>(std::move(sink), calls));
-      return std::make_shared<CountingHandler>(std::move(handler), open);
+      auto stream = std::make_shared<OpenStream>(open);
+      // The hook stays registered for the context's lifetime, which is the call's.
+      ctx->cancellation().Add([stream] { stream->End(); });
+      return inner(std::move(ctx), std::make_shared<CountingSink>(std::move(sink), calls, stream));
     };
   });
 }

@@ -9,9 +9,13 @@
 
 #include <array>
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "transport/router.h"
 #include "upstream/topology.h"
@@ -48,6 +52,11 @@ class Metrics {
   // A topology whose transports count their calls, errors and latency under the shard's name.
   std::shared_ptr<const Topology> InstrumentTopology(std::shared_ptr<const Topology> topology);
   void SetShardUp(const std::string& shard, bool up);
+  // A gauge whose value `read` gives at scrape time: the services keep their own counts (client
+  // watches, upstream watchers, leases kept alive) and need no Metrics on their paths.
+  void AddSampledGauge(const std::string& name, const std::string& help, std::function<double()> read);
+  // Every metric for a scrape, the sampled gauges read first.
+  std::vector<prometheus::MetricFamily> Collect();
 
   // Used by the wrappers; public so that they need no friendship.
   std::shared_ptr<CallMetrics> ForMethod(const std::string& method);
@@ -67,6 +76,8 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& upstream_latency_;
   prometheus::Family<prometheus::Counter>& upstream_retries_;
   prometheus::Family<prometheus::Gauge>& shard_up_;
+  std::mutex sampled_mu_;
+  std::vector<std::pair<prometheus::Gauge*, std::function<double()>>> sampled_;
 };
 
 }  // namespace esp

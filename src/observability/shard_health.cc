@@ -1,9 +1,10 @@
 #include "observability/shard_health.h"
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <future>
-#include <sstream>
+#include <nlohmann/json.hpp>
 
 #include "etcdserverpb/rpc.pb.h"
 #include "upstream/every_shard.h"
@@ -11,26 +12,67 @@
 namespace esp {
 namespace {
 
-constexpr const char* kStatus = "/etcdserverpb.Maintenance/Status";
+namespace pb = etcdserverpb;
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (const unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c >= 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
+constexpr const char* kStatus = "/etcdserverpb.Maintenance/Status";
+constexpr const char* kAlarm = "/etcdserverpb.Maintenance/Alarm";
+
+template <class Resp, class Req>
+std::future<std::vector<ShardAnswer<Resp>>> AskEveryShard(const std::shared_ptr<const Topology>& topology,
+                                                          const char* method, const CallContextPtr& ctx,
+                                                          const Req& request) {
+  auto promise = std::make_shared<std::promise<std::vector<ShardAnswer<Resp>>>>();
+  auto future = promise->get_future();
+  CallEveryShard<Resp>(topology, method, ctx, request,
+                       [promise](std::vector<ShardAnswer<Resp>> answers) { promise->set_value(std::move(answers)); });
+  return future;
+}
+
+// Distinct alarm types, in etcd's names; one alarm per member would repeat them.
+std::vector<std::string> AlarmTypes(const pb::AlarmResponse& response) {
+  std::set<std::string> types;
+  for (const auto& alarm : response.alarms()) {
+    if (alarm.alarm() != pb::NONE) types.insert(pb::AlarmType_Name(alarm.alarm()));
+  }
+  return {types.begin(), types.end()};
+}
+
+void AddReason(HealthVerdict& verdict, const ShardState& shard, const std::string& why) {
+  verdict.healthy = false;
+  if (!verdict.reason.empty()) verdict.reason += "; ";
+  // Transport errors already start with the shard's description: not twice.
+  verdict.reason += why.starts_with(shard.description) ? why : shard.description + ": " + why;
+}
+
+// `counts(alarm)` says whether an active alarm of that type makes the shard fail.
+template <class CountsAlarm>
+HealthVerdict Judge(const std::vector<ShardState>& shards, CountsAlarm counts) {
+  HealthVerdict verdict;
+  for (const auto& s : shards) {
+    if (!s.healthy) {
+      AddReason(verdict, s, s.error);
+      continue;
+    }
+    for (const auto& alarm : s.alarms) {
+      if (counts(alarm)) AddReason(verdict, s, "ALARM " + alarm);  // etcd 3.5's reason for an alarm
     }
   }
-  return out + "\"";
+  return verdict;
 }
 
 }  // namespace
+
+HealthVerdict JudgeHealth(const std::vector<ShardState>& shards, const std::set<std::string>& excluded_alarms) {
+  return Judge(shards, [&](const std::string& alarm) { return !excluded_alarms.contains(alarm); });
+}
+
+HealthVerdict JudgeReadiness(const std::vector<ShardState>& shards) {
+  return Judge(shards, [](const std::string& alarm) { return alarm == "CORRUPT"; });
+}
+
+HealthVerdict JudgeServing(const std::vector<ShardState>& shards) {
+  return Judge(shards, [](const std::string&) { return false; });
+}
 
 ShardHealthMonitor::ShardHealthMonitor(const TopologyHolder& topology, std::vector<std::vector<std::string>> endpoints,
                                        Metrics& metrics, std::chrono::milliseconds interval)
@@ -83,64 +125,80 @@ void ShardHealthMonitor::ProbeOnce() {
   // A probe must not outlive its interval by much: a hung shard is an unhealthy shard.
   auto ctx = std::make_shared<CallContext>(Clock::now() + std::max(interval_, std::chrono::milliseconds(1000)),
                                            Metadata{});
-  std::promise<std::vector<ShardAnswer<etcdserverpb::StatusResponse>>> promise;
-  auto future = promise.get_future();
-  CallEveryShard<etcdserverpb::StatusResponse>(
-      topology, kStatus, ctx, etcdserverpb::StatusRequest{},
-      [&promise](std::vector<ShardAnswer<etcdserverpb::StatusResponse>> answers) { promise.set_value(std::move(answers)); });
-  const auto answers = future.get();
+  pb::AlarmRequest alarm_get;
+  alarm_get.set_action(pb::AlarmRequest::GET);
+  auto statuses = AskEveryShard<pb::StatusResponse>(topology, kStatus, ctx, pb::StatusRequest{});
+  auto alarms = AskEveryShard<pb::AlarmResponse>(topology, kAlarm, ctx, alarm_get);
+  const auto status_answers = statuses.get();
+  const auto alarm_answers = alarms.get();
 
-  const std::lock_guard lock(mu_);
-  for (std::size_t i = 0; i < answers.size() && i < states_.size(); ++i) {
-    ShardState& s = states_[i];
-    const auto& [status, response] = answers[i];
-    const bool was_healthy = s.healthy, was_probed = s.probed;
-    s.probed = true;
-    s.healthy = status.ok() && response.leader() != 0;
-    s.error = !status.ok() ? status.message() : (response.leader() == 0 ? "no leader" : "");
-    if (status.ok()) {
-      s.leader = response.leader();
-      s.revision = response.header().revision();
-      s.db_size = response.dbsize();
-      s.version = response.version();
-    }
-    metrics_.SetShardUp(s.name, s.healthy);
-    if (!was_probed || was_healthy != s.healthy) {
-      if (s.healthy) {
-        spdlog::info("{} is healthy (leader {:x}, revision {})", s.description, s.leader, s.revision);
-      } else {
-        spdlog::warn("{} is unhealthy: {}", s.description, s.error);
+  std::vector<ShardState> snapshot;
+  {
+    const std::lock_guard lock(mu_);
+    for (std::size_t i = 0; i < status_answers.size() && i < states_.size(); ++i) {
+      ShardState& s = states_[i];
+      const auto& [status, response] = status_answers[i];
+      const bool was_healthy = s.healthy, was_probed = s.probed;
+      const auto old_alarms = s.alarms;
+      s.probed = true;
+      s.healthy = status.ok() && response.leader() != 0;
+      s.error = !status.ok() ? status.message() : (response.leader() == 0 ? "no leader" : "");
+      if (status.ok()) {
+        s.leader = response.leader();
+        s.revision = response.header().revision();
+        s.db_size = response.dbsize();
+        s.version = response.version();
+      }
+      // An alarm list that could not be read keeps the last one known: a shard that is down says so already.
+      if (i < alarm_answers.size() && alarm_answers[i].status.ok()) s.alarms = AlarmTypes(alarm_answers[i].response);
+      metrics_.SetShardUp(s.name, s.healthy);
+      if (!was_probed || was_healthy != s.healthy) {
+        if (s.healthy) {
+          spdlog::info("{} is healthy (leader {:x}, revision {})", s.description, s.leader, s.revision);
+        } else {
+          spdlog::warn("{} is unhealthy: {}", s.description, s.error);
+        }
+      }
+      if (old_alarms != s.alarms) {
+        if (s.alarms.empty()) {
+          spdlog::info("{} has no active alarm any more", s.description);
+        } else {
+          spdlog::warn("{} has active alarms: {}", s.description, fmt::join(s.alarms, ", "));
+        }
       }
     }
+    snapshot = states_;
   }
+  const bool serving = JudgeServing(snapshot).healthy;
+  if (serving_ == serving) return;
+  serving_ = serving;
+  for (const auto& listener : listeners_) listener(serving);
 }
 
-std::string HealthJson(const std::vector<ShardState>& shards, bool* healthy) {
-  std::string reason;
-  for (const auto& s : shards) {
-    if (s.healthy) continue;
-    if (!reason.empty()) reason += "; ";
-    reason += s.description + ": " + s.error;
-  }
-  *healthy = reason.empty();
-  return std::string("{\"health\":\"") + (*healthy ? "true" : "false") + "\",\"reason\":" + JsonString(reason) + "}";
+std::string HealthJson(const HealthVerdict& verdict) {
+  // etcd's encoding: both values are strings.
+  return nlohmann::ordered_json{{"health", verdict.healthy ? "true" : "false"}, {"reason", verdict.reason}}.dump(
+      -1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 std::string ShardsJson(const std::vector<ShardState>& shards) {
-  std::ostringstream out;
-  out << "[";
-  for (std::size_t i = 0; i < shards.size(); ++i) {
-    const auto& s = shards[i];
-    if (i > 0) out << ",";
-    out << "{\"name\":" << JsonString(s.name) << ",\"start\":" << JsonString(s.start)
-        << ",\"end\":" << JsonString(s.end) << ",\"endpoints\":[";
-    for (std::size_t e = 0; e < s.endpoints.size(); ++e) out << (e > 0 ? "," : "") << JsonString(s.endpoints[e]);
-    out << "],\"health\":" << (s.healthy ? "true" : "false") << ",\"error\":" << JsonString(s.error)
-        << ",\"leader\":" << JsonString(std::to_string(s.leader)) << ",\"revision\":" << s.revision
-        << ",\"db_size\":" << s.db_size << ",\"version\":" << JsonString(s.version) << "}";
+  auto out = nlohmann::ordered_json::array();
+  for (const auto& s : shards) {
+    out.push_back({{"name", s.name},
+                   {"start", s.start},
+                   {"end", s.end},
+                   {"endpoints", s.endpoints},
+                   {"health", s.healthy},
+                   {"error", s.error},
+                   {"alarms", s.alarms},
+                   // As a string: member ids use all 64 bits, beyond what JSON numbers carry exactly.
+                   {"leader", std::to_string(s.leader)},
+                   {"revision", s.revision},
+                   {"db_size", s.db_size},
+                   {"version", s.version}});
   }
-  out << "]\n";
-  return out.str();
+  // Binary range boundaries are not UTF-8: replaced rather than failing the whole page.
+  return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace esp

@@ -1,11 +1,15 @@
 #pragma once
-// Probes every shard (Maintenance.Status on one member) at a fixed interval and keeps the last
-// result for /health, /readyz, /shards and the shard_up gauges. Probing in the background keeps
-// the operator endpoints instant and makes every shard state change a single log line.
+// Probes every shard (Maintenance.Status and Alarm GET on one member) at a fixed interval and
+// keeps the last result for /health, /readyz, /shards, the gRPC health service and the shard_up
+// gauges. Probing in the background keeps the operator endpoints instant and makes every shard
+// state change a single log line.
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,19 +25,40 @@ struct ShardState {
   std::string start, end;
   std::vector<std::string> endpoints;
   bool probed = false;  // false until the first probe completed
-  bool healthy = false;
-  std::string error;  // why unhealthy
+  bool healthy = false;  // reachable, with a leader
+  std::string error;     // why not healthy
+  std::vector<std::string> alarms;  // active alarm types ("NOSPACE", "CORRUPT"), from the last probe
   std::uint64_t leader = 0;
   std::int64_t revision = 0;
   std::int64_t db_size = 0;
   std::string version;
 };
 
+// Whether the proxy can serve the whole keyspace, and if not, which shards fail and why.
+struct HealthVerdict {
+  bool healthy = true;
+  std::string reason;  // "" when healthy; else one "<shard>: <why>" per failing shard, "; "-joined
+};
+
+// etcd's /health: unreachable shards and any active alarm (unless its type is in `excluded`,
+// as etcd's ?exclude=NOSPACE) make it unhealthy.
+HealthVerdict JudgeHealth(const std::vector<ShardState>& shards, const std::set<std::string>& excluded_alarms = {});
+// etcd 3.6's /readyz: unreachable shards and CORRUPT alarms only. A NOSPACE shard still serves
+// reads and deletes, so the proxy stays in rotation.
+HealthVerdict JudgeReadiness(const std::vector<ShardState>& shards);
+// Reachability only: the gRPC health service (etcd keeps it SERVING under an alarm).
+HealthVerdict JudgeServing(const std::vector<ShardState>& shards);
+
 class ShardHealthMonitor {
  public:
+  // Called on the probe thread after a probe that changed JudgeServing's answer (and after the first).
+  using ServingListener = std::function<void(bool serving)>;
+
   ShardHealthMonitor(const TopologyHolder& topology, std::vector<std::vector<std::string>> endpoints,
                      Metrics& metrics, std::chrono::milliseconds interval = std::chrono::seconds(1));
   ~ShardHealthMonitor();
+  // Register listeners before Start.
+  void OnServingChange(ServingListener listener) { listeners_.push_back(std::move(listener)); }
   void Start();
   void Stop();
   std::vector<ShardState> Snapshot() const;
@@ -46,6 +71,8 @@ class ShardHealthMonitor {
   std::vector<std::vector<std::string>> endpoints_;
   Metrics& metrics_;
   std::chrono::milliseconds interval_;
+  std::vector<ServingListener> listeners_;
+  std::optional<bool> serving_;  // probe thread only
   mutable std::mutex mu_;
   std::condition_variable wake_;
   bool stopping_ = false;
@@ -53,8 +80,8 @@ class ShardHealthMonitor {
   std::thread thread_;
 };
 
-// JSON bodies of the operator endpoints, from one snapshot.
-std::string HealthJson(const std::vector<ShardState>& shards, bool* healthy);
+// JSON bodies of the operator endpoints.
+std::string HealthJson(const HealthVerdict& verdict);  // etcd's {"health":"true","reason":""}
 std::string ShardsJson(const std::vector<ShardState>& shards);
 
 }  // namespace esp

@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "config/config.h"
+#include "observability/grpc_log.h"
 #include "server/proxy.h"
 
 int main(int argc, char** argv) {
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::from_str(log_level));
+  esp::RouteGrpcLogsToSpdlog();
   // Debian builds abseil with its mutex deadlock detector on: it records a lock-order graph on
   // every gRPC mutex acquisition, ~10% of the proxy's instructions per request (see
   // docs/BENCHMARKS.md). It is a debugging aid, not a safety net; switch it off before gRPC starts.

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "server/unimplemented.h"
@@ -73,6 +74,7 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
       watch_(topology_, options_.watch_buffer_bytes),
       health_(std::make_unique<ShardHealthMonitor>(topology_, ShardEndpoints(config), metrics_)),
+      grpc_health_(*health_),
       pending_leases_(std::make_shared<PendingLeases>(topology_)),
       keepalive_(std::make_shared<KeepAliveHub>(topology_, pending_leases_, kKeepAliveShardTimeout)),
       lease_repair_(std::make_shared<LeaseRepair>(topology_, pending_leases_)),
@@ -85,7 +87,8 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
   cluster_.Register(router_);
   maintenance_.Register(router_);
   watch_.Register(router_);
-  RegisterGrpcHealth();
+  grpc_health_.Register(router_);
+  RegisterGauges();
   housekeeper_.OnTick([hub = keepalive_] { hub->Tick(); });
   housekeeper_.OnTick([pending = pending_leases_, ticks = 0]() mutable {
     if (++ticks % kPendingFlushTicks == 0) pending->Flush();
@@ -115,36 +118,41 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
 
 Proxy::~Proxy() { Shutdown(); }
 
-void Proxy::RegisterGrpcHealth() {
-  // grpc.health.v1.Health/Check, encoded by hand: the answer is one enum field
-  // (HealthCheckResponse.status = 1: SERVING 1, NOT_SERVING 2), not worth a proto of its own.
-  router_.AddUnary("/grpc.health.v1.Health/Check", [this](CallContextPtr, std::string, UnaryDone done) {
-    bool healthy = false;
-    HealthJson(health_->Snapshot(), &healthy);
-    done(Status::Ok(), healthy ? std::string("\x08\x01", 2) : std::string("\x08\x02", 2));
-  });
+void Proxy::RegisterGauges() {
+  metrics_.AddSampledGauge("etcd_proxy_client_watches", "Watches open on client Watch streams",
+                           [hub = watch_.hub()] { return static_cast<double>(hub->ClientWatchCount()); });
+  metrics_.AddSampledGauge("etcd_proxy_upstream_watchers", "Watchers the proxy holds on shards' Watch streams",
+                           [hub = watch_.hub()] { return static_cast<double>(hub->UpstreamWatcherCount()); });
+  metrics_.AddSampledGauge("etcd_proxy_leases_kept_alive",
+                           "Distinct leases that open client LeaseKeepAlive streams have renewed",
+                           [hub = keepalive_] { return static_cast<double>(hub->KeptAliveLeaseCount()); });
 }
 
 void Proxy::RegisterHttpEndpoints() {
-  http_->Handle("/metrics", [this] {
+  http_->Handle("/metrics", [this](const HttpRequest&) {
     prometheus::TextSerializer serializer;
-    return HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", serializer.Serialize(metrics_.registry()->Collect())};
+    return HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", serializer.Serialize(metrics_.Collect())};
   });
-  http_->Handle("/health", [this] {
-    bool healthy = false;
-    std::string body = HealthJson(health_->Snapshot(), &healthy);
-    return HttpResponse{healthy ? 200 : 503, "application/json", std::move(body)};
+  // As etcd: ?exclude=NOSPACE (repeatable) ignores alarms of that type.
+  http_->Handle("/health", [this](const HttpRequest& request) {
+    std::set<std::string> excluded;
+    for (const auto& [key, value] : request.query) {
+      if (key == "exclude") excluded.insert(value);
+    }
+    const HealthVerdict verdict = JudgeHealth(health_->Snapshot(), excluded);
+    return HttpResponse{verdict.healthy ? 200 : 503, "application/json", HealthJson(verdict)};
   });
   // Alive while the process serves HTTP at all: a shard outage must not get the proxy restarted.
-  http_->Handle("/livez", [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
-  // Ready when every shard is healthy: only then can the proxy serve the whole keyspace.
-  http_->Handle("/readyz", [this] {
-    bool healthy = false;
-    std::string reason = HealthJson(health_->Snapshot(), &healthy);
-    return healthy ? HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}
-                   : HttpResponse{503, "application/json", std::move(reason)};
+  http_->Handle("/livez", [](const HttpRequest&) { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
+  // Ready when every shard serves: only then can the proxy serve the whole keyspace.
+  http_->Handle("/readyz", [this](const HttpRequest&) {
+    const HealthVerdict verdict = JudgeReadiness(health_->Snapshot());
+    return verdict.healthy ? HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}
+                           : HttpResponse{503, "application/json", HealthJson(verdict)};
   });
-  http_->Handle("/shards", [this] { return HttpResponse{200, "application/json", ShardsJson(health_->Snapshot())}; });
+  http_->Handle("/shards", [this](const HttpRequest&) {
+    return HttpResponse{200, "application/json", ShardsJson(health_->Snapshot())};
+  });
 }
 
 bool Proxy::Start() {
@@ -162,6 +170,7 @@ bool Proxy::Start() {
 }
 
 void Proxy::Shutdown() {
+  grpc_health_.Shutdown();
   if (server_) server_->Shutdown(std::chrono::seconds(2));
   if (h2_server_) h2_server_->Shutdown(std::chrono::seconds(2));
   housekeeper_.Stop();

@@ -8,6 +8,7 @@
 #include "config/config.h"
 #include "kv/kv_service.h"
 #include "maintenance/maintenance_service.h"
+#include "observability/grpc_health.h"
 #include "observability/http_server.h"
 #include "observability/metrics.h"
 #include "observability/shard_health.h"
@@ -63,7 +64,7 @@ class Proxy {
   void Shutdown();
 
  private:
-  void RegisterGrpcHealth();
+  void RegisterGauges();
   void RegisterHttpEndpoints();
 
   ProxyOptions options_;
@@ -75,6 +76,7 @@ class Proxy {
   MaintenanceService maintenance_;
   WatchService watch_;
   std::unique_ptr<ShardHealthMonitor> health_;
+  GrpcHealthService grpc_health_;
   std::unique_ptr<HttpServer> http_;
   std::shared_ptr<PendingLeases> pending_leases_;
   std::shared_ptr<KeepAliveHub> keepalive_;

@@ -273,7 +273,9 @@ GrpcServer::GrpcServer(const Router& router, GrpcServerOptions options)
 GrpcServer::~GrpcServer() { Shutdown(std::chrono::milliseconds(0)); }
 
 bool GrpcServer::Start() {
-  grpc::EnableDefaultHealthCheckService(true);
+  // No default health service: it would answer grpc.health.v1 (always SERVING) before the
+  // router, whose health service follows the shards.
+  grpc::EnableDefaultHealthCheckService(false);
   service_ = std::make_unique<RouterService>(router_);
   grpc::ServerBuilder builder;
   auto credentials = options_.credentials ? options_.credentials : grpc::InsecureServerCredentials();

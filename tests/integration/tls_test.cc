@@ -66,6 +66,73 @@ TEST_F(TlsTest, ClientWithoutAValidCertificateIsRefused) {
   EXPECT_NE(rogue.exit_code, 0) << rogue.output;
   const auto plaintext = Etcdctl(proxy_->address(), "--command-timeout 3s get k");
   EXPECT_NE(plaintext.exit_code, 0) << plaintext.output;
+  // Each refused connection is one line in the proxy's own log format, with the reason.
+  const std::string log = proxy_->process().Log();
+  EXPECT_NE(log.find("] [error] grpc: Handshake failed"), std::string::npos) << log;
+  EXPECT_NE(log.find("peer did not return a certificate"), std::string::npos) << log;
+}
+
+}  // namespace
+}  // namespace esp::test
+
+namespace esp::test {
+namespace {
+
+// A shard whose certificate names it only as "shard0.test" (a DNS name, no IP address), reached
+// at 127.0.0.1: the proxy must verify it under the `server_name` of its `tls:` block.
+class TlsServerNameTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    const std::string d = dir_->path().string();
+    const std::string script =
+        "set -e; cd " + d + "; "
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=named-ca -keyout ca.key -out ca.crt; "
+        "printf 'subjectAltName=DNS:shard0.test\\nextendedKeyUsage=serverAuth,clientAuth\\n' > ext.cnf; "
+        "openssl req -newkey rsa:2048 -nodes -subj /CN=shard0.test -keyout shard.key -out shard.csr; "
+        "openssl x509 -req -in shard.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf "
+        "-out shard.crt";
+    const auto made = RunCommand("sh -c \"" + script + "\"", std::chrono::seconds(60));
+    ASSERT_EQ(made.exit_code, 0) << made.output;
+    tls_ = EtcdTls{d + "/ca.crt", d + "/shard.crt", d + "/shard.key", "shard0.test"};
+    // The fixture's own readiness probe verifies the name too.
+    shard_ = new EtcdCluster(1, "namedshard", tls_);
+    shard_->Start();
+  }
+  static void TearDownTestSuite() {
+    delete shard_;
+    delete dir_;
+  }
+  static TempDir* dir_;
+  static EtcdTls tls_;
+  static EtcdCluster* shard_;
+};
+TempDir* TlsServerNameTest::dir_ = nullptr;
+EtcdTls TlsServerNameTest::tls_;
+EtcdCluster* TlsServerNameTest::shard_ = nullptr;
+
+TEST_F(TlsServerNameTest, WithServerNameTheShardIsVerifiedUnderThatName) {
+  ProxyProcess proxy({{"", "", shard_->ClientAddresses(), tls_}});
+  proxy.Start();
+  EXPECT_EQ(Etcdctl(proxy.address(), "put k v").output, "OK\n") << proxy.process().Log();
+  EXPECT_EQ(Etcdctl(proxy.address(), "get k --print-value-only").output, "v\n");
+}
+
+TEST_F(TlsServerNameTest, WithoutServerNameTheCertificateDoesNotMatchAndTheErrorNamesTheShard) {
+  EtcdTls unnamed = tls_;
+  unnamed.server_name.clear();
+  ProxyProcess proxy({{"", "", shard_->ClientAddresses(), unnamed}});
+  proxy.Start();
+  const auto result = Etcdctl(proxy.address(), "--command-timeout 5s put k v");
+  EXPECT_NE(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("shard-0"), std::string::npos) << result.output;
+  // The client learns why: the shard's certificate does not name the address it was reached at.
+  EXPECT_NE(result.output.find("Peer name 127.0.0.1 is not in peer certificate"), std::string::npos) << result.output;
+  // The operator learns which shard and member, once, in the log.
+  EXPECT_TRUE(WaitFor([&] { return proxy.process().Log().find("member " + shard_->member(0).client_address() +
+                                                                 " unreachable") != std::string::npos; },
+                      std::chrono::seconds(10)))
+      << proxy.process().Log();
 }
 
 }  // namespace

@@ -313,7 +313,9 @@ ProxyProcess::ProxyProcess(std::vector<ShardSpec> shards, std::vector<std::strin
     for (const auto& e : s.endpoints) out << "      - " << e << "\n";
     if (s.tls) {
       out << "    tls: {ca_file: " << YamlQuote(s.tls->ca_file) << ", cert_file: " << YamlQuote(s.tls->cert_file)
-          << ", key_file: " << YamlQuote(s.tls->key_file) << "}\n";
+          << ", key_file: " << YamlQuote(s.tls->key_file);
+      if (!s.tls->server_name.empty()) out << ", server_name: " << YamlQuote(s.tls->server_name);
+      out << "}\n";
     }
   }
 }
@@ -397,6 +399,7 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& address, const EtcdTls
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+  if (!tls.server_name.empty()) args.SetSslTargetNameOverride(tls.server_name);
   return grpc::CreateCustomChannel(address, grpc::SslCredentials(options), args);
 }
 

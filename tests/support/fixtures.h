@@ -78,6 +78,9 @@ struct EtcdTls {
   std::string ca_file;
   std::string cert_file;
   std::string key_file;
+  // The name to verify the server's certificate against instead of the address (a shard's
+  // `tls.server_name`); empty: the address.
+  std::string server_name;
 };
 
 struct EtcdMember {

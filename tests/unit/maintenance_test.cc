@@ -67,11 +67,22 @@ TEST(ClusterService, MemberListHasThisProxyAndTheOthersButNoShard) {
 TEST(HealthJson, EtcdShapeNamingUnhealthyShards) {
   ShardState good{.name = "s0", .description = "shard \"s0\"", .healthy = true};
   ShardState bad{.name = "s1", .description = "shard \"s1\"", .healthy = false, .error = "down"};
-  bool healthy = false;
-  EXPECT_EQ(HealthJson({good}, &healthy), "{\"health\":\"true\",\"reason\":\"\"}");
-  EXPECT_TRUE(healthy);
-  EXPECT_EQ(HealthJson({good, bad}, &healthy), "{\"health\":\"false\",\"reason\":\"shard \\\"s1\\\": down\"}");
-  EXPECT_FALSE(healthy);
+  EXPECT_EQ(HealthJson(JudgeHealth({good})), "{\"health\":\"true\",\"reason\":\"\"}");
+  const HealthVerdict verdict = JudgeHealth({good, bad});
+  EXPECT_FALSE(verdict.healthy);
+  EXPECT_EQ(HealthJson(verdict), "{\"health\":\"false\",\"reason\":\"shard \\\"s1\\\": down\"}");
+}
+
+// etcd reports an active alarm as unhealthy unless ?exclude names it; readiness only minds
+// CORRUPT (a NOSPACE shard still serves reads), gRPC serving only reachability.
+TEST(HealthJson, AlarmsCountAsEtcdCountsThem) {
+  ShardState full{.name = "s0", .description = "shard \"s0\"", .healthy = true, .alarms = {"NOSPACE"}};
+  ShardState corrupt{.name = "s1", .description = "shard \"s1\"", .healthy = true, .alarms = {"CORRUPT"}};
+  EXPECT_EQ(JudgeHealth({full}).reason, "shard \"s0\": ALARM NOSPACE");
+  EXPECT_TRUE(JudgeHealth({full}, {"NOSPACE"}).healthy);
+  EXPECT_TRUE(JudgeReadiness({full}).healthy);
+  EXPECT_EQ(JudgeReadiness({full, corrupt}).reason, "shard \"s1\": ALARM CORRUPT");
+  EXPECT_TRUE(JudgeServing({full, corrupt}).healthy);
 }
 
 }  // namespace
