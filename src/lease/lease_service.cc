@@ -148,8 +148,10 @@ void LeaseService::Revoke(CallContextPtr ctx, const LeaseRevokeRequest& request,
             other_error = o.status;
           }
         }
-        if (revoked) return done(Status::Ok(), std::move(*revoked));
+        // An etcd error on any shard (permission denied: a key of the lease there is not the
+        // caller's to delete) fails the revoke, as one etcd holding every key would.
         if (other_error) return done(*other_error, {});
+        if (revoked) return done(Status::Ok(), std::move(*revoked));
         // Not found on the shards that answered; a shard that did not may still hold it.
         if (down_error) return done(*down_error, {});
         done(etcd_errors::LeaseNotFound(), {});

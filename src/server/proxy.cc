@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "auth/token.h"
 #include "server/unimplemented.h"
 #include "upstream/grpc_shard_transport.h"
 
@@ -34,6 +35,9 @@ std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* met
         metrics->RecordRetry(shard, method);
       };
     }
+    tuning.translate_token = [shard = map.shard(i).name](std::string_view token) {
+      return auth::TokenForShard(token, shard);
+    };
     transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
   }
   auto topology = std::make_shared<const Topology>(Topology{std::move(map), std::move(transports)});
@@ -76,6 +80,7 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       pending_leases_(std::make_shared<PendingLeases>(topology_)),
       keepalive_(std::make_shared<KeepAliveHub>(topology_, pending_leases_, kKeepAliveShardTimeout)),
       lease_(topology_, pending_leases_, keepalive_),
+      auth_(topology_, LoadCredentials(config)),
       housekeeper_(kHousekeepingTick) {
   kv_.SetLeaseHook(pending_leases_);
   kv_.Register(router_);
@@ -83,6 +88,7 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
   cluster_.Register(router_);
   maintenance_.Register(router_);
   watch_.Register(router_);
+  auth_.Register(router_);
   RegisterGrpcHealth();
   housekeeper_.OnTick([hub = keepalive_] { hub->Tick(); });
   housekeeper_.OnTick([pending = pending_leases_, ticks = 0]() mutable {
@@ -132,6 +138,10 @@ void Proxy::RegisterHttpEndpoints() {
     return healthy ? HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}
                    : HttpResponse{503, "application/json", std::move(reason)};
   });
+  http_->Handle("/auth/consistency", [this] {
+    const auto report = auth_.CheckConsistency();
+    return HttpResponse{report.consistent() ? 200 : 409, "application/json", report.ToJson()};
+  });
   http_->Handle("/shards", [this] { return HttpResponse{200, "application/json", ShardsJson(health_->Snapshot())}; });
 }
 
@@ -140,12 +150,13 @@ bool Proxy::Start() {
   health_->Start();
   if (http_ && !http_->Start()) return false;
   housekeeper_.Start();
+  auth_.StartConsistencyCheck();
   const auto topology = topology_.Get();
   spdlog::info("serving the etcd v3 API on {}{} over {} shard(s)", options_.listen_address,
                options_.tls.enabled() ? (options_.tls.client_cert_auth ? " (mutual TLS)" : " (TLS)") : "",
                topology->map.size());
   for (std::size_t i = 0; i < topology->map.size(); ++i) spdlog::info("  {}", topology->map.Describe(i));
-  if (http_) spdlog::info("operator endpoints (/metrics, /health, /livez, /readyz, /shards) on {}", options_.metrics_address);
+  if (http_) spdlog::info("operator endpoints (/metrics, /health, /livez, /readyz, /shards, /auth/consistency) on {}", options_.metrics_address);
   return true;
 }
 
@@ -155,6 +166,7 @@ void Proxy::Shutdown() {
   keepalive_->Shutdown();
   if (http_) http_->Stop();
   if (health_) health_->Stop();
+  auth_.Stop();
 }
 
 }  // namespace esp

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "auth/auth_service.h"
 #include "cluster/cluster_service.h"
 #include "config/config.h"
 #include "kv/kv_service.h"
@@ -72,6 +73,7 @@ class Proxy {
   std::shared_ptr<PendingLeases> pending_leases_;
   std::shared_ptr<KeepAliveHub> keepalive_;
   LeaseService lease_;
+  AuthService auth_;
   Housekeeper housekeeper_;
   std::unique_ptr<GrpcServer> server_;
 };

@@ -142,8 +142,9 @@ TestCertificates::TestCertificates() {
   if (result.exit_code != 0) throw std::runtime_error("openssl failed:\n" + result.output);
 }
 
-EtcdCluster::EtcdCluster(int members, std::string name, std::optional<EtcdTls> tls)
-    : name_(std::move(name)), tls_(std::move(tls)) {
+EtcdCluster::EtcdCluster(int members, std::string name, std::optional<EtcdTls> tls,
+                         std::vector<std::string> extra_args)
+    : name_(std::move(name)), tls_(std::move(tls)), extra_args_(std::move(extra_args)) {
   for (int i = 0; i < members; ++i) {
     EtcdMember m;
     m.name = name_ + "-m" + std::to_string(i);
@@ -186,6 +187,7 @@ void EtcdCluster::StartMember(std::size_t i) {
     argv.insert(argv.end(), {"--cert-file", tls_->cert_file, "--key-file", tls_->key_file, "--trusted-ca-file",
                              tls_->ca_file, "--client-cert-auth"});
   }
+  argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
   m.process = std::make_unique<ChildProcess>(argv, dir_.path() / (m.name + ".log"));
 }
 
@@ -343,11 +345,13 @@ void ProxyProcess::StartWithoutProbe() {
   if (!listening) throw std::runtime_error("proxy did not start listening:\n" + process_->Log());
 }
 
-ShardedSetup::ShardedSetup(std::vector<int> members, std::vector<std::string> proxy_args) {
+ShardedSetup::ShardedSetup(std::vector<int> members, std::vector<std::string> proxy_args,
+                           std::vector<std::string> etcd_args) {
   const std::vector<std::pair<std::string, std::string>> bounds = {{"", "i"}, {"i", "s"}, {"s", ""}};
   std::vector<ShardSpec> specs;
   for (std::size_t i = 0; i < bounds.size(); ++i) {
-    shards_.push_back(std::make_unique<EtcdCluster>(members.at(i), "shard" + std::to_string(i)));
+    shards_.push_back(
+        std::make_unique<EtcdCluster>(members.at(i), "shard" + std::to_string(i), std::nullopt, etcd_args));
   }
   for (auto& s : shards_) {
     for (std::size_t m = 0; m < s->size(); ++m) s->StartMember(m);

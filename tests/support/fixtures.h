@@ -92,7 +92,9 @@ struct EtcdMember {
 // An etcd cluster of `members` members (etcd from Debian's etcd-server package).
 class EtcdCluster {
  public:
-  explicit EtcdCluster(int members = 1, std::string name = "etcd", std::optional<EtcdTls> tls = std::nullopt);
+  // `extra_args` go to every member's command line (e.g. {"--auth-token-ttl", "2"}).
+  explicit EtcdCluster(int members = 1, std::string name = "etcd", std::optional<EtcdTls> tls = std::nullopt,
+                       std::vector<std::string> extra_args = {});
   ~EtcdCluster();
 
   // Starts every member and waits until the cluster answers a linearizable read.
@@ -116,6 +118,7 @@ class EtcdCluster {
   std::shared_ptr<grpc::Channel> ConnectMember(const EtcdMember& m) const;
   std::string name_;
   std::optional<EtcdTls> tls_;
+  std::vector<std::string> extra_args_;
   TempDir dir_;
   std::vector<EtcdMember> members_;
 };
@@ -152,7 +155,8 @@ class ProxyProcess {
 // default); every member is one of the shard's endpoints in the proxy's config.
 class ShardedSetup {
  public:
-  explicit ShardedSetup(std::vector<int> members = {1, 1, 1}, std::vector<std::string> proxy_args = {});
+  explicit ShardedSetup(std::vector<int> members = {1, 1, 1}, std::vector<std::string> proxy_args = {},
+                        std::vector<std::string> etcd_args = {});
   EtcdCluster& shard(std::size_t i) { return *shards_[i]; }
   ProxyProcess& proxy() { return *proxy_; }
 
