@@ -155,6 +155,17 @@ void AuthService::Stop() {
   if (startup_check_.joinable()) startup_check_.join();
 }
 
+void WarnAboutCertificateIdentity(const Config& config) {
+  for (const auto& shard : config.shards) {
+    if (shard.tls && !shard.tls->cert_file.empty()) {
+      spdlog::warn("shard \"{}\": the proxy presents its own client certificate; if the shard runs etcd with "
+                   "--client-cert-auth, requests without a token run as the certificate's CN there. Client "
+                   "certificate identities are not passed through (docs/semantics.md, Auth)",
+                   shard.name);
+    }
+  }
+}
+
 std::optional<auth::Credentials> LoadCredentials(const Config& config) {
   if (!config.credentials) return std::nullopt;
   std::string password = ReadFileOrThrow(config.credentials->password_file);

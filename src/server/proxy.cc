@@ -94,6 +94,7 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
   housekeeper_.OnTick([pending = pending_leases_, ticks = 0]() mutable {
     if (++ticks % kPendingFlushTicks == 0) pending->Flush();
   });
+  WarnAboutCertificateIdentity(config);
   RegisterUnimplemented(router_);
   // Last: the wrapper must see every handler, the UNIMPLEMENTED ones included.
   metrics_.InstrumentRouter(router_);

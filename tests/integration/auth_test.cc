@@ -233,6 +233,12 @@ TEST_F(AuthTest, WatchAndLeaseWithAuthOn) {
   EXPECT_TRUE(response.canceled());
   EXPECT_NE(response.cancel_reason().find("etcdserver: permission denied"), std::string::npos)
       << response.cancel_reason();
+  create("a", "z");  // spans shards 0 to 2; denied on shard 2, so denied
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_TRUE(response.created());
+  EXPECT_TRUE(response.canceled());
+  EXPECT_NE(response.cancel_reason().find("etcdserver: permission denied"), std::string::npos)
+      << response.cancel_reason();
   ASSERT_EQ(As(kRoot, "put j 5").output, "OK\n");
   ASSERT_TRUE(stream->Read(&response));
   EXPECT_EQ(response.watch_id(), allowed_id);
