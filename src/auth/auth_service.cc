@@ -126,7 +126,10 @@ void AuthService::RegisterAuthenticate(Router& router) {
                   return done(o.status, AuthenticateResponse{});
                 }
               }
-              if (tokens.empty()) return done(*down, AuthenticateResponse{});
+              if (tokens.empty()) {
+                return done(down != nullptr ? *down : Status(StatusCode::kUnavailable, "etcd-sharding-proxy: no shard"),
+                            AuthenticateResponse{});
+              }
               AuthenticateResponse response = *FirstOk(outcomes);
               response.set_token(auth::EncodeToken(tokens));
               done(Status::Ok(), std::move(response));
@@ -138,8 +141,12 @@ void AuthService::RegisterAuthenticate(Router& router) {
 
 namespace esp {
 
+// Each shard call of the check waits at most this long: the check blocks the operator listener
+// (and, at start-up, a clean shutdown), so a hung shard must not hold it for long.
+constexpr std::chrono::milliseconds kCheckCallTimeout(2000);
+
 auth::ConsistencyReport AuthService::CheckConsistency() const {
-  const auto report = auth::CheckAuthConsistency(*topology_.Get(), credentials_);
+  const auto report = auth::CheckAuthConsistency(*topology_.Get(), credentials_, kCheckCallTimeout);
   for (const auto& difference : report.differences) spdlog::warn("auth consistency: {}", difference);
   for (const auto& error : report.errors) spdlog::warn("auth consistency: cannot compare {}", error);
   return report;

@@ -197,7 +197,7 @@ TEST_F(AuthTest, ExpiredShardTokenIsAnInvalidAuthTokenAndReauthWorks) {
   const auto until = std::chrono::steady_clock::now() + 3s;
   while (std::chrono::steady_clock::now() < until) {
     ASSERT_TRUE(Get(Proxy(), auth.token, "b").ok());
-    std::this_thread::sleep_for(500ms);
+    std::this_thread::sleep_for(250ms);
   }
   const auto expired = Get(Proxy(), auth.token, "j");
   EXPECT_EQ(expired.error_code(), grpc::StatusCode::UNAUTHENTICATED);
