@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "auth/consistency.h"
+#include "auth/internal_tokens.h"
 #include "config/config.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
@@ -16,7 +17,9 @@ namespace esp {
 class AuthService {
  public:
   AuthService(const TopologyHolder& topology, std::optional<auth::Credentials> credentials)
-      : topology_(topology), credentials_(std::move(credentials)) {}
+      : topology_(topology),
+        credentials_(credentials),
+        internal_tokens_(std::make_shared<auth::InternalTokens>(topology, std::move(credentials))) {}
   ~AuthService() { Stop(); }
 
   void Register(Router& router);
@@ -28,6 +31,9 @@ class AuthService {
   void StartConsistencyCheck();
   void Stop();
 
+  // Tokens for the proxy's own calls that need one (pending lease revokes).
+  const std::shared_ptr<auth::InternalTokens>& internal_tokens() const { return internal_tokens_; }
+
  private:
   template <class Req, class Resp>
   void RegisterChange(Router& router, const std::string& name, const char* benign_error);
@@ -37,6 +43,7 @@ class AuthService {
 
   const TopologyHolder& topology_;
   const std::optional<auth::Credentials> credentials_;
+  const std::shared_ptr<auth::InternalTokens> internal_tokens_;
   std::thread startup_check_;
 };
 

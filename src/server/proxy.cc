@@ -83,6 +83,11 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       auth_(topology_, LoadCredentials(config)),
       housekeeper_(kHousekeepingTick) {
   kv_.SetLeaseHook(pending_leases_);
+  pending_leases_->SetRevokeCredentials(
+      [tokens = auth_.internal_tokens()](std::size_t shard, std::function<void(Metadata)> then) {
+        tokens->WithMetadata(shard, std::move(then));
+      },
+      [tokens = auth_.internal_tokens()](std::size_t shard) { tokens->Forget(shard); });
   kv_.Register(router_);
   lease_.Register(router_);
   cluster_.Register(router_);
