@@ -5,6 +5,7 @@
 #include "auth/consistency.h"
 #include "auth/outcomes.h"
 #include "auth/token.h"
+#include "config/config.h"
 
 namespace esp::auth {
 namespace {
@@ -82,6 +83,16 @@ TEST(CompareAuthStates, NamesMissingAndDifferentEntries) {
   EXPECT_EQ(report.differences[0], "auth is enabled on [s0] but disabled on [s1]");
   EXPECT_EQ(report.differences[1], "user \"alice\" differs: [s0] roles [r]; [s1] roles [r, w]");
   EXPECT_EQ(report.differences[2], "user \"bob\" differs: [s0] missing; [s1] roles []");
+}
+
+TEST(CredentialsConfig, PasswordOnlyFromAFile) {
+  const std::string shards = "shards:\n  - {start: \"\", end: \"\", address: 127.0.0.1:2379}\n";
+  const auto config = ParseConfig(shards + "credentials: {user: root, password_file: /run/secret}\n");
+  ASSERT_TRUE(config.credentials);
+  EXPECT_EQ(config.credentials->user, "root");
+  EXPECT_EQ(config.credentials->password_file, "/run/secret");
+  EXPECT_THROW(ParseConfig(shards + "credentials: {user: root, password: hunter2}\n"), ConfigError);
+  EXPECT_FALSE(ParseConfig(shards).credentials);
 }
 
 }  // namespace
