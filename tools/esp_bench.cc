@@ -50,6 +50,7 @@ struct Options {
   int watchers = 10;
   int lease_ttl = 60;
   int timeout_s = 10;
+  std::string token;  // etcd auth token sent with every measured request (metadata `token`)
   int max_errors = 100;
   bool json = false;
 };
@@ -250,6 +251,7 @@ class UnaryRunner {
     s->ctx.emplace();
     s->start = Clock::now();
     s->ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(o_.timeout_s));
+    if (!o_.token.empty()) s->ctx->AddMetadata("token", o_.token);
     auto done = [s](grpc::Status status) { s->runner->Done(s, std::move(status)); };
     switch (op_) {
       case Op::kPreload:
@@ -777,6 +779,7 @@ int main(int argc, char** argv) {
   app.add_flag("--no-preload", o.no_preload, "get/range/txn: the keys are already written (--mode preload)");
   app.add_option("--watchers", o.watchers, "watch: watchers on the key prefix")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--lease-ttl", o.lease_ttl, "lease TTL in seconds")->capture_default_str();
+  app.add_option("--token", o.token, "auth token for put/get/range/txn requests (from Authenticate)");
   app.add_option("--timeout", o.timeout_s, "per-request deadline and connect timeout, seconds")->capture_default_str();
   app.add_option("--max-errors", o.max_errors, "stop after this many errors")->capture_default_str();
   app.add_flag("--json", o.json, "print one JSON object");

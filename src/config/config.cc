@@ -162,6 +162,13 @@ Config ParseConfig(const std::string& yaml_text) {
       if (!proxies.IsSequence()) throw ConfigError("'proxies' must be a list of client URLs");
       for (const auto& url : proxies) config.proxies.push_back(url.as<std::string>());
     }
+    if (const auto credentials = root["credentials"]) {
+      if (!credentials.IsMap() || !credentials["user"] || !credentials["password_file"]) {
+        throw ConfigError("'credentials' needs 'user' and 'password_file' (a plain password is not accepted)");
+      }
+      config.credentials = CredentialsConfig{credentials["user"].as<std::string>(),
+                                             credentials["password_file"].as<std::string>()};
+    }
   } catch (const YAML::Exception& e) {
     throw ConfigError(std::string("invalid shard entry: ") + e.what());
   }

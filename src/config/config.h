@@ -30,10 +30,19 @@ struct ShardConfig {
   std::optional<TlsClientConfig> tls;
 };
 
+// The proxy's own etcd user for the calls it makes on its own behalf when auth is enabled on the
+// shards (the auth consistency check). The password stays in a file, never in the config.
+//   credentials: {user: root, password_file: /etc/etcd-sharding-proxy/root.password}
+struct CredentialsConfig {
+  std::string user;
+  std::string password_file;
+};
+
 struct Config {
   std::vector<ShardConfig> shards;
   // Client URLs of the other proxies in front of the same shards (`proxies:`), for MemberList.
   std::vector<std::string> proxies;
+  std::optional<CredentialsConfig> credentials;
 };
 
 class ConfigError : public std::runtime_error {

@@ -113,21 +113,34 @@ void PendingLeases::OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leas
   }
 }
 
+void PendingLeases::SetRevokeCredentials(MetadataSource source, std::function<void(std::size_t shard)> on_invalid_token) {
+  revoke_metadata_ = std::move(source);
+  on_invalid_token_ = std::move(on_invalid_token);
+}
+
 void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void(Outcome)> done) {
   const auto topology = topology_.Get();
   if (key.first >= topology->shards.size()) return done(Outcome::kFailed);
   auto self = shared_from_this();
   if (entry.revoke) {
-    etcdserverpb::LeaseRevokeRequest request;
-    request.set_id(key.second);
-    CallShard<etcdserverpb::LeaseRevokeResponse>(
-        *topology->shards[key.first], methods::kLeaseRevoke, BackgroundContext(), request, {},
-        [self, key, done = std::move(done)](Status status, etcdserverpb::LeaseRevokeResponse) {
-          // Not found: the lease expired there on its own, which is as good.
-          const bool applied = status.ok() || status.message() == etcd_errors::LeaseNotFound().message();
-          self->Settle(key, /*revoke=*/true, applied);
-          done(ToOutcome(applied, status));
-        });
+    auto revoke = [self, topology, key, done = std::move(done)](Metadata metadata) mutable {
+      etcdserverpb::LeaseRevokeRequest request;
+      request.set_id(key.second);
+      auto ctx = std::make_shared<CallContext>(Clock::now() + std::chrono::seconds(5), std::move(metadata));
+      CallShard<etcdserverpb::LeaseRevokeResponse>(
+          *topology->shards[key.first], methods::kLeaseRevoke, ctx, request, {},
+          [self, key, done = std::move(done)](Status status, etcdserverpb::LeaseRevokeResponse) {
+            if (status.code() == StatusCode::kUnauthenticated && self->on_invalid_token_) {
+              self->on_invalid_token_(key.first);
+            }
+            // Not found: the lease expired there on its own, which is as good.
+            const bool applied = status.ok() || status.message() == etcd_errors::LeaseNotFound().message();
+            self->Settle(key, /*revoke=*/true, applied);
+            done(ToOutcome(applied, status));
+          });
+    };
+    if (!revoke_metadata_) return revoke({});
+    revoke_metadata_(key.first, std::move(revoke));
     return;
   }
   const int64_t ttl = RemainingTtl(entry);

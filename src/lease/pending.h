@@ -38,6 +38,12 @@ class PendingLeases final : public LeaseHook, public std::enable_shared_from_thi
 
   void OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leases, std::function<void(bool)> done) override;
 
+  // Where the metadata of the proxy's own revokes comes from (auth tokens: with auth on, a
+  // revoke needs the right to delete the lease's keys), and whom to tell when a shard refused
+  // the token. Unset: revokes carry no metadata.
+  using MetadataSource = std::function<void(std::size_t shard, std::function<void(Metadata)>)>;
+  void SetRevokeCredentials(MetadataSource source, std::function<void(std::size_t shard)> on_invalid_token);
+
  private:
   using Key = std::pair<std::size_t, int64_t>;  // shard, lease id
   struct Entry {
@@ -56,6 +62,8 @@ class PendingLeases final : public LeaseHook, public std::enable_shared_from_thi
   void Settle(const Key& key, bool revoke, bool applied);
 
   const TopologyHolder& topology_;
+  MetadataSource revoke_metadata_;
+  std::function<void(std::size_t shard)> on_invalid_token_;
   mutable std::mutex mu_;
   std::map<Key, Entry> entries_;
   std::set<std::size_t> flushing_;  // shards with a flush under way

@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "auth/token.h"
 #include "server/unimplemented.h"
 #include "upstream/grpc_shard_transport.h"
 
@@ -35,6 +36,9 @@ std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* met
         metrics->RecordRetry(shard, method);
       };
     }
+    tuning.translate_token = [shard = map.shard(i).name](std::string_view token) {
+      return auth::TokenForShard(token, shard);
+    };
     transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
   }
   auto topology = std::make_shared<const Topology>(Topology{std::move(map), std::move(transports)});
@@ -79,9 +83,15 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       keepalive_(std::make_shared<KeepAliveHub>(topology_, pending_leases_, kKeepAliveShardTimeout)),
       lease_repair_(std::make_shared<LeaseRepair>(topology_, pending_leases_)),
       lease_(topology_, pending_leases_, keepalive_, lease_repair_),
+      auth_(topology_, LoadCredentials(config)),
       housekeeper_(kHousekeepingTick) {
   kv_.SetLeaseHook(lease_repair_);
   keepalive_->SetSplitHandler([repair = lease_repair_](const LeaseSplit& split) { repair->Resolve(split); });
+  pending_leases_->SetRevokeCredentials(
+      [tokens = auth_.internal_tokens()](std::size_t shard, std::function<void(Metadata)> then) {
+        tokens->WithMetadata(shard, std::move(then));
+      },
+      [tokens = auth_.internal_tokens()](std::size_t shard) { tokens->Forget(shard); });
   kv_.Register(router_);
   lease_.Register(router_);
   cluster_.Register(router_);
@@ -89,10 +99,12 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
   watch_.Register(router_);
   grpc_health_.Register(router_);
   RegisterGauges();
+  auth_.Register(router_);
   housekeeper_.OnTick([hub = keepalive_] { hub->Tick(); });
   housekeeper_.OnTick([pending = pending_leases_, ticks = 0]() mutable {
     if (++ticks % kPendingFlushTicks == 0) pending->Flush();
   });
+  WarnAboutCertificateIdentity(config);
   RegisterUnimplemented(router_);
   // Last: the wrapper must see every handler, the UNIMPLEMENTED ones included.
   metrics_.InstrumentRouter(router_);
@@ -153,6 +165,10 @@ void Proxy::RegisterHttpEndpoints() {
   http_->Handle("/shards", [this](const HttpRequest&) {
     return HttpResponse{200, "application/json", ShardsJson(health_->Snapshot())};
   });
+  http_->Handle("/auth/consistency", [this](const HttpRequest&) {
+    const auto report = auth_.CheckConsistency();
+    return HttpResponse{report.consistent() ? 200 : 409, "application/json", report.ToJson()};
+  });
 }
 
 bool Proxy::Start() {
@@ -160,12 +176,13 @@ bool Proxy::Start() {
   health_->Start();
   if (http_ && !http_->Start()) return false;
   housekeeper_.Start();
+  auth_.StartConsistencyCheck();
   const auto topology = topology_.Get();
   spdlog::info("serving the etcd v3 API on {}{} ({} data plane) over {} shard(s)", options_.listen_address,
                options_.tls.enabled() ? (options_.tls.client_cert_auth ? " (mutual TLS)" : " (TLS)") : "",
                options_.data_plane, topology->map.size());
   for (std::size_t i = 0; i < topology->map.size(); ++i) spdlog::info("  {}", topology->map.Describe(i));
-  if (http_) spdlog::info("operator endpoints (/metrics, /health, /livez, /readyz, /shards) on {}", options_.metrics_address);
+  if (http_) spdlog::info("operator endpoints (/metrics, /health, /livez, /readyz, /shards, /auth/consistency) on {}", options_.metrics_address);
   return true;
 }
 
@@ -177,6 +194,7 @@ void Proxy::Shutdown() {
   keepalive_->Shutdown();
   if (http_) http_->Stop();
   if (health_) health_->Stop();
+  auth_.Stop();
 }
 
 }  // namespace esp

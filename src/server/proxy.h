@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "auth/auth_service.h"
 #include "cluster/cluster_service.h"
 #include "config/config.h"
 #include "kv/kv_service.h"
@@ -82,6 +83,7 @@ class Proxy {
   std::shared_ptr<KeepAliveHub> keepalive_;
   std::shared_ptr<LeaseRepair> lease_repair_;
   LeaseService lease_;
+  AuthService auth_;
   Housekeeper housekeeper_;
   std::unique_ptr<GrpcServer> server_;
   std::unique_ptr<H2Server> h2_server_;  // instead of server_ with --data-plane=h2

@@ -81,9 +81,22 @@ Status FromGrpc(const grpc::Status& status, const std::string& description,
   return Status(static_cast<StatusCode>(status.error_code()), status.error_message());
 }
 
-void PrepareContext(grpc::ClientContext& ctx, const CallContext& call) {
+using TokenTranslator = std::function<std::string(std::string_view token)>;
+
+// etcd reads the auth token from the `token` metadata key (clientv3's TokenFieldNameGRPC).
+void AddMetadata(grpc::ClientContext& ctx, const Metadata& metadata, const TokenTranslator& translate) {
+  for (const auto& [key, value] : metadata) {
+    if (translate && key == "token") {
+      ctx.AddMetadata(key, translate(value));
+    } else {
+      ctx.AddMetadata(key, value);
+    }
+  }
+}
+
+void PrepareContext(grpc::ClientContext& ctx, const CallContext& call, const TokenTranslator& translate) {
   if (call.deadline()) ctx.set_deadline(*call.deadline());
-  for (const auto& [key, value] : call.metadata()) ctx.AddMetadata(key, value);
+  AddMetadata(ctx, call.metadata(), translate);
 }
 
 // One upstream bidirectional stream. Owns itself from StartCall until OnDone.
@@ -98,9 +111,9 @@ class GrpcUpstreamStream final : public UpstreamStream,
       : observer_(std::move(observer)) {}
 
   void Start(const std::shared_ptr<GrpcUpstreamStream>& self, grpc::GenericStub& stub,
-             const std::string& method, const Metadata& metadata) {
+             const std::string& method, const Metadata& metadata, const TokenTranslator& translate) {
     self_ = self;
-    for (const auto& [key, value] : metadata) context_.AddMetadata(key, value);
+    AddMetadata(context_, metadata, translate);
     stub.PrepareBidiStreamingCall(&context_, method, grpc::StubOptions(), this);
     AddHold();
     StartRead(&read_buffer_);
@@ -226,7 +239,9 @@ struct GrpcShardTransport::Attempt {
 
 GrpcShardTransport::GrpcShardTransport(const ShardConfig& shard, std::string description,
                                        UpstreamTuning tuning)
-    : description_(std::move(description)), on_retry_(std::move(tuning.on_retry)) {
+    : description_(std::move(description)),
+      on_retry_(std::move(tuning.on_retry)),
+      translate_token_(std::move(tuning.translate_token)) {
   const auto credentials = MakeCredentials(shard);
   for (const auto& endpoint : shard.endpoints) {
     auto member = std::make_unique<Member>();
@@ -283,7 +298,7 @@ void GrpcShardTransport::StartAttempt(std::shared_ptr<Attempt> attempt) {
   attempt->tries_left--;
   attempt->context = std::make_unique<grpc::ClientContext>();
   attempt->response.Clear();
-  PrepareContext(*attempt->context, *attempt->call);
+  PrepareContext(*attempt->context, *attempt->call, translate_token_);
   grpc::ClientContext* const raw_context = attempt->context.get();
   attempt->cancel_hook = attempt->call->cancellation().Add([attempt, raw_context] {
     raw_context->TryCancel();
@@ -316,7 +331,7 @@ std::shared_ptr<UpstreamStream> GrpcShardTransport::OpenStream(
     const std::string& method, const Metadata& metadata,
     std::shared_ptr<UpstreamStreamObserver> observer) {
   auto stream = std::make_shared<GrpcUpstreamStream>(std::move(observer));
-  stream->Start(stream, *members_[PickMember(members_.size())]->stub, method, metadata);
+  stream->Start(stream, *members_[PickMember(members_.size())]->stub, method, metadata, translate_token_);
   return stream;
 }
 

@@ -4,6 +4,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "config/config.h"
@@ -26,6 +27,10 @@ struct UpstreamTuning {
   int max_reconnect_backoff_ms = 1000;
   // Told of every retry on another member (metrics); may be empty.
   std::function<void(const std::string& method)> on_retry;
+  // Rewrites the client's `token` metadata for this shard (the proxy's composite auth tokens
+  // carry one token per shard); empty: forwarded unchanged. Applied to every call and stream,
+  // so services never see per-shard tokens.
+  std::function<std::string(std::string_view token)> translate_token;
 };
 
 class GrpcShardTransport final : public ShardTransport,
@@ -51,6 +56,7 @@ class GrpcShardTransport final : public ShardTransport,
 
   std::string description_;
   std::function<void(const std::string& method)> on_retry_;
+  std::function<std::string(std::string_view token)> translate_token_;
   std::vector<std::unique_ptr<Member>> members_;
   std::atomic<std::size_t> next_member_{0};
 };

@@ -142,8 +142,9 @@ TestCertificates::TestCertificates() {
   if (result.exit_code != 0) throw std::runtime_error("openssl failed:\n" + result.output);
 }
 
-EtcdCluster::EtcdCluster(int members, std::string name, std::optional<EtcdTls> tls)
-    : name_(std::move(name)), tls_(std::move(tls)) {
+EtcdCluster::EtcdCluster(int members, std::string name, std::optional<EtcdTls> tls,
+                         std::vector<std::string> extra_args)
+    : name_(std::move(name)), tls_(std::move(tls)), extra_args_(std::move(extra_args)) {
   for (int i = 0; i < members; ++i) {
     EtcdMember m;
     m.name = name_ + "-m" + std::to_string(i);
@@ -187,6 +188,7 @@ void EtcdCluster::StartMember(std::size_t i) {
     argv.insert(argv.end(), {"--cert-file", tls_->cert_file, "--key-file", tls_->key_file, "--trusted-ca-file",
                              tls_->ca_file, "--client-cert-auth"});
   }
+  argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
   m.process = std::make_unique<ChildProcess>(argv, dir_.path() / (m.name + ".log"));
 }
 

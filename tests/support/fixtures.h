@@ -95,7 +95,9 @@ struct EtcdMember {
 // An etcd cluster of `members` members (etcd from Debian's etcd-server package).
 class EtcdCluster {
  public:
-  explicit EtcdCluster(int members = 1, std::string name = "etcd", std::optional<EtcdTls> tls = std::nullopt);
+  // `extra_args` go to every member's command line (e.g. {"--auth-token-ttl", "2"}).
+  explicit EtcdCluster(int members = 1, std::string name = "etcd", std::optional<EtcdTls> tls = std::nullopt,
+                       std::vector<std::string> extra_args = {});
   ~EtcdCluster();
 
   // Starts every member and waits until the cluster answers a linearizable read.

@@ -1,0 +1,58 @@
+#pragma once
+// The Auth service across shards: every shard holds the same users and roles, so management
+// requests go to every shard, reads compare every shard's answer, and Authenticate returns one
+// composite token (auth/token.h) that the upstream transport turns into each shard's own token.
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "auth/consistency.h"
+#include "auth/internal_tokens.h"
+#include "config/config.h"
+#include "transport/router.h"
+#include "upstream/topology.h"
+
+namespace esp {
+
+class AuthService {
+ public:
+  AuthService(const TopologyHolder& topology, std::optional<auth::Credentials> credentials)
+      : topology_(topology),
+        credentials_(credentials),
+        internal_tokens_(std::make_shared<auth::InternalTokens>(topology, std::move(credentials))) {}
+  ~AuthService() { Stop(); }
+
+  void Register(Router& router);
+
+  // Compares users, roles, permissions and auth status across shards (blocking; for the
+  // operator endpoint). Differences are logged as warnings.
+  auth::ConsistencyReport CheckConsistency() const;
+  // Runs the check once on its own thread and logs the outcome (start-up).
+  void StartConsistencyCheck();
+  void Stop();
+
+  // Tokens for the proxy's own calls that need one (pending lease revokes).
+  const std::shared_ptr<auth::InternalTokens>& internal_tokens() const { return internal_tokens_; }
+
+ private:
+  template <class Req, class Resp>
+  void RegisterChange(Router& router, const std::string& name, const char* benign_error);
+  template <class Req, class Resp>
+  void RegisterRead(Router& router, const std::string& name);
+  void RegisterAuthenticate(Router& router);
+
+  const TopologyHolder& topology_;
+  const std::optional<auth::Credentials> credentials_;
+  const std::shared_ptr<auth::InternalTokens> internal_tokens_;
+  std::thread startup_check_;
+};
+
+// The credentials of the config's `credentials:` block, the password read from its file (one
+// line; a trailing newline is not part of it). Throws ConfigError when the file cannot be read.
+std::optional<auth::Credentials> LoadCredentials(const Config& config);
+
+// Client-certificate identities (etcd's --client-cert-auth, CN as user) do not pass through the
+// proxy: a shard sees the proxy's certificate. Says so once per shard the proxy presents one to.
+void WarnAboutCertificateIdentity(const Config& config);
+
+}  // namespace esp
