@@ -154,25 +154,19 @@ void LeaseService::Revoke(CallContextPtr ctx, const LeaseRevokeRequest& request,
             other_error = o.status;
           }
         }
-<<<<<<< HEAD
+        // An etcd error on any shard (permission denied: a key of the lease there is not the
+        // caller's to delete) fails the revoke, as one etcd holding every key would.
+        if (other_error) return done(*other_error, {});
         // Done only when more than half of the shards are without the lease: whatever the
         // others hold, any proxy can then tell that it was revoked (lease/repair.h). Otherwise
         // the client gets an error and the lease counts as alive, as after a failed revoke on
         // one etcd; its keys on the shards that did revoke are gone all the same.
-        if (2 * without <= outcomes.size()) return done(other_error ? *other_error : *down_error, {});
+        if (2 * without <= outcomes.size()) return done(*down_error, {});
         // The shards that are down drop it when they answer again (this proxy's fast path; any
         // proxy's keep-alive or TimeToLive for the lease does it too).
         pending_->DropGrants(id);
         for (std::size_t shard : down) pending_->AddRevoke(shard, id);
         if (revoked) return done(Status::Ok(), std::move(*revoked));
-=======
-        // An etcd error on any shard (permission denied: a key of the lease there is not the
-        // caller's to delete) fails the revoke, as one etcd holding every key would.
-        if (other_error) return done(*other_error, {});
-        if (revoked) return done(Status::Ok(), std::move(*revoked));
-        // Not found on the shards that answered; a shard that did not may still hold it.
-        if (down_error) return done(*down_error, {});
->>>>>>> auth
         done(etcd_errors::LeaseNotFound(), {});
       });
 }
