@@ -18,7 +18,10 @@
 # the scale-out markers.
 #
 # Environment: ROUNDS (3), DURATION (3), INFLIGHTS ("4 16 64"), CONNS (6), KEY_SPACE (30000),
-# VALUE_SIZE (256), DATA_ROOT (/var/tmp), OUT (docs/BENCHMARKS.md).
+# VALUE_SIZE (256), DATA_ROOT (/var/tmp), OUT (docs/BENCHMARKS.md), ETCD_FLAGS (extra etcd flags,
+# e.g. "--backend-batch-limit=1": every applied put commits bbolt with an fsync, so each etcd is
+# bound by its disk's sync rate instead of by CPU), LABEL (names the generated section, so runs
+# with different ETCD_FLAGS keep separate tables; default "default").
 # Everything started here is stopped by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +34,8 @@ KEY_SPACE=${KEY_SPACE:-30000}
 VALUE_SIZE=${VALUE_SIZE:-256}
 DATA_ROOT=${DATA_ROOT:-/var/tmp}
 OUT=${OUT:-docs/BENCHMARKS.md}
+ETCD_FLAGS=${ETCD_FLAGS:-}
+LABEL=${LABEL:-default}
 BENCH=$ROOT_DIR/build/tools/esp-bench
 PROXY=$ROOT_DIR/build/etcd-sharding-proxy
 [[ -x $BENCH && -x $PROXY ]] || { echo "build first: scripts/build.sh" >&2; exit 1; }
@@ -54,7 +59,8 @@ free_port() {
 start_etcd() {  # name
   local name=$1 cport pport
   cport=$(free_port); pport=$(free_port)
-  etcd --name "$name" --data-dir "$WORK/$name" \
+  # shellcheck disable=SC2086
+  etcd $ETCD_FLAGS --name "$name" --data-dir "$WORK/$name" \
     --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
     --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
     --initial-cluster "$name=http://127.0.0.1:$pport" --log-level error \
@@ -141,7 +147,8 @@ for n in etcd-a etcd-b etcd-c; do
   SPREAD="$SPREAD $n=$c"
 done
 
-python3 "$ROOT_DIR/tools/scaleout_report.py" --results "$RESULTS" --out "$OUT" \
+python3 "$ROOT_DIR/tools/scaleout_report.py" --results "$RESULTS" --out "$OUT" --label "$LABEL" \
+  --meta "etcd_flags=${ETCD_FLAGS:-(none)}" \
   --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" \
   --meta "load=1/5/15-min load average $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end" \
   --meta "disk=$(df --output=source,fstype "$DATA_ROOT" | tail -1 | tr -s ' ') under $DATA_ROOT" \
@@ -154,7 +161,7 @@ for _ in range(100):
 print(f"{(time.time() - t) * 10:.2f} ms per 4 KiB write + fdatasync, mean of 100")
 ')" \
   --meta "keys=$SPREAD (distinct so/ keys written to each etcd over the whole run)" \
-  --meta "command=ROUNDS=$ROUNDS DURATION=$DURATION INFLIGHTS=\"$INFLIGHTS\" CONNS=$CONNS KEY_SPACE=$KEY_SPACE VALUE_SIZE=$VALUE_SIZE DATA_ROOT=$DATA_ROOT scripts/bench-scaleout.sh" \
+  --meta "command=LABEL=$LABEL ETCD_FLAGS=\"$ETCD_FLAGS\" ROUNDS=$ROUNDS DURATION=$DURATION INFLIGHTS=\"$INFLIGHTS\" CONNS=$CONNS KEY_SPACE=$KEY_SPACE VALUE_SIZE=$VALUE_SIZE DATA_ROOT=$DATA_ROOT scripts/bench-scaleout.sh" \
   --meta "clk_tck=$(getconf CLK_TCK)" \
   --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "wrote $OUT" >&2
