@@ -5,17 +5,19 @@
 # Every measurement starts a fresh process (freed memory stays in the allocator, so a second
 # measurement in the same process would hide its growth), waits until it answers, reads VmRSS
 # ("idle"), then runs `esp-bench --mode hold-watches|hold-leases --hold N --rss-pid PID`, which
-# reads VmRSS again once all N watches are created (one stream each, a key each) or all N leases
+# reads VmRSS again once all N watches are created (a key each; one stream per watch, or
+# WATCHES_PER_STREAM per stream as clientv3 multiplexes a client's watches) or all N leases
 # have had a keep-alive answered (streams still open), and checks every answer (each watch must
 # then deliver its key's put exactly once). Growth per 1,000 is reported at N = 1,000 (includes
 # warm-up: threads, channels, first arenas) and as the slope between N = 1,000 and N = HOLD_BIG.
 # The proxies sit in front of one etcd on tmpfs. tools/memory_report.py writes the table into OUT.
 #
-# Environment: HOLD_BIG (5000), OUT (docs/BENCHMARKS.md). Everything started here is stopped by pid.
+# Environment: HOLD_BIG (5000), WATCHES_PER_STREAM (100), OUT (docs/BENCHMARKS.md). Everything started here is stopped by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT_DIR=$(pwd)
 HOLD_BIG=${HOLD_BIG:-5000}
+WATCHES_PER_STREAM=${WATCHES_PER_STREAM:-100}
 OUT=${OUT:-docs/BENCHMARKS.md}
 BENCH=$ROOT_DIR/build/tools/esp-bench
 PROXY=$ROOT_DIR/build/etcd-sharding-proxy
@@ -83,14 +85,17 @@ RESULTS=$WORK/memory.tsv
 : >"$RESULTS"
 run=0
 for target in ours grpc-proxy nghttpx etcd; do
-  for what in watches leases; do
+  for what in watches watches-shared leases; do
     for n in 1000 "$HOLD_BIG"; do
       run=$((run + 1))
       start_target "$target" "$run"
       pid=$STARTED_PID
       wait_ready "$STARTED_ADDR"
       idle=$(rss_kb "$pid")
-      out=$(timeout 120 "$BENCH" --endpoints "$STARTED_ADDR" --mode "hold-$what" --hold "$n" --rss-pid "$pid" \
+      mode=hold-$what; extra=""
+      [[ $what == watches-shared ]] && { mode=hold-watches; extra="--watches-per-stream $WATCHES_PER_STREAM"; }
+      # shellcheck disable=SC2086
+      out=$(timeout 120 "$BENCH" --endpoints "$STARTED_ADDR" --mode "$mode" $extra --hold "$n" --rss-pid "$pid" \
         --key-prefix "mem$run/" --conns 4 --inflight 50 --timeout 30 --json 2>&1 | tail -1) || true
       printf '%s\t%s\t%s\t%s\t%s\n' "$target" "$what" "$n" "$idle" "$out" >>"$RESULTS"
       echo "$target hold-$what $n: idle $idle kB: $out" >&2
@@ -101,6 +106,7 @@ done
 
 python3 "$ROOT_DIR/tools/memory_report.py" --results "$RESULTS" --out "$OUT" \
   --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" \
-  --meta "command=HOLD_BIG=$HOLD_BIG scripts/bench-memory.sh" \
+  --meta "command=HOLD_BIG=$HOLD_BIG WATCHES_PER_STREAM=$WATCHES_PER_STREAM scripts/bench-memory.sh" \
+  --meta "watches_per_stream=$WATCHES_PER_STREAM" \
   --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "wrote $OUT" >&2

@@ -49,6 +49,7 @@ struct Options {
   int watchers = 10;
   int lease_ttl = 60;
   int hold = 1000;      // hold-watches / hold-leases: how many
+  int watches_per_stream = 1;  // hold-watches
   int rss_pid = 0;      // hold-*: the process whose VmRSS is reported (the proxy)
   int timeout_s = 10;
   int max_errors = 100;
@@ -394,19 +395,19 @@ class UnaryRunner {
 // ---------------------------------------------------------------------------------------------
 class Watcher : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchResponse> {
  public:
-  // Watches [key, range_end) (one key when range_end is empty).
-  Watcher(const std::string& key, const std::string& range_end, pb::Watch::Stub* stub, std::atomic<int64_t>& events,
-          std::atomic<int>& created, std::function<void(const std::string&)> error)
-      : events_(events), created_(created), error_(std::move(error)) {
-    auto* c = req_.mutable_create_request();
-    c->set_key(key);
-    c->set_range_end(range_end);
+  using Range = std::pair<std::string, std::string>;  // [key, range_end); one key when range_end is empty
+  // One stream carrying one watch per range (created one after the other, as clientv3 does).
+  Watcher(std::vector<Range> ranges, pb::Watch::Stub* stub, std::atomic<int64_t>& events, std::atomic<int>& created,
+          std::function<void(const std::string&)> error)
+      : ranges_(std::move(ranges)), events_(events), created_(created), error_(std::move(error)) {
     stub->async()->Watch(&ctx_, this);
-    StartWrite(&req_);
+    WriteCreate();
     StartRead(&resp_);
     StartCall();
   }
-  void OnWriteDone(bool) override {}
+  void OnWriteDone(bool ok) override {
+    if (ok && next_ < ranges_.size()) WriteCreate();
+  }
   void OnReadDone(bool ok) override {
     if (!ok) return;
     const int64_t now = NowNs();
@@ -421,8 +422,9 @@ class Watcher : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchRespon
         error_("watch: unexpected event");
         continue;
       }
-      if (ev.kv().mod_revision() <= last_rev_) error_("watch: revision not increasing");
-      last_rev_ = ev.kv().mod_revision();
+      int64_t& last = last_rev_[resp_.watch_id()];
+      if (ev.kv().mod_revision() <= last) error_("watch: revision not increasing");
+      last = ev.kv().mod_revision();
       const int64_t sent = static_cast<int64_t>(std::stoull(ev.kv().value().substr(0, 16), nullptr, 16));
       latencies_ns.push_back(now - sent);
       events_.fetch_add(1, std::memory_order_relaxed);
@@ -443,13 +445,23 @@ class Watcher : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchRespon
   std::vector<int64_t> latencies_ns;
 
  private:
+  // Called from the constructor and from OnWriteDone, never while a write is in flight.
+  void WriteCreate() {
+    auto* c = req_.mutable_create_request();
+    c->set_key(ranges_[next_].first);
+    c->set_range_end(ranges_[next_].second);
+    ++next_;
+    StartWrite(&req_);
+  }
+  const std::vector<Range> ranges_;
+  size_t next_ = 0;
   grpc::ClientContext ctx_;
   pb::WatchRequest req_;
   pb::WatchResponse resp_;
   std::atomic<int64_t>& events_;
   std::atomic<int>& created_;
   std::function<void(const std::string&)> error_;
-  int64_t last_rev_ = 0;
+  std::unordered_map<int64_t, int64_t> last_rev_;  // per watch id
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
@@ -679,7 +691,7 @@ Result RunWatch(const Options& o, Stubs& stubs) {
   };
   std::vector<std::unique_ptr<Watcher>> watchers;
   for (int i = 0; i < o.watchers; ++i)
-    watchers.push_back(std::make_unique<Watcher>(o.key_prefix, PrefixEnd(o.key_prefix),
+    watchers.push_back(std::make_unique<Watcher>(std::vector<Watcher::Range>{{o.key_prefix, PrefixEnd(o.key_prefix)}},
                                                  stubs.watch[static_cast<size_t>(i) % stubs.watch.size()].get(),
                                                  events, created, on_error));
   const auto create_deadline = Clock::now() + std::chrono::seconds(o.timeout_s);
@@ -785,8 +797,8 @@ bool AwaitTrue(const std::function<bool()>& done, int timeout_s) {
   return true;
 }
 
-// Opens --hold watches, one stream each, each on a key of its own (the costly case for a proxy:
-// nothing can be shared), reads the target's RSS once all are created, then proves they are live:
+// Opens --hold watches, each on a key of its own (nothing can be shared), --watches-per-stream on
+// each stream (1: a stream per watch, the costly case for a proxy), reads the target's RSS once all are created, then proves they are live:
 // one put per key must reach its watcher exactly once.
 Result RunHoldWatches(const Options& o, Stubs& stubs) {
   Result r;
@@ -801,10 +813,12 @@ Result RunHoldWatches(const Options& o, Stubs& stubs) {
     if (r.first_error.empty()) r.first_error = e;
   };
   std::vector<std::unique_ptr<Watcher>> watchers;
-  for (int i = 0; i < o.hold; ++i)
-    watchers.push_back(std::make_unique<Watcher>(Key(o, i), std::string(),
-                                                 stubs.watch[static_cast<size_t>(i) % stubs.watch.size()].get(),
-                                                 events, created, on_error));
+  for (int first = 0; first < o.hold; first += o.watches_per_stream) {
+    std::vector<Watcher::Range> ranges;
+    for (int i = first; i < std::min(o.hold, first + o.watches_per_stream); ++i) ranges.emplace_back(Key(o, i), "");
+    const size_t channel = watchers.size() % stubs.watch.size();
+    watchers.push_back(std::make_unique<Watcher>(std::move(ranges), stubs.watch[channel].get(), events, created, on_error));
+  }
   if (AwaitTrue([&] { return created.load() >= o.hold; }, o.timeout_s)) {
     r.held = o.hold;
     r.rss_held_kb = RssKb(o.rss_pid);
@@ -932,6 +946,9 @@ int main(int argc, char** argv) {
   app.add_option("--watchers", o.watchers, "watch: watchers on the key prefix")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--lease-ttl", o.lease_ttl, "lease TTL in seconds")->capture_default_str();
   app.add_option("--hold", o.hold, "hold-watches / hold-leases: watches (one stream each) or kept-alive leases")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--watches-per-stream", o.watches_per_stream, "hold-watches: watches created on each stream")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--rss-pid", o.rss_pid, "hold-*: report this process's VmRSS before and while holding");

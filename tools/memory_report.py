@@ -54,21 +54,24 @@ def main():
             return None
         return (g2 - g1) * 1000 / (big - small)
 
+    what_label = {
+        "watches": "client watches, one stream each",
+        "watches-shared": f"client watches, {meta.get('watches_per_stream', '?')} per stream",
+        "leases": "kept-alive leases",
+    }
     out = [BEGIN, "", f"- date: {meta.get('date', '?')}, commit {meta.get('commit', '?')}", ""]
-    out.append(f"| process | idle RSS MB | +{small:,} watches MB | +{big:,} watches MB | MB per 1,000 watches "
-               f"(slope {small:,}->{big:,}) | +{small:,} leases MB | +{big:,} leases MB | MB per 1,000 leases (slope) |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    out.append(f"| process | holding | idle RSS MB | growth at {small:,} MB | growth at {big:,} MB | "
+               f"MB per 1,000 (slope {small:,}->{big:,}) |")
+    out.append("|---|---|---:|---:|---:|---:|")
     errors = []
     for t in TARGETS:
-        idles = [r["idle"] for k, r in rows.items() if k[0] == t and r["idle"] is not None]
-        if not idles:
-            continue
-        idle = sorted(idles)[len(idles) // 2]
-        cells = [mb(idle)]
-        for what in ("watches", "leases"):
-            s = per1000(t, what)
-            cells += [mb(growth(t, what, small)), mb(growth(t, what, big)), "-" if s is None else f"{s / 1024:.1f}"]
-        out.append(f"| {t} | " + " | ".join(cells) + " |")
+        for what in ("watches", "watches-shared", "leases"):
+            idles = [r["idle"] for k, r in rows.items() if k[0] == t and k[1] == what and r["idle"] is not None]
+            if not idles:
+                continue
+            s_ = per1000(t, what)
+            out.append(f"| {t} | {what_label[what]} | {mb(min(idles))} | {mb(growth(t, what, small))} | "
+                       f"{mb(growth(t, what, big))} | {'-' if s_ is None else f'{s_ / 1024:.1f}'} |")
         errors += [f"{t} {k[1]} {k[2]:,}: {r['error']}" for k, r in rows.items() if k[0] == t and r["error"]]
     out.append("")
     if errors:

@@ -83,6 +83,7 @@ TEST_F(EspBenchSmokeTest, AWrongAnswerIsAnError) {
 // without failing on allocator noise.
 constexpr long long kIdleRssBoundKb = 48 * 1024;
 constexpr long long kRssPer1000WatchesBoundKb = 40 * 1024;
+constexpr long long kRssPer1000SharedStreamWatchesBoundKb = 8 * 1024;
 constexpr long long kRssPer1000LeasesBoundKb = 16 * 1024;
 
 long long RssKb(pid_t pid) {
@@ -138,6 +139,12 @@ TEST_F(EspBenchMemoryTest, RssPer1000ClientWatchesIsBounded) {
   // One stream per watch, each on a key of its own; every watch must then deliver its key's put.
   const long long growth = HoldGrowthKb("--mode hold-watches --key-prefix hw/");
   EXPECT_LT(growth, kRssPer1000WatchesBoundKb);
+}
+
+TEST_F(EspBenchMemoryTest, RssPer1000ClientWatchesSharingStreamsIsBounded) {
+  // 100 watches per stream, as clientv3 multiplexes one client's watches.
+  const long long growth = HoldGrowthKb("--mode hold-watches --watches-per-stream 100 --key-prefix hs/");
+  EXPECT_LT(growth, kRssPer1000SharedStreamWatchesBoundKb);
 }
 
 TEST_F(EspBenchMemoryTest, RssPer1000KeptAliveLeasesIsBounded) {
