@@ -94,12 +94,11 @@ def main():
     out.append("### Headline: CPU microseconds per request (median over rounds)")
     out.append("")
     out.append("CPU = utime+stime (+ reaped children) from `/proc/PID/stat` before and after each run, divided by the "
-               "requests answered correctly (watch: events delivered). `etcd` is the backing etcd in the same run; "
-               f"tick = {tick_us:.0f} us, so short runs carry a quantisation error of about one tick per process.")
-    out.append("")
-    out.append("Each proxy's own CPU per request; `etcd` is the etcd of the direct runs. `ours / etcd` is what "
-               "issue 4 targets (at most 0.25 for put, get, range, txn; 0.33 per watch event); span-range20 compares "
-               "ours-3 with the three shards' CPU summed, in the same runs.")
+               "requests answered correctly (watch: events delivered); "
+               f"tick = {tick_us:.0f} us, so short runs carry a quantisation error of about one tick per process. "
+               "Proxy columns: each proxy's own CPU; `etcd`: the etcd of the direct runs (span-range20: the three "
+               "shards behind ours-3, summed). `ours / etcd` is what issue 4 targets (at most 0.25 for put, get, "
+               "range, txn; 0.33 per watch event and for span-range20).")
     out.append("")
     out.append("| workload | etcd (direct) | grpc-proxy | nghttpx | ours | ours / etcd | ours / nghttpx | ours / grpc-proxy |")
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
