@@ -48,9 +48,9 @@ struct Options {
   bool no_preload = false;
   int watchers = 10;
   int lease_ttl = 60;
-  int hold = 1000;      // hold-watches / hold-leases: how many
-  int watches_per_stream = 1;  // hold-watches
-  int rss_pid = 0;      // hold-*: the process whose VmRSS is reported (the proxy)
+  int hold = 1000;              // hold-watches / hold-leases: how many
+  int watches_per_stream = 1;   // hold-watches
+  int rss_pid = 0;              // hold-*: the process whose VmRSS is reported (the proxy)
   int timeout_s = 10;
   int max_errors = 100;
   bool json = false;
