@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: direct etcd vs `etcd grpc-proxy` vs etcd-sharding-proxy, interleaved.
+# Side-by-side benchmark: direct etcd vs `etcd grpc-proxy` vs nghttpx vs etcd-sharding-proxy,
+# interleaved.
 #
 # Starts (on free 127.0.0.1 ports, data on tmpfs under /dev/shm):
 #   etcd-1            one single-member etcd: the "direct" target and the backend of both proxies
 #   grpc-proxy        `etcd grpc-proxy start` in front of etcd-1
+#   nghttpx           nghttp2's reverse proxy in front of etcd-1, h2c on both sides: a byte
+#                     pass-through on an event loop that parses and routes nothing (the yardstick
+#                     of issue 4). Installed on demand (Debian nghttp2-proxy); not a CI dependency.
 #   ours-1            build/etcd-sharding-proxy with one shard (etcd-1) -> the ratio rows
 #   etcd-s1..s3       three single-member shards, and ours-3 in front of them -> spanning-range row
 # Runs every workload against every target, ROUNDS times, rotating the target order each round;
@@ -29,6 +33,14 @@ WORKLOADS=${WORKLOADS:-"put get-lin get-ser range20 txn lease-grant lease-keepal
 BENCH=$ROOT_DIR/build/tools/esp-bench
 PROXY=$ROOT_DIR/build/etcd-sharding-proxy
 [[ -x $BENCH && -x $PROXY ]] || { echo "build first: cmake -S . -B build -G Ninja && ninja -C build" >&2; exit 1; }
+if ! command -v nghttpx >/dev/null; then
+  echo "bench: installing nghttp2-proxy (nghttpx) for the pass-through target" >&2
+  sudo_=(); [[ $(id -u) == 0 ]] || sudo_=(sudo)
+  DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y nghttp2-proxy >&2
+fi
+# One worker thread, one process; no access log; long-lived watch and keep-alive streams must not
+# be cut by nghttpx's idle timeouts; streams per client connection as many as gRPC opens.
+NGHTTPX_FLAGS="--single-process --workers=1 --no-via --no-ocsp --no-server-push --frontend-http2-max-concurrent-streams=100000 --frontend-http2-read-timeout=0 --backend-read-timeout=0 --backend-write-timeout=0 --stream-write-timeout=0 --conf=/dev/null"
 
 WORK=$(mktemp -d /dev/shm/esp-bench.XXXXXX)
 declare -A PID=()
@@ -73,6 +85,12 @@ etcd grpc-proxy start --endpoints="${ADDR[etcd-1]}" --listen-addr="127.0.0.1:$po
   --data-dir "$WORK/grpc-proxy.data" >"$WORK/grpc-proxy.log" 2>&1 &
 PID[grpc-proxy]=$!; ADDR[grpc-proxy]=127.0.0.1:$port
 
+port=$(free_port)
+# shellcheck disable=SC2086
+nghttpx --frontend="127.0.0.1,$port;no-tls" --backend="127.0.0.1,${ADDR[etcd-1]##*:};;proto=h2" $NGHTTPX_FLAGS \
+  --errorlog-file="$WORK/nghttpx.log" --pid-file="$WORK/nghttpx.pid" >/dev/null 2>&1 &
+PID[nghttpx]=$!; ADDR[nghttpx]=127.0.0.1:$port
+
 cat >"$WORK/ours-1.yaml" <<EOF
 shards:
   - {name: only, start: "", end: "", address: ${ADDR[etcd-1]}}
@@ -89,12 +107,12 @@ for p in ours-1 ours-3; do
   "$PROXY" --config "$WORK/$p.yaml" --listen-addr "127.0.0.1:$port" --log-level warn >"$WORK/$p.log" 2>&1 &
   PID[$p]=$!; ADDR[$p]=127.0.0.1:$port
 done
-for n in grpc-proxy ours-1 ours-3; do wait_ready "${ADDR[$n]}"; done
+for n in grpc-proxy nghttpx ours-1 ours-3; do wait_ready "${ADDR[$n]}"; done
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 sleep 1
-IDLE_RSS="ours-1=$(rss_kb "${PID[ours-1]}") ours-3=$(rss_kb "${PID[ours-3]}") grpc-proxy=$(rss_kb "${PID[grpc-proxy]}") etcd-1=$(rss_kb "${PID[etcd-1]}")"
+IDLE_RSS="ours-1=$(rss_kb "${PID[ours-1]}") ours-3=$(rss_kb "${PID[ours-3]}") grpc-proxy=$(rss_kb "${PID[grpc-proxy]}") nghttpx=$(rss_kb "${PID[nghttpx]}") etcd-1=$(rss_kb "${PID[etcd-1]}")"
 
 # CPU ticks (utime+stime+cutime+cstime: every thread, and reaped children) of one process.
 cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12+$13+$14+$15}' "/proc/$1/stat"; }
@@ -127,18 +145,19 @@ timeout 20 "$BENCH" --endpoints "${ADDR[ours-1]}" --mode watch --key-prefix prob
 targets_for() {  # workload -> target names
   case $1 in
     span-range20) echo "direct ours-3" ;;
-    watch) [[ $OURS_WATCH == 1 ]] && echo "direct grpc-proxy ours-1" || echo "direct grpc-proxy" ;;
-    lease-*) [[ $OURS_LEASE == 1 ]] && echo "direct grpc-proxy ours-1" || echo "direct grpc-proxy" ;;
-    *) echo "direct grpc-proxy ours-1" ;;
+    watch) [[ $OURS_WATCH == 1 ]] && echo "direct grpc-proxy nghttpx ours-1" || echo "direct grpc-proxy nghttpx" ;;
+    lease-*) [[ $OURS_LEASE == 1 ]] && echo "direct grpc-proxy nghttpx ours-1" || echo "direct grpc-proxy nghttpx" ;;
+    *) echo "direct grpc-proxy nghttpx ours-1" ;;
   esac
 }
 etcds_for() { [[ $1 == ours-3 ]] && echo "etcd-s1 etcd-s2 etcd-s3" || echo "etcd-1"; }
-proxy_for() { case $1 in grpc-proxy|ours-1|ours-3) echo "$1" ;; *) echo "" ;; esac; }
+proxy_for() { case $1 in grpc-proxy|nghttpx|ours-1|ours-3) echo "$1" ;; *) echo "" ;; esac; }
 endpoint_for() { [[ $1 == direct ]] && echo "${ADDR[etcd-1]}" || echo "${ADDR[$1]}"; }
 
 sum_ticks() { local t=0 n; for n in "$@"; do t=$((t + $(cpu_ticks "${PID[$n]}"))); done; echo $t; }
 
 RESULTS=$WORK/results.tsv
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 : >"$RESULTS"
 echo "bench: $ROUNDS rounds x ${DURATION}s per run; ours answers watch=$OURS_WATCH lease=$OURS_LEASE" >&2
 for round in $(seq 1 "$ROUNDS"); do
@@ -159,7 +178,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-AFTER_RSS="ours-1=$(rss_kb "${PID[ours-1]}") (peak $(hwm_kb "${PID[ours-1]}")) ours-3=$(rss_kb "${PID[ours-3]}") (peak $(hwm_kb "${PID[ours-3]}")) grpc-proxy=$(rss_kb "${PID[grpc-proxy]}") (peak $(hwm_kb "${PID[grpc-proxy]}"))"
+AFTER_RSS="ours-1=$(rss_kb "${PID[ours-1]}") (peak $(hwm_kb "${PID[ours-1]}")) ours-3=$(rss_kb "${PID[ours-3]}") (peak $(hwm_kb "${PID[ours-3]}")) grpc-proxy=$(rss_kb "${PID[grpc-proxy]}") (peak $(hwm_kb "${PID[grpc-proxy]}")) nghttpx=$(rss_kb "${PID[nghttpx]}") (peak $(hwm_kb "${PID[nghttpx]}"))"
 
 cmds=$WORK/commands.txt
 {
@@ -167,6 +186,7 @@ cmds=$WORK/commands.txt
   echo "# backends"
   echo "etcd --name etcd-1 --data-dir /dev/shm/... --listen-client-urls http://127.0.0.1:PORT ... --log-level error --auto-compaction-mode revision --auto-compaction-retention 100000"
   echo "etcd grpc-proxy start --endpoints=127.0.0.1:ETCD1 --listen-addr=127.0.0.1:PORT"
+  echo "nghttpx --frontend='127.0.0.1,PORT;no-tls' --backend='127.0.0.1,ETCD1PORT;;proto=h2' $NGHTTPX_FLAGS   # $(nghttpx --version | head -1)"
   echo "build/etcd-sharding-proxy --config ours-1.yaml --listen-addr 127.0.0.1:PORT --log-level warn   # one shard: etcd-1"
   echo "build/etcd-sharding-proxy --config ours-3.yaml --listen-addr 127.0.0.1:PORT --log-level warn   # 3 shards split at span/00000007, span/00000014"
   echo "# load (one per workload and target; --endpoints is the target)"
@@ -178,11 +198,13 @@ python3 "$ROOT_DIR/tools/bench_report.py" --results "$RESULTS" --out "$OUT" --co
   --meta "cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)" \
   --meta "kernel=$(uname -sr)" \
   --meta "etcd=$(etcd --version | head -1)" \
+  --meta "nghttpx=$(nghttpx --version | head -1)" \
   --meta "grpc=$(pkg-config --modversion grpc++ 2>/dev/null || echo unknown)" \
   --meta "compiler=$(${CXX:-c++} --version | head -1)" \
   --meta "build=$(grep -E '^CMAKE_BUILD_TYPE' build/CMakeCache.txt | cut -d= -f2)" \
   --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
   --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" \
+  --meta "load=1/5/15-min load average $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end (2 cores; others' builds and tests)" \
   --meta "clk_tck=$(getconf CLK_TCK)" \
   --meta "idle_rss_kb=$IDLE_RSS" \
   --meta "after_rss_kb=$AFTER_RSS" \

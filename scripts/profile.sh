@@ -2,8 +2,11 @@
 # Profile of the proxy's hot path with valgrind --tool=callgrind (hardware counters are not
 # available on the benchmark VM, so `perf record` is not used): one etcd on tmpfs, the proxy under
 # callgrind in front of it, counters zeroed after start-up, then one dump per workload.
-# Output: $OUT_DIR/callgrind.<workload>.* and $OUT_DIR/<workload>.{inclusive,self}.txt
-# Environment: REQUESTS (2000 per workload), OUT_DIR (/tmp/esp-profile), PROXY_ARGS (e.g. --data-plane=h2).
+# Output: $OUT_DIR/callgrind.<workload>.* and $OUT_DIR/<workload>.{inclusive,self}.txt, and one
+# line per workload on stdout: instructions (user space, whole process) per request (watch: per
+# delivered event, 10 watchers; lease-keepalive: per answered keep-alive).
+# Environment: REQUESTS (2000 per workload), OUT_DIR (/tmp/esp-profile), WORKLOADS, PROXY_ARGS (e.g.
+# --data-plane=grpc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-2000}
@@ -40,13 +43,27 @@ for _ in $(seq 300); do
 done
 "$BENCH" --endpoints "127.0.0.1:$lport" --mode preload --key-space 1000 --json
 callgrind_control -z "$vpid" >/dev/null
-for w in put get; do
-  "$BENCH" --endpoints "127.0.0.1:$lport" --mode "$w" --no-preload --total "$REQUESTS" --inflight 10 --conns 2 --timeout 30 --json
+WORKLOADS=${WORKLOADS:-"put get txn lease-keepalive watch"}
+args_for() {
+  case $1 in
+    watch) echo "--mode watch --key-prefix watch/ --watchers 10 --total $((REQUESTS / 10))" ;;
+    lease-keepalive) echo "--mode lease-keepalive --total $REQUESTS" ;;
+    *) echo "--mode $1 --no-preload --total $REQUESTS" ;;
+  esac
+}
+for w in $WORKLOADS; do
+  # shellcheck disable=SC2046
+  out=$("$BENCH" --endpoints "127.0.0.1:$lport" $(args_for "$w") --inflight 10 --conns 2 --timeout 30 --json)
+  echo "$out" >&2
   callgrind_control -d "$w" "$vpid" >/dev/null
   f=$(ls -t "$OUT_DIR"/callgrind.$vpid.* | sed -n 1p)
   mv "$f" "$OUT_DIR/callgrind.$w"
   callgrind_annotate --inclusive=yes "$OUT_DIR/callgrind.$w" >"$OUT_DIR/$w.inclusive.txt"
   callgrind_annotate "$OUT_DIR/callgrind.$w" >"$OUT_DIR/$w.self.txt"
+  total=$(awk '/PROGRAM TOTALS/ {gsub(/,/, "", $1); print $1; exit}' "$OUT_DIR/$w.self.txt")
+  units=$(python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(j["events"] if j["mode"]=="watch" else j["ok"], j["errors"])' "$out")
+  read -r n errors <<<"$units"
+  echo "$w: $total Ir / $n = $((total / n)) Ir per unit, $errors errors"
   callgrind_control -z "$vpid" >/dev/null
 done
 echo "profiles in $OUT_DIR" >&2

@@ -49,6 +49,9 @@ struct Options {
   bool no_preload = false;
   int watchers = 10;
   int lease_ttl = 60;
+  int hold = 1000;              // hold-watches / hold-leases: how many
+  int watches_per_stream = 1;   // hold-watches
+  int rss_pid = 0;              // hold-*: the process whose VmRSS is reported (the proxy)
   int timeout_s = 10;
   std::string token;  // etcd auth token sent with every measured request (metadata `token`)
   int max_errors = 100;
@@ -179,7 +182,8 @@ struct Stubs {
 // Unary workloads: `inflight` slots, each issuing its next request from the previous one's
 // completion callback.
 // ---------------------------------------------------------------------------------------------
-enum class Op { kPreload, kPut, kGet, kRange, kTxn, kLeaseGrant, kWatchPut };
+// kStampEach: key i = seq (each key once), value = send time (hold-watches' one event per watch).
+enum class Op { kPreload, kPut, kGet, kRange, kTxn, kLeaseGrant, kWatchPut, kStampEach };
 
 class UnaryRunner;
 
@@ -201,6 +205,7 @@ struct Slot {
   pb::LeaseGrantRequest grant_req;
   pb::LeaseGrantResponse grant_resp;
   std::vector<int64_t> latencies_ns;
+  std::vector<int64_t> granted;  // lease-grant: the ids answered
 };
 
 class UnaryRunner {
@@ -232,6 +237,11 @@ class UnaryRunner {
 
   RunState& state() { return state_; }
   Clock::time_point start() const { return start_; }
+  std::vector<int64_t> GrantedLeases() const {
+    std::vector<int64_t> all;
+    for (auto& s : slots_) all.insert(all.end(), s->granted.begin(), s->granted.end());
+    return all;
+  }
   std::vector<int64_t> Latencies() const {
     std::vector<int64_t> all;
     for (auto& s : slots_) all.insert(all.end(), s->latencies_ns.begin(), s->latencies_ns.end());
@@ -256,10 +266,13 @@ class UnaryRunner {
     switch (op_) {
       case Op::kPreload:
       case Op::kPut:
-      case Op::kWatchPut: {
-        s->index = op_ == Op::kPreload ? s->seq : RandomIndex(s);
+      case Op::kWatchPut:
+      case Op::kStampEach: {
+        const bool each = op_ == Op::kPreload || op_ == Op::kStampEach;
+        const bool stamp = op_ == Op::kWatchPut || op_ == Op::kStampEach;
+        s->index = each ? s->seq : RandomIndex(s);
         s->put_req.set_key(Key(o_, s->index));
-        s->put_req.set_value(op_ == Op::kWatchPut ? StampValue(o_, NowNs()) : Value(o_, s->index));
+        s->put_req.set_value(stamp ? StampValue(o_, NowNs()) : Value(o_, s->index));
         s->put_resp.Clear();
         s->kv->async()->Put(&*s->ctx, &s->put_req, &s->put_resp, std::move(done));
         break;
@@ -315,6 +328,7 @@ class UnaryRunner {
       case Op::kPreload:
       case Op::kPut:
       case Op::kWatchPut:
+      case Op::kStampEach:
         if (!s->put_resp.has_header() || s->put_resp.header().revision() <= 0) return "put: no header revision";
         return {};
       case Op::kGet: {
@@ -366,6 +380,7 @@ class UnaryRunner {
       state_.Error(err);
     } else {
       state_.Ok();
+      if (op_ == Op::kLeaseGrant) s->granted.push_back(s->grant_resp.id());
       s->latencies_ns.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(now - s->start).count());
     }
     Next(s);
@@ -383,18 +398,19 @@ class UnaryRunner {
 // ---------------------------------------------------------------------------------------------
 class Watcher : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchResponse> {
  public:
-  Watcher(const Options& o, pb::Watch::Stub* stub, std::atomic<int64_t>& events, std::atomic<int>& created,
+  using Range = std::pair<std::string, std::string>;  // [key, range_end); one key when range_end is empty
+  // One stream carrying one watch per range (created one after the other, as clientv3 does).
+  Watcher(std::vector<Range> ranges, pb::Watch::Stub* stub, std::atomic<int64_t>& events, std::atomic<int>& created,
           std::function<void(const std::string&)> error)
-      : events_(events), created_(created), error_(std::move(error)) {
-    auto* c = req_.mutable_create_request();
-    c->set_key(o.key_prefix);
-    c->set_range_end(PrefixEnd(o.key_prefix));
+      : ranges_(std::move(ranges)), events_(events), created_(created), error_(std::move(error)) {
     stub->async()->Watch(&ctx_, this);
-    StartWrite(&req_);
+    WriteCreate();
     StartRead(&resp_);
     StartCall();
   }
-  void OnWriteDone(bool) override {}
+  void OnWriteDone(bool ok) override {
+    if (ok && next_ < ranges_.size()) WriteCreate();
+  }
   void OnReadDone(bool ok) override {
     if (!ok) return;
     const int64_t now = NowNs();
@@ -409,8 +425,9 @@ class Watcher : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchRespon
         error_("watch: unexpected event");
         continue;
       }
-      if (ev.kv().mod_revision() <= last_rev_) error_("watch: revision not increasing");
-      last_rev_ = ev.kv().mod_revision();
+      int64_t& last = last_rev_[resp_.watch_id()];
+      if (ev.kv().mod_revision() <= last) error_("watch: revision not increasing");
+      last = ev.kv().mod_revision();
       const int64_t sent = static_cast<int64_t>(std::stoull(ev.kv().value().substr(0, 16), nullptr, 16));
       latencies_ns.push_back(now - sent);
       events_.fetch_add(1, std::memory_order_relaxed);
@@ -431,13 +448,23 @@ class Watcher : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchRespon
   std::vector<int64_t> latencies_ns;
 
  private:
+  // Called from the constructor and from OnWriteDone, never while a write is in flight.
+  void WriteCreate() {
+    auto* c = req_.mutable_create_request();
+    c->set_key(ranges_[next_].first);
+    c->set_range_end(ranges_[next_].second);
+    ++next_;
+    StartWrite(&req_);
+  }
+  const std::vector<Range> ranges_;
+  size_t next_ = 0;
   grpc::ClientContext ctx_;
   pb::WatchRequest req_;
   pb::WatchResponse resp_;
   std::atomic<int64_t>& events_;
   std::atomic<int>& created_;
   std::function<void(const std::string&)> error_;
-  int64_t last_rev_ = 0;
+  std::unordered_map<int64_t, int64_t> last_rev_;  // per watch id
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
@@ -449,7 +476,9 @@ class Watcher : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchRespon
 // ---------------------------------------------------------------------------------------------
 class KeepAliveStream : public grpc::ClientBidiReactor<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse> {
  public:
-  KeepAliveStream(pb::Lease::Stub* stub, RunState& state, int64_t ttl) : state_(state), ttl_(ttl) {
+  // `hold`: stay open once every lease is answered (the caller measures, then cancels).
+  KeepAliveStream(pb::Lease::Stub* stub, RunState& state, int64_t ttl, bool hold = false)
+      : state_(state), ttl_(ttl), hold_(hold) {
     stub->async()->LeaseKeepAlive(&ctx_, this);
   }
   void AddLease(int64_t id) { leases_.push_back(id); }
@@ -533,6 +562,7 @@ class KeepAliveStream : public grpc::ClientBidiReactor<pb::LeaseKeepAliveRequest
   }
   // When nothing is outstanding any more, the stream is finished.
   bool MaybeFinish() {
+    if (hold_) return false;
     std::lock_guard lock(mu_);
     if (!outstanding_.empty() || finishing_) return finishing_;
     finishing_ = true;
@@ -541,6 +571,7 @@ class KeepAliveStream : public grpc::ClientBidiReactor<pb::LeaseKeepAliveRequest
   }
   RunState& state_;
   const int64_t ttl_;
+  const bool hold_;
   grpc::ClientContext ctx_;
   pb::LeaseKeepAliveRequest req_;
   pb::LeaseKeepAliveResponse resp_;
@@ -564,6 +595,11 @@ struct Result {
   double seconds = 0;
   std::vector<int64_t> latencies_ns;
   std::string first_error;
+  // hold-*: how many watches / leases were held, and the --rss-pid process's VmRSS (kB) before
+  // opening them and while they were all held.
+  int64_t held = 0;
+  int64_t rss_before_kb = -1;
+  int64_t rss_held_kb = -1;
 };
 
 double Percentile(const std::vector<int64_t>& sorted, double q) {
@@ -641,7 +677,8 @@ Result RunWatch(const Options& o, Stubs& stubs) {
   };
   std::vector<std::unique_ptr<Watcher>> watchers;
   for (int i = 0; i < o.watchers; ++i)
-    watchers.push_back(std::make_unique<Watcher>(o, stubs.watch[static_cast<size_t>(i) % stubs.watch.size()].get(),
+    watchers.push_back(std::make_unique<Watcher>(std::vector<Watcher::Range>{{o.key_prefix, PrefixEnd(o.key_prefix)}},
+                                                 stubs.watch[static_cast<size_t>(i) % stubs.watch.size()].get(),
                                                  events, created, on_error));
   const auto create_deadline = Clock::now() + std::chrono::seconds(o.timeout_s);
   while (created.load() < o.watchers && Clock::now() < create_deadline)
@@ -718,6 +755,116 @@ Result RunKeepAlive(const Options& o, Stubs& stubs) {
   return r;
 }
 
+// VmRSS of `pid` in kB from /proc, -1 when there is no such process (or no pid was given).
+int64_t RssKb(int pid) {
+  if (pid <= 0) return -1;
+  std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  int64_t kb = -1;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    long long v = 0;
+    if (std::sscanf(line, "VmRSS: %lld kB", &v) == 1) {
+      kb = v;
+      break;
+    }
+  }
+  std::fclose(f);
+  return kb;
+}
+
+// Waits (polling: the answers arrive on gRPC's threads) until `done` holds or the timeout passes.
+bool AwaitTrue(const std::function<bool()>& done, int timeout_s) {
+  const auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
+  while (!done()) {
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+// Opens --hold watches, each on a key of its own (nothing can be shared), --watches-per-stream on
+// each stream (1: a stream per watch, the costly case for a proxy), reads the target's RSS once all are created, then proves they are live:
+// one put per key must reach its watcher exactly once.
+Result RunHoldWatches(const Options& o, Stubs& stubs) {
+  Result r;
+  r.rss_before_kb = RssKb(o.rss_pid);
+  std::atomic<int64_t> events{0};
+  std::atomic<int> created{0};
+  std::mutex err_mu;
+  int64_t watch_errors = 0;
+  auto on_error = [&](const std::string& e) {
+    std::lock_guard lock(err_mu);
+    ++watch_errors;
+    if (r.first_error.empty()) r.first_error = e;
+  };
+  std::vector<std::unique_ptr<Watcher>> watchers;
+  for (int first = 0; first < o.hold; first += o.watches_per_stream) {
+    std::vector<Watcher::Range> ranges;
+    for (int i = first; i < std::min(o.hold, first + o.watches_per_stream); ++i) ranges.emplace_back(Key(o, i), "");
+    const size_t channel = watchers.size() % stubs.watch.size();
+    watchers.push_back(std::make_unique<Watcher>(std::move(ranges), stubs.watch[channel].get(), events, created, on_error));
+  }
+  if (AwaitTrue([&] { return created.load() >= o.hold; }, o.timeout_s)) {
+    r.held = o.hold;
+    r.rss_held_kb = RssKb(o.rss_pid);
+  } else {
+    on_error("hold-watches: only " + std::to_string(created.load()) + " of " + std::to_string(o.hold) + " created");
+  }
+  UnaryRunner writer(o, stubs, Op::kStampEach, o.hold, std::nullopt, o.inflight);
+  writer.Run();
+  const int64_t expected = writer.state().ok();
+  AwaitTrue([&] { return events.load() >= expected; }, o.timeout_s);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // a duplicate would arrive now
+  for (auto& w : watchers) w->Cancel();
+  for (auto& w : watchers) w->WaitDone();
+  const int64_t got = events.load();
+  if (got != expected) on_error("hold-watches: " + std::to_string(got) + " events, expected " + std::to_string(expected));
+  r.ok = expected;
+  r.events = got;
+  r.errors = writer.state().errors() + watch_errors;
+  if (r.first_error.empty()) r.first_error = writer.state().first_error();
+  for (auto& w : watchers) r.latencies_ns.insert(r.latencies_ns.end(), w->latencies_ns.begin(), w->latencies_ns.end());
+  return r;
+}
+
+// Grants --hold leases, keeps every one alive once over one keep-alive stream per connection,
+// and reads the target's RSS while the streams are still open with every lease answered.
+Result RunHoldLeases(const Options& o, Stubs& stubs) {
+  Result r;
+  r.rss_before_kb = RssKb(o.rss_pid);
+  UnaryRunner granter(o, stubs, Op::kLeaseGrant, o.hold, std::nullopt, o.inflight);
+  granter.Run();
+  const auto ids = granter.GrantedLeases();
+  if (granter.state().errors() > 0 || static_cast<int>(ids.size()) != o.hold) {
+    r.errors = granter.state().errors() + 1;
+    r.first_error = "hold-leases: granted " + std::to_string(ids.size()) + ": " + granter.state().first_error();
+    return r;
+  }
+  RunState state(o.hold, std::nullopt, o.max_errors);
+  std::vector<std::unique_ptr<KeepAliveStream>> streams;
+  for (auto& stub : stubs.lease)
+    streams.push_back(std::make_unique<KeepAliveStream>(stub.get(), state, o.lease_ttl, /*hold=*/true));
+  for (size_t i = 0; i < ids.size(); ++i) streams[i % streams.size()]->AddLease(ids[i]);
+  const auto start = Clock::now();
+  for (auto& s : streams) s->Begin();
+  if (AwaitTrue([&] { return state.ok() + state.errors() >= o.hold; }, o.timeout_s)) {
+    r.held = state.ok();
+    r.rss_held_kb = RssKb(o.rss_pid);
+  }
+  r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  for (auto& s : streams) s->Cancel();
+  for (auto& s : streams) s->WaitDone();
+  int64_t unanswered = 0;
+  for (auto& s : streams) unanswered += s->unanswered();
+  r.ok = state.ok();
+  r.errors = state.errors() + unanswered;
+  r.first_error = state.first_error();
+  if (r.first_error.empty() && unanswered > 0) r.first_error = "hold-leases: " + std::to_string(unanswered) + " unanswered";
+  for (auto& s : streams) r.latencies_ns.insert(r.latencies_ns.end(), s->latencies_ns.begin(), s->latencies_ns.end());
+  return r;
+}
+
 void Print(const Options& o, Result& r) {
   std::sort(r.latencies_ns.begin(), r.latencies_ns.end());
   rusage ru{};
@@ -735,6 +882,8 @@ void Print(const Options& o, Result& r) {
                                      {"events", r.events},   {"errors", r.errors},           {"seconds", r.seconds},
                                      {"throughput", tput},   {"p50_us", p50},                {"p90_us", p90},
                                      {"p99_us", p99},        {"max_us", mx},                 {"client_cpu_us", client_cpu_us},
+                                     {"held", r.held},
+                                     {"rss_before_kb", r.rss_before_kb}, {"rss_held_kb", r.rss_held_kb},
                                      {"first_error", r.first_error}};
     // An error message may carry bytes that are not UTF-8: replaced, not fatal.
     std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
@@ -748,6 +897,9 @@ void Print(const Options& o, Result& r) {
     std::printf("  throughput %.1f %s/s\n", tput, r.mode == "watch" ? "events" : "req");
     std::printf("  latency us: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n", p50, p90, p99, mx);
     std::printf("  client CPU %.0f us\n", client_cpu_us);
+    if (r.held > 0)
+      std::printf("  held %lld; RSS of pid %d: %lld kB before, %lld kB held\n", static_cast<long long>(r.held),
+                  o.rss_pid, static_cast<long long>(r.rss_before_kb), static_cast<long long>(r.rss_held_kb));
     if (!r.first_error.empty()) std::printf("  first error: %s\n", r.first_error.c_str());
   }
   std::fflush(stdout);
@@ -767,9 +919,10 @@ int main(int argc, char** argv) {
   app.add_option("--key-space", o.key_space, "number of distinct keys")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--value-size", o.value_size, "value bytes")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--key-prefix", o.key_prefix, "prefix of every key")->capture_default_str();
-  app.add_option("--mode", o.mode, "preload, put, get, range, txn, watch, lease-grant, lease-keepalive")
+  app.add_option("--mode", o.mode, "preload, put, get, range, txn, watch, lease-grant, lease-keepalive, hold-watches, hold-leases")
       ->capture_default_str()
-      ->check(CLI::IsMember({"preload", "put", "get", "range", "txn", "watch", "lease-grant", "lease-keepalive"}));
+      ->check(CLI::IsMember({"preload", "put", "get", "range", "txn", "watch", "lease-grant", "lease-keepalive",
+                                     "hold-watches", "hold-leases"}));
   app.add_option("--consistency", o.consistency, "get/range: l (linearizable) or s (serializable)")
       ->capture_default_str()
       ->check(CLI::IsMember({"l", "s"}));
@@ -780,6 +933,13 @@ int main(int argc, char** argv) {
   app.add_option("--watchers", o.watchers, "watch: watchers on the key prefix")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--lease-ttl", o.lease_ttl, "lease TTL in seconds")->capture_default_str();
   app.add_option("--token", o.token, "auth token for put/get/range/txn requests (from Authenticate)");
+  app.add_option("--hold", o.hold, "hold-watches / hold-leases: watches (one stream each) or kept-alive leases")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--watches-per-stream", o.watches_per_stream, "hold-watches: watches created on each stream")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--rss-pid", o.rss_pid, "hold-*: report this process's VmRSS before and while holding");
   app.add_option("--timeout", o.timeout_s, "per-request deadline and connect timeout, seconds")->capture_default_str();
   app.add_option("--max-errors", o.max_errors, "stop after this many errors")->capture_default_str();
   app.add_flag("--json", o.json, "print one JSON object");
@@ -811,6 +971,8 @@ int main(int argc, char** argv) {
     else if (o.mode == "lease-grant") r = RunUnary(o, stubs, Op::kLeaseGrant, Total(o), Deadline(o));
     else if (o.mode == "watch") r = RunWatch(o, stubs);
     else if (o.mode == "lease-keepalive") r = RunKeepAlive(o, stubs);
+    else if (o.mode == "hold-watches") r = RunHoldWatches(o, stubs);
+    else if (o.mode == "hold-leases") r = RunHoldLeases(o, stubs);
     r.mode = o.mode;
     Print(o, r);
     return r.errors > 0 ? 1 : 0;
