@@ -1,5 +1,7 @@
 #include "transport/h2_connection.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/err.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
@@ -65,6 +67,34 @@ std::string DecodeBase64(std::string_view in) {
 }
 
 std::string StatusText(StatusCode code) { return std::to_string(static_cast<int>(code)); }
+
+std::string PeerAddress(int fd) {
+  sockaddr_storage address{};
+  socklen_t length = sizeof(address);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) return "an unknown peer";
+  char host[INET6_ADDRSTRLEN] = {};
+  int port = 0;
+  if (address.ss_family == AF_INET) {
+    const auto* v4 = reinterpret_cast<const sockaddr_in*>(&address);
+    inet_ntop(AF_INET, &v4->sin_addr, host, sizeof(host));
+    port = ntohs(v4->sin_port);
+  } else if (address.ss_family == AF_INET6) {
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&address);
+    inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof(host));
+    port = ntohs(v6->sin6_port);
+  }
+  return std::string(host) + ":" + std::to_string(port);
+}
+
+// The first queued OpenSSL error as text ("...:peer did not return a certificate"), or a
+// placeholder when the peer simply went away mid-handshake.
+std::string OpenSslReason() {
+  const unsigned long code = ERR_peek_error();
+  if (code == 0) return "connection closed during the handshake";
+  std::array<char, 256> text{};
+  ERR_error_string_n(code, text.data(), text.size());
+  return text.data();
+}
 
 }  // namespace
 
@@ -199,7 +229,13 @@ void H2Connection::DoRead() {
       if (n <= 0) {
         const int err = SSL_get_error(ssl_, static_cast<int>(n));
         if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
-        if (err != SSL_ERROR_ZERO_RETURN) spdlog::debug("h2: TLS read failed ({}): closing", err);
+        if (!SSL_is_init_finished(ssl_)) {
+          // One line per refused connection, with OpenSSL's reason (no certificate, unknown CA,
+          // plaintext on a TLS port, ...): what an operator needs to tell a misconfigured client.
+          spdlog::error("h2: TLS handshake failed with {}: {}", PeerAddress(fd_), OpenSslReason());
+        } else if (err != SSL_ERROR_ZERO_RETURN) {
+          spdlog::debug("h2: TLS read failed ({}): closing", err);
+        }
         Close();
         return;
       }
