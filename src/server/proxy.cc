@@ -9,6 +9,7 @@
 
 #include "server/unimplemented.h"
 #include "upstream/grpc_shard_transport.h"
+#include "upstream/h2_shard_transport.h"
 
 namespace esp {
 
@@ -22,7 +23,8 @@ constexpr int kPendingFlushTicks = 5;
 // gRPC's framing and metadata on top of the largest request etcd accepts (etcd adds the same).
 constexpr int kGrpcOverheadBytes = 512 * 1024;
 
-std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics) {
+std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics,
+                                              const std::string& upstream_transport) {
   std::vector<ShardBounds> bounds;
   for (const auto& shard : config.shards) bounds.push_back({shard.name, shard.start, shard.end});
   ShardMap map(std::move(bounds));
@@ -34,7 +36,11 @@ std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* met
         metrics->RecordRetry(shard, method);
       };
     }
-    transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
+    if (upstream_transport == "h2") {
+      transports.push_back(std::make_shared<H2ShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
+    } else {
+      transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
+    }
   }
   auto topology = std::make_shared<const Topology>(Topology{std::move(map), std::move(transports)});
   return metrics != nullptr ? metrics->InstrumentTopology(std::move(topology)) : topology;
@@ -67,7 +73,7 @@ std::vector<std::vector<std::string>> ShardEndpoints(const Config& config) {
 
 Proxy::Proxy(const Config& config, ProxyOptions options)
     : options_(std::move(options)),
-      topology_(BuildTopology(config, &metrics_)),
+      topology_(BuildTopology(config, &metrics_, options_.upstream_transport)),
       kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
       cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
       maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
