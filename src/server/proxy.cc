@@ -85,6 +85,11 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       lease_(topology_, pending_leases_, keepalive_, lease_repair_),
       housekeeper_(kHousekeepingTick) {
   kv_.SetLeaseHook(lease_repair_);
+  if (options_.upstream_transport == "h2") {
+    maintenance_.SetMemberTransportFactory([](const ShardConfig& member, std::string description) {
+      return std::make_shared<H2ShardTransport>(member, std::move(description));
+    });
+  }
   keepalive_->SetSplitHandler([repair = lease_repair_](const LeaseSplit& split) { repair->Resolve(split); });
   kv_.Register(router_);
   lease_.Register(router_);
