@@ -159,7 +159,7 @@ std::size_t UpstreamLoops::Pick() {
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     if (slots_[i]->loop->InLoopThread()) return i;
   }
-  return next_++ % slots_.size();
+  return next_.fetch_add(1, std::memory_order_relaxed) % slots_.size();
 }
 
 void UpstreamLoops::MarkDirty(std::size_t index, std::shared_ptr<H2ClientConnection> connection) {

@@ -7,6 +7,7 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/ssl.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -49,7 +50,7 @@ class UpstreamLoops {
     std::vector<std::shared_ptr<H2ClientConnection>> dirty;
   };
   std::vector<std::unique_ptr<Slot>> slots_;
-  std::size_t next_ = 0;  // approximate round robin; races only skew the spread
+  std::atomic<std::size_t> next_{0};
 };
 
 struct H2ClientOptions {
@@ -98,6 +99,7 @@ class H2ClientConnection : public std::enable_shared_from_this<H2ClientConnectio
   void Connect();
   // New calls may go here: not closed and no GOAWAY received.
   bool usable() const { return state_ != State::kClosed && !goaway_; }
+  bool closed() const { return state_ == State::kClosed; }
 
   void Start(const std::shared_ptr<H2ClientCall>& call);
   void Write(const std::shared_ptr<H2ClientCall>& call, std::string_view message);

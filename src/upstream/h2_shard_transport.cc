@@ -167,12 +167,13 @@ H2ShardTransport::H2ShardTransport(const ShardConfig& shard, std::string descrip
     members_.push_back(std::move(member));
   }
   connections_.resize(loops_->size(), std::vector<std::shared_ptr<H2ClientConnection>>(members_.size()));
+  retired_.resize(loops_->size());
 }
 
 H2ShardTransport::~H2ShardTransport() {
   // Each connection belongs to its loop: hand it back to be dropped there.
   for (std::size_t loop = 0; loop < connections_.size(); ++loop) {
-    loops_->loop(loop).Post([row = std::move(connections_[loop])] {});
+    loops_->loop(loop).Post([row = std::move(connections_[loop]), retired = std::move(retired_[loop])] {});
   }
   if (ssl_ctx_ != nullptr) SSL_CTX_free(ssl_ctx_);
 }
@@ -220,6 +221,9 @@ void H2ShardTransport::NoteConnectResult(std::size_t index, bool ok, const std::
 std::shared_ptr<H2ClientConnection> H2ShardTransport::ConnectionTo(std::size_t loop, std::size_t member) {
   auto& slot = connections_[loop][member];
   if (slot && slot->usable()) return slot;
+  auto& retired = retired_[loop];
+  std::erase_if(retired, [](const auto& connection) { return connection->closed(); });
+  if (slot && !slot->closed()) retired.push_back(std::move(slot));
   // Like a gRPC channel in TRANSIENT_FAILURE: calls fail fast until the backoff ends.
   if (InBackoff(member)) return nullptr;
   const Member& m = *members_[member];

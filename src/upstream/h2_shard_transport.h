@@ -51,6 +51,8 @@ class H2ShardTransport final : public ShardTransport, public std::enable_shared_
   std::vector<std::unique_ptr<Member>> members_;
   // connections_[loop][member]; each row touched only on its loop's thread.
   std::vector<std::vector<std::shared_ptr<H2ClientConnection>>> connections_;
+  // Per loop: connections replaced after a GOAWAY, kept until their calls have finished.
+  std::vector<std::vector<std::shared_ptr<H2ClientConnection>>> retired_;
   std::atomic<std::size_t> next_member_{0};
 };
 
