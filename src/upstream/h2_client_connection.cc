@@ -146,13 +146,10 @@ UpstreamLoops::~UpstreamLoops() {
 }
 
 std::shared_ptr<UpstreamLoops> UpstreamLoops::Shared() {
-  static std::mutex mu;
-  static std::weak_ptr<UpstreamLoops> shared;
-  const std::lock_guard lock(mu);
-  if (auto existing = shared.lock()) return existing;
-  auto created = std::make_shared<UpstreamLoops>(std::max(1u, std::thread::hardware_concurrency()));
-  shared = created;
-  return created;
+  // Lives until exit: the last transport may well be dropped on one of these loops' threads
+  // (from a completion), where stopping the pool would mean a thread joining itself.
+  static const auto shared = std::make_shared<UpstreamLoops>(std::max(1u, std::thread::hardware_concurrency()));
+  return shared;
 }
 
 std::size_t UpstreamLoops::Pick() {

@@ -34,7 +34,7 @@ class UpstreamLoops {
   UpstreamLoops(const UpstreamLoops&) = delete;
   UpstreamLoops& operator=(const UpstreamLoops&) = delete;
 
-  // The process-wide pool (one loop per core), started on first use.
+  // The process-wide pool (one loop per core), started on first use, stopped at exit.
   static std::shared_ptr<UpstreamLoops> Shared();
 
   std::size_t size() const { return slots_.size(); }
