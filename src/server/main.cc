@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
                  "h2: response bytes one call may queue for a client that does not read before it is reset")
       ->capture_default_str();
   app.add_option("--upstream-transport", options.upstream_transport,
-                 "transport towards the shards: grpc (gRPC C++ client) or h2 (nghttp2 client on event loops)")
+                 "transport towards the shards: h2 (nghttp2 client on event loops) or grpc (gRPC C++ client)")
       ->check(CLI::IsMember({"grpc", "h2"}))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

@@ -45,14 +45,14 @@ struct ProxyOptions {
   std::string data_plane = "h2";
   int data_plane_threads = 0;  // h2 event loops; 0: one per core
   std::size_t data_plane_stream_buffer = 32 * 1024 * 1024;  // h2: bytes queued per call for a slow reader
-  // Towards the shards: "grpc" (gRPC C++ client) or "h2" (our nghttp2 client on event loops).
-  std::string upstream_transport = "grpc";
+  // Towards the shards: "h2" (our nghttp2 client on event loops) or "grpc" (gRPC C++ client).
+  std::string upstream_transport = "h2";
 };
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.
 // With `metrics`, the transports count their calls and retries there.
 std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics = nullptr,
-                                              const std::string& upstream_transport = "grpc");
+                                              const std::string& upstream_transport = "h2");
 
 class Proxy {
  public:
