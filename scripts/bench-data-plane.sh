@@ -3,7 +3,8 @@
 # proxies in front of it (--data-plane=grpc and --data-plane=h2). Interleaved rounds; proxy and
 # etcd CPU (utime+stime from /proc/PID/stat) around each run; prints medians. Everything started
 # here is stopped by pid on exit.
-# Environment: ROUNDS (5), DURATION (3 s), CONNS (4), INFLIGHT (50), WORKLOADS ("put get-ser get-lin").
+# Environment: ROUNDS (5), DURATION (3 s), CONNS (4), INFLIGHT (50), WORKLOADS ("put get-ser get-lin"),
+# VARIANT_FLAG (--data-plane; --upstream-transport compares the two transports towards etcd instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
@@ -11,6 +12,7 @@ DURATION=${DURATION:-3}
 CONNS=${CONNS:-4}
 INFLIGHT=${INFLIGHT:-50}
 WORKLOADS=${WORKLOADS:-"put get-ser get-lin"}
+VARIANT_FLAG=${VARIANT_FLAG:---data-plane}
 BENCH=build/tools/esp-bench
 PROXY=build/etcd-sharding-proxy
 WORK=$(mktemp -d /dev/shm/esp-dp.XXXXXX)
@@ -34,7 +36,7 @@ PID[etcd]=$!; ADDR[direct]=127.0.0.1:$cport
 printf 'shards:\n  - {name: only, start: "", end: "", address: %s}\n' "${ADDR[direct]}" >"$WORK/p.yaml"
 for plane in grpc h2; do
   port=$(free_port)
-  "$PROXY" --config "$WORK/p.yaml" --listen-addr "127.0.0.1:$port" --data-plane "$plane" --log-level warn \
+  "$PROXY" --config "$WORK/p.yaml" --listen-addr "127.0.0.1:$port" "$VARIANT_FLAG" "$plane" --log-level warn \
     >"$WORK/$plane.log" 2>&1 &
   PID[$plane]=$!; ADDR[$plane]=127.0.0.1:$port
 done

@@ -93,7 +93,8 @@ struct MemberTarget {
 // reads and writes, so never more than one member of the whole deployment at once.
 void DefragmentFrom(std::shared_ptr<std::vector<MemberTarget>> targets, std::size_t next,
                     std::shared_ptr<const Topology> topology, std::shared_ptr<std::vector<ShardConfig>> configs,
-                    CallContextPtr ctx, std::function<void(Status)> done) {
+                    CallContextPtr ctx, MaintenanceService::MemberTransportFactory factory,
+                    std::function<void(Status)> done) {
   if (next == targets->size()) {
     done(Status::Ok());
     return;
@@ -102,18 +103,20 @@ void DefragmentFrom(std::shared_ptr<std::vector<MemberTarget>> targets, std::siz
   ShardConfig member_config = (*configs)[target.shard];
   member_config.endpoints = {HostPortOfUrl(target.url)};
   const std::string description = topology->shards[target.shard]->description() + " member " + target.url;
-  auto member = std::make_shared<GrpcShardTransport>(member_config, description);
+  std::shared_ptr<ShardTransport> member = factory ? factory(member_config, description)
+                                                  : std::make_shared<GrpcShardTransport>(member_config, description);
   spdlog::info("defragmenting {}", description);
   CallShard<pb::DefragmentResponse>(
       *member, kDefragment, ctx, pb::DefragmentRequest{}, UnaryOptions{.idempotent = true},
-      [targets, next, topology, configs, ctx, done, member, description](Status status, pb::DefragmentResponse) {
+      [targets, next, topology, configs, ctx, factory, done, member, description](Status status,
+                                                                                   pb::DefragmentResponse) {
         if (!status.ok()) {
           done(Status(status.code(), status.message().find(description) == std::string::npos
                                          ? description + ": " + status.message()
                                          : status.message()));
           return;
         }
-        DefragmentFrom(targets, next + 1, topology, configs, ctx, done);
+        DefragmentFrom(targets, next + 1, topology, configs, ctx, factory, done);
       });
 }
 
@@ -224,7 +227,7 @@ void MaintenanceService::RegisterAggregates(Router& router) {
                   if (member.clienturls_size() > 0) targets->push_back({i, member.id(), member.clienturls(0)});
                 }
               }
-              DefragmentFrom(targets, 0, topology, configs, ctx, [this, done](Status status) {
+              DefragmentFrom(targets, 0, topology, configs, ctx, member_transport_, [this, done](Status status) {
                 pb::DefragmentResponse out;
                 FillHeader(identity_, out.mutable_header());
                 done(std::move(status), std::move(out));

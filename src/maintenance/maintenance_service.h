@@ -1,4 +1,5 @@
 #pragma once
+#include <functional>
 // The Maintenance service over several etcd clusters: answers that aggregate every shard where an
 // aggregate means something (Status, Alarm GET, Hash, HashKV at the current revision), calls
 // every member of every shard where etcd's operation is per member (Defragment), and clear
@@ -28,6 +29,11 @@ class MaintenanceService {
   MaintenanceService(const TopologyHolder& topology, std::vector<ShardConfig> shards, ProxyIdentity identity)
       : topology_(topology), shards_(std::move(shards)), identity_(std::move(identity)) {}
   void Register(Router& router);
+  // How Defragment reaches one member (default: a GrpcShardTransport); the proxy passes the
+  // transport kind it was started with.
+  using MemberTransportFactory =
+      std::function<std::shared_ptr<ShardTransport>(const ShardConfig& member, std::string description)>;
+  void SetMemberTransportFactory(MemberTransportFactory factory) { member_transport_ = std::move(factory); }
 
  private:
   void RegisterAggregates(Router& router);
@@ -35,6 +41,7 @@ class MaintenanceService {
   const TopologyHolder& topology_;
   std::vector<ShardConfig> shards_;
   ProxyIdentity identity_;
+  MemberTransportFactory member_transport_;
 };
 
 }  // namespace esp

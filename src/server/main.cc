@@ -43,6 +43,10 @@ int main(int argc, char** argv) {
   app.add_option("--data-plane-stream-buffer", options.data_plane_stream_buffer,
                  "h2: response bytes one call may queue for a client that does not read before it is reset")
       ->capture_default_str();
+  app.add_option("--upstream-transport", options.upstream_transport,
+                 "transport towards the shards: h2 (nghttp2 client on event loops) or grpc (gRPC C++ client)")
+      ->check(CLI::IsMember({"grpc", "h2"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::from_str(log_level));

@@ -11,6 +11,7 @@
 #include "auth/token.h"
 #include "server/unimplemented.h"
 #include "upstream/grpc_shard_transport.h"
+#include "upstream/h2_shard_transport.h"
 
 namespace esp {
 
@@ -24,7 +25,8 @@ constexpr int kPendingFlushTicks = 5;
 // gRPC's framing and metadata on top of the largest request etcd accepts (etcd adds the same).
 constexpr int kGrpcOverheadBytes = 512 * 1024;
 
-std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics) {
+std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics,
+                                              const std::string& upstream_transport) {
   std::vector<ShardBounds> bounds;
   for (const auto& shard : config.shards) bounds.push_back({shard.name, shard.start, shard.end});
   ShardMap map(std::move(bounds));
@@ -39,7 +41,11 @@ std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* met
     tuning.translate_token = [shard = map.shard(i).name](std::string_view token) {
       return auth::TokenForShard(token, shard);
     };
-    transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
+    if (upstream_transport == "h2") {
+      transports.push_back(std::make_shared<H2ShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
+    } else {
+      transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
+    }
   }
   auto topology = std::make_shared<const Topology>(Topology{std::move(map), std::move(transports)});
   return metrics != nullptr ? metrics->InstrumentTopology(std::move(topology)) : topology;
@@ -72,7 +78,7 @@ std::vector<std::vector<std::string>> ShardEndpoints(const Config& config) {
 
 Proxy::Proxy(const Config& config, ProxyOptions options)
     : options_(std::move(options)),
-      topology_(BuildTopology(config, &metrics_)),
+      topology_(BuildTopology(config, &metrics_, options_.upstream_transport)),
       kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
       cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
       maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
@@ -86,6 +92,11 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       auth_(topology_, LoadCredentials(config)),
       housekeeper_(kHousekeepingTick) {
   kv_.SetLeaseHook(lease_repair_);
+  if (options_.upstream_transport == "h2") {
+    maintenance_.SetMemberTransportFactory([](const ShardConfig& member, std::string description) {
+      return std::make_shared<H2ShardTransport>(member, std::move(description));
+    });
+  }
   keepalive_->SetSplitHandler([repair = lease_repair_](const LeaseSplit& split) { repair->Resolve(split); });
   pending_leases_->SetRevokeCredentials(
       [tokens = auth_.internal_tokens()](std::size_t shard, std::function<void(Metadata)> then) {

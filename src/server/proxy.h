@@ -49,11 +49,14 @@ struct ProxyOptions {
   std::size_t data_plane_stream_buffer = 32 * 1024 * 1024;  // h2: bytes queued per call for a slow reader
   // Responses a Watch stream may have queued for a client that does not read them.
   std::size_t watch_buffer_bytes = kDefaultWatchBufferBytes;
+  // Towards the shards: "h2" (our nghttp2 client on event loops) or "grpc" (gRPC C++ client).
+  std::string upstream_transport = "h2";
 };
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.
 // With `metrics`, the transports count their calls and retries there.
-std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics = nullptr);
+std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics = nullptr,
+                                              const std::string& upstream_transport = "h2");
 
 class Proxy {
  public:

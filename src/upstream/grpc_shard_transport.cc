@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "transport/grpc_bytes.h"
+#include "upstream/retry_policy.h"
 
 namespace esp {
 
@@ -55,30 +56,10 @@ grpc::ChannelArguments MakeChannelArgs(const ShardConfig& shard, const UpstreamT
   return args;
 }
 
+StatusCode CodeOf(const grpc::Status& status) { return static_cast<StatusCode>(status.error_code()); }
+
 bool IsTransportFailure(const grpc::Status& status) {
-  // etcd's own errors all carry an "etcdserver: " message; anything else with these codes was
-  // produced by the client library: the member could not be reached or did not answer in time.
-  const auto code = status.error_code();
-  return (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED) &&
-         !status.error_message().starts_with("etcdserver:");
-}
-
-// The call failed before it was sent anywhere: no connection to the member could be made (gRPC
-// fails the pick while the member's channel is in TRANSIENT_FAILURE). Another member may take
-// it, even a write.
-bool NeverSent(const grpc::Status& status) {
-  return status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-         status.error_message().starts_with("failed to connect to all addresses");
-}
-
-Status FromGrpc(const grpc::Status& status, const std::string& description,
-                const std::string& endpoint) {
-  if (status.ok()) return Status::Ok();
-  if (IsTransportFailure(status)) {
-    return Status(static_cast<StatusCode>(status.error_code()),
-                  description + " at " + endpoint + ": " + status.error_message());
-  }
-  return Status(static_cast<StatusCode>(status.error_code()), status.error_message());
+  return esp::IsTransportFailure(CodeOf(status), status.error_message());
 }
 
 using TokenTranslator = std::function<std::string(std::string_view token)>;
@@ -310,17 +291,15 @@ void GrpcShardTransport::StartAttempt(std::shared_ptr<Attempt> attempt) {
         attempt->call->cancellation().Remove(attempt->cancel_hook);
         const std::string& endpoint = members_[attempt->member]->endpoint;
         NoteReachability(*members_[attempt->member], status);
-        if (IsTransportFailure(status) && attempt->tries_left > 0 &&
-            status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-            (attempt->options.idempotent || NeverSent(status)) &&
-            !attempt->call->cancellation().cancelled()) {
+        if (ShouldRetry(CodeOf(status), status.error_message(), attempt->options, attempt->tries_left > 0,
+                        attempt->call->cancellation().cancelled())) {
           spdlog::debug("{}: {} failed at {} ({}); retrying on another member", description_,
                         attempt->method, endpoint, status.error_message());
           if (on_retry_) on_retry_(attempt->method);
           StartAttempt(attempt);
           return;
         }
-        Status result = FromGrpc(status, description_, endpoint);
+        Status result = DescribeFailure(CodeOf(status), status.error_message(), description_, endpoint);
         std::string bytes = result.ok() ? ByteBufferToString(attempt->response) : std::string();
         auto done = std::move(attempt->done);
         done(std::move(result), std::move(bytes));

@@ -336,10 +336,21 @@ static void AddDataPlaneFromEnv(std::vector<std::string>& argv) {
   argv.push_back(std::string("--data-plane=") + plane);
 }
 
+// ESP_UPSTREAM=grpc or =h2 runs every test's proxy with that transport towards the shards.
+static void AddUpstreamFromEnv(std::vector<std::string>& argv) {
+  const char* upstream = std::getenv("ESP_UPSTREAM");
+  if (upstream == nullptr || *upstream == '\0') return;
+  for (const auto& arg : argv) {
+    if (arg.starts_with("--upstream-transport")) return;
+  }
+  argv.push_back(std::string("--upstream-transport=") + upstream);
+}
+
 void ProxyProcess::Start() {
   std::vector<std::string> argv = {ESP_PROXY_BINARY, "--config", config_path_.string(), "--listen-addr", address()};
   argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
   AddDataPlaneFromEnv(argv);
+  AddUpstreamFromEnv(argv);
   process_ = std::make_unique<ChildProcess>(argv, dir_.path() / "proxy.log");
   const auto channel = Connect(address());
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
@@ -351,6 +362,7 @@ void ProxyProcess::StartWithoutProbe() {
   std::vector<std::string> argv = {ESP_PROXY_BINARY, "--config", config_path_.string(), "--listen-addr", address()};
   argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
   AddDataPlaneFromEnv(argv);
+  AddUpstreamFromEnv(argv);
   process_ = std::make_unique<ChildProcess>(argv, dir_.path() / "proxy.log");
   const bool listening = WaitFor(
       [this] {

@@ -1,0 +1,61 @@
+#pragma once
+// ShardTransport over our own HTTP/2 client (nghttp2 on the upstream event loops): one
+// connection per member per loop, so a call stays on the loop that started it. Same retry rules,
+// error texts and member health as GrpcShardTransport (upstream/retry_policy.h).
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "upstream/grpc_shard_transport.h"  // UpstreamTuning
+#include "upstream/h2_client_connection.h"
+#include "upstream/shard_transport.h"
+
+namespace esp {
+
+class H2ShardTransport final : public ShardTransport, public std::enable_shared_from_this<H2ShardTransport> {
+ public:
+  // Create with std::make_shared. Throws ConfigError on unreadable TLS files or unresolvable members.
+  H2ShardTransport(const ShardConfig& shard, std::string description, UpstreamTuning tuning = {},
+                   std::shared_ptr<UpstreamLoops> loops = UpstreamLoops::Shared());
+  ~H2ShardTransport() override;
+
+  const std::string& description() const override { return description_; }
+  void Unary(const std::string& method, const CallContextPtr& ctx, std::string request, UnaryOptions options,
+             UnaryDone done) override;
+  std::shared_ptr<UpstreamStream> OpenStream(const std::string& method, const Metadata& metadata,
+                                             std::shared_ptr<UpstreamStreamObserver> observer) override;
+
+  struct Member;
+  struct Attempt;
+
+  // Loop thread only: the member's connection on `loop`, (re)connecting when needed.
+  std::shared_ptr<H2ClientConnection> ConnectionTo(std::size_t loop, std::size_t member);
+  // Round robin over members not known to be down, avoiding `avoid`; any thread.
+  std::size_t PickMember(std::size_t avoid);
+  // Whether `member` is down and still inside its reconnect backoff (calls fail fast).
+  bool InBackoff(std::size_t member) const;
+  const std::string& endpoint(std::size_t member) const;
+
+ private:
+  // The request's metadata as this shard must see it (the auth token translated).
+  Metadata Translated(const Metadata& metadata) const;
+  void StartAttempt(const std::shared_ptr<Attempt>& attempt);
+  void NoteConnectResult(std::size_t member, bool ok, const std::string& error);
+
+  std::string description_;
+  UpstreamTuning tuning_;
+  std::shared_ptr<UpstreamLoops> loops_;
+  SSL_CTX* ssl_ctx_ = nullptr;
+  std::vector<std::unique_ptr<Member>> members_;
+  // connections_[loop][member]; each row touched only on its loop's thread.
+  std::vector<std::vector<std::shared_ptr<H2ClientConnection>>> connections_;
+  // Per loop: connections replaced after a GOAWAY, kept until their calls have finished.
+  std::vector<std::vector<std::shared_ptr<H2ClientConnection>>> retired_;
+  std::atomic<std::size_t> next_member_{0};
+};
+
+}  // namespace esp
