@@ -21,13 +21,24 @@ class MuxObserver final : public UpstreamStreamObserver {
   std::shared_ptr<UpstreamWatchStream> stream_;
 };
 
+// Each part is prefixed with its length: keys, range ends and binary metadata may hold any byte,
+// so a separator alone would let two different requests ("s\0" alone and "s" onwards) collide.
+void AppendField(std::string& out, std::string_view field) {
+  out += std::to_string(field.size());
+  out += ':';
+  out += field;
+}
+
 // Streams are shared by clients with the same forwarded metadata only: the token decides what a
 // watcher may see, hasleader how the shard must behave.
 std::string MetadataKey(const Metadata& metadata) {
   std::vector<std::pair<std::string, std::string>> sorted(metadata.begin(), metadata.end());
   std::sort(sorted.begin(), sorted.end());
   std::string key;
-  for (const auto& [k, v] : sorted) key += k + '\0' + v + '\0';
+  for (const auto& [k, v] : sorted) {
+    AppendField(key, k);
+    AppendField(key, v);
+  }
   return key;
 }
 
@@ -36,8 +47,10 @@ std::string MetadataKey(const Metadata& metadata) {
 // watcher has delivered up to, which is a valid "now" for it.
 std::string GroupKey(const ShardTransport* shard, const Metadata& metadata,
                      const etcdserverpb::WatchCreateRequest& request) {
-  std::string key = std::to_string(reinterpret_cast<std::uintptr_t>(shard)) + '\0' + MetadataKey(metadata);
-  key += request.key() + '\0' + request.range_end() + '\0';
+  std::string key = std::to_string(reinterpret_cast<std::uintptr_t>(shard)) + '/';
+  AppendField(key, MetadataKey(metadata));
+  AppendField(key, request.key());
+  AppendField(key, request.range_end());
   for (const int filter : request.filters()) key += std::to_string(filter) + ',';
   key += request.prev_kv() ? 'p' : '-';
   key += request.progress_notify() ? 'n' : '-';
