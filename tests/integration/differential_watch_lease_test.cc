@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -162,6 +164,13 @@ class WatchStream {
     cv_.wait_for(lock, timeout, [&] { return ended_ || event_count_[id] >= count; });
     return events_[id];
   }
+  // Waits until the event responses of watch `id` satisfy `done`; returns them all.
+  std::vector<WatchResponse> AwaitUntil(int64_t id, const std::function<bool(const std::vector<WatchResponse>&)>& done,
+                                        std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return ended_ || done(events_[id]); });
+    return events_[id];
+  }
   std::vector<WatchResponse> Events(int64_t id) {
     const std::lock_guard lock(mu_);
     return events_[id];
@@ -249,6 +258,12 @@ struct WatchSpec {
            (no_delete ? " NODELETE" : "") + (prev_kv ? " prev_kv" : "");
   }
   bool Empty() const { return !end.empty() && end != kAll && end <= key; }
+  // Whether [key, end) lies in one shard (the last shard holds keys >= "s", so an end of "s"
+  // still ends in shard 1).
+  bool SingleShard() const {
+    const int last = end.empty() ? ShardOf(key) : end == kAll ? 2 : end > "s" ? 2 : end > "i" ? 1 : 0;
+    return last == ShardOf(key);
+  }
   bool Matches(const Event& e) const {
     if (!InRange(e.kv().key(), key, end)) return false;
     return e.type() == Event::PUT ? !no_put : !no_delete;
@@ -302,6 +317,64 @@ WatchSpec RandomWatchSpec(Gen& gen) {
   s.no_delete = gen.Chance(15);
   s.prev_kv = gen.Chance(50);
   return s;
+}
+
+// One random write (Put, DeleteRange, or a Txn inside one shard), sent to the plain etcd and
+// then the same to the proxy; returns the plain etcd's revision after it.
+int64_t RandomWrite(Gen& gen, KV::Stub& plain, KV::Stub& proxy, const std::string& where) {
+  int64_t rev = 0;
+  const int kind = gen.Int(0, 99);
+  if (kind < 50) {
+    PutRequest req;
+    req.set_key(gen.Key());
+    req.set_value(gen.Value());
+    PutResponse a, b;
+    EXPECT_TRUE(plain.Put(Ctx().get(), req, &a).ok()) << where;
+    EXPECT_TRUE(proxy.Put(Ctx().get(), req, &b).ok()) << where;
+    rev = a.header().revision();
+  } else if (kind < 72) {
+    DeleteRangeRequest req;
+    req.set_key(gen.Key());
+    if (gen.Chance(40)) {
+      std::string e = gen.Key();
+      if (e < req.key()) e = kAll;
+      req.set_range_end(e);
+    }
+    DeleteRangeResponse a, b;
+    EXPECT_TRUE(plain.DeleteRange(Ctx().get(), req, &a).ok()) << where;
+    EXPECT_TRUE(proxy.DeleteRange(Ctx().get(), req, &b).ok()) << where;
+    EXPECT_EQ(a.deleted(), b.deleted()) << where;
+    rev = a.header().revision();
+  } else {  // a txn inside one shard, puts and deletes in either branch
+    const int shard = gen.Int(0, 2);
+    TxnRequest req;
+    auto* cmp = req.add_compare();
+    cmp->set_key(gen.KeyIn(shard));
+    cmp->set_target(etcdserverpb::Compare::VERSION);
+    cmp->set_result(etcdserverpb::Compare::GREATER);
+    cmp->set_version(0);
+    for (auto* ops : {req.mutable_success(), req.mutable_failure()}) {
+      std::set<std::string> used;
+      const int n = gen.Int(1, 3);
+      for (int i = 0; i < n; ++i) {
+        const std::string k = gen.KeyIn(shard);
+        if (!used.insert(k).second) continue;
+        if (gen.Chance(70)) {
+          auto* put = ops->Add()->mutable_request_put();
+          put->set_key(k);
+          put->set_value(gen.Value());
+        } else {
+          ops->Add()->mutable_request_delete_range()->set_key(k);
+        }
+      }
+    }
+    TxnResponse a, b;
+    EXPECT_TRUE(plain.Txn(Ctx().get(), req, &a).ok()) << where;
+    EXPECT_TRUE(proxy.Txn(Ctx().get(), req, &b).ok()) << where;
+    EXPECT_EQ(a.succeeded(), b.succeeded()) << where;
+    rev = a.header().revision();
+  }
+  return rev;
 }
 
 struct WatchState {
@@ -420,13 +493,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
       return;
     }
     if (!a->created() || a->canceled() || b->canceled()) return;
-    if (ShardOf(w.spec.key) != (w.spec.end.empty() ? ShardOf(w.spec.key)
-                                : w.spec.end == kAll ? 2
-                                : w.spec.end > "s" ? 2
-                                : w.spec.end > "i" ? 1
-                                                   : 0)) {
-      ++spanning;
-    }
+    if (!w.spec.SingleShard()) ++spanning;
     w.plain_id = a->watch_id();
     w.proxy_id = b->watch_id();
     // Every write so far is at or below the plain revision the watch started from.
@@ -535,57 +602,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
     }
     // A write, the same on both sides.
     ++writes;
-    int64_t rev = 0;
-    if (kind < 55) {
-      PutRequest req;
-      req.set_key(gen.Key());
-      req.set_value(gen.Value());
-      PutResponse a, b;
-      ASSERT_TRUE(plain_kv_->Put(Ctx().get(), req, &a).ok()) << where;
-      ASSERT_TRUE(proxy_kv_->Put(Ctx().get(), req, &b).ok()) << where;
-      rev = a.header().revision();
-    } else if (kind < 75) {
-      DeleteRangeRequest req;
-      req.set_key(gen.Key());
-      if (gen.Chance(40)) {
-        std::string e = gen.Key();
-        if (e < req.key()) e = kAll;
-        req.set_range_end(e);
-      }
-      DeleteRangeResponse a, b;
-      ASSERT_TRUE(plain_kv_->DeleteRange(Ctx().get(), req, &a).ok()) << where;
-      ASSERT_TRUE(proxy_kv_->DeleteRange(Ctx().get(), req, &b).ok()) << where;
-      EXPECT_EQ(a.deleted(), b.deleted()) << where;
-      rev = a.header().revision();
-    } else {  // a txn inside one shard, puts and deletes in either branch
-      const int shard = gen.Int(0, 2);
-      TxnRequest req;
-      auto* cmp = req.add_compare();
-      cmp->set_key(gen.KeyIn(shard));
-      cmp->set_target(etcdserverpb::Compare::VERSION);
-      cmp->set_result(etcdserverpb::Compare::GREATER);
-      cmp->set_version(0);
-      for (auto* ops : {req.mutable_success(), req.mutable_failure()}) {
-        std::set<std::string> used;
-        const int n = gen.Int(1, 3);
-        for (int i = 0; i < n; ++i) {
-          const std::string k = gen.KeyIn(shard);
-          if (!used.insert(k).second) continue;
-          if (gen.Chance(70)) {
-            auto* put = ops->Add()->mutable_request_put();
-            put->set_key(k);
-            put->set_value(gen.Value());
-          } else {
-            ops->Add()->mutable_request_delete_range()->set_key(k);
-          }
-        }
-      }
-      TxnResponse a, b;
-      ASSERT_TRUE(plain_kv_->Txn(Ctx().get(), req, &a).ok()) << where;
-      ASSERT_TRUE(proxy_kv_->Txn(Ctx().get(), req, &b).ok()) << where;
-      EXPECT_EQ(a.succeeded(), b.succeeded()) << where;
-      rev = a.header().revision();
-    }
+    const int64_t rev = RandomWrite(gen, *plain_kv_, *proxy_kv_, where);
     plain_rev = std::max(plain_rev, rev);
   }
   sync_reference();
@@ -596,6 +613,314 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
       seed, op, writes, history.size(), watches.size(), spanning, coalesce_candidates, empty_ranges, cancels);
   EXPECT_GT(writes, 50);
   EXPECT_GT(spanning, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watches created and canceled while a writer runs
+
+// A member's current revision, asked of it directly.
+int64_t CurrentRevision(const std::string& address) {
+  auto kv = KV::NewStub(Connect(address));
+  RangeRequest req;
+  req.set_key(kAll);
+  req.set_count_only(true);
+  RangeResponse resp;
+  EXPECT_TRUE(kv->Range(Ctx().get(), req, &resp).ok());
+  return resp.header().revision();
+}
+
+// The events of reference watch 0 on `stream`, once they reach revision `upto`.
+std::vector<Event> History(WatchStream& stream, int64_t upto) {
+  auto flatten = [](const std::vector<WatchResponse>& responses) {
+    std::vector<Event> out;
+    for (const auto& r : responses) out.insert(out.end(), r.events().begin(), r.events().end());
+    return out;
+  };
+  const auto responses = stream.AwaitUntil(0, [&](const std::vector<WatchResponse>& rs) {
+    return !rs.empty() && rs.back().events(rs.back().events_size() - 1).kv().mod_revision() >= upto;
+  });
+  std::vector<Event> events = flatten(responses);
+  EXPECT_TRUE(!events.empty() && events.back().kv().mod_revision() >= upto) << "reference watch stalled";
+  return events;
+}
+
+// Where a watch can start or end without a definite revision: somewhere in (lo, hi].
+struct Window {
+  int64_t lo = 0;
+  int64_t hi = 0;
+};
+
+// `got` (one shard's events of one watch, in order) must be exactly the shard's `history`
+// filtered by `spec`, from a start revision S in [start.lo, start.hi] to an end E in
+// [end.lo, end.hi]: nothing lost, duplicated or reordered in between.
+bool MatchesHistory(const std::vector<Event>& got, const std::vector<Event>& history, const WatchSpec& spec,
+                    Window start, Window end, std::string* why) {
+  std::vector<Event> filtered;
+  for (Event e : history) {
+    if (!spec.Matches(e)) continue;
+    if (!spec.prev_kv) e.clear_prev_kv();
+    filtered.push_back(e);
+  }
+  auto candidates = [&](Window w) {
+    std::vector<int64_t> out = {w.lo};
+    for (const auto& e : filtered) {
+      if (e.kv().mod_revision() > w.lo && e.kv().mod_revision() <= w.hi) out.push_back(e.kv().mod_revision());
+    }
+    return out;
+  };
+  std::vector<std::string> g;
+  for (const auto& e : got) g.push_back(DescribeEvent(e));
+  for (const int64_t s : candidates(start)) {
+    for (const int64_t e : candidates(end)) {
+      std::vector<std::string> want;
+      for (const auto& ev : filtered) {
+        if (ev.kv().mod_revision() > s && ev.kv().mod_revision() <= e) want.push_back(DescribeEvent(ev));
+      }
+      if (want == g) return true;
+    }
+  }
+  std::ostringstream os;
+  os << "start in (" << start.lo << ", " << start.hi << "], end in (" << end.lo << ", " << end.hi << "]\ngot:";
+  for (const auto& e : got) os << "\n  @" << e.kv().mod_revision() << " " << DescribeEvent(e);
+  os << "\nhistory matching the watch:";
+  for (const auto& e : filtered) os << "\n  @" << e.kv().mod_revision() << " " << DescribeEvent(e);
+  *why = os.str();
+  return false;
+}
+
+struct LiveWatch {
+  WatchSpec spec;
+  int stream = 0;
+  int64_t plain_id = 0;
+  int64_t proxy_id = 0;
+  int64_t plain_start = 0;            // plain created revision: etcd's exact start
+  int64_t proxy_created_rev = 0;      // the proxy's created header revision
+  std::array<Window, 3> start{};      // per shard, where the proxy's watch may start
+  Window plain_end{INT64_MAX, INT64_MAX};
+  std::array<Window, 3> end{{{INT64_MAX, INT64_MAX}, {INT64_MAX, INT64_MAX}, {INT64_MAX, INT64_MAX}}};
+  bool single_shard = false;
+};
+
+TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMissNothing) {
+  const std::uint32_t seed = Seed();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (rerun with ESP_DIFF_SEED=" + std::to_string(seed) +
+               "; the interleaving with the writer is not replayed)");
+  std::printf("concurrent watch seed %u\n", seed);
+  Gen gen(seed);
+  auto shard_address = [](int s) { return sharded_->shard(static_cast<std::size_t>(s)).member(0).client_address(); };
+
+  // References: every event of the plain etcd, and of each shard asked directly.
+  auto open_reference = [](const std::string& address) {
+    auto stream = std::make_unique<WatchStream>(address);
+    WatchRequest req;
+    req.mutable_create_request()->set_key(kAll);
+    req.mutable_create_request()->set_range_end(kAll);
+    req.mutable_create_request()->set_prev_kv(true);
+    stream->Write(req);
+    const auto created = stream->NextControl();
+    EXPECT_TRUE(created && created->created() && created->watch_id() == 0);
+    return stream;
+  };
+  auto plain_ref = open_reference(plain_address());
+  std::vector<std::unique_ptr<WatchStream>> shard_refs;
+  for (int s = 0; s < 3; ++s) shard_refs.push_back(open_reference(shard_address(s)));
+
+  const int kStreams = 3;
+  std::vector<std::unique_ptr<WatchStream>> plain_streams;
+  std::vector<std::unique_ptr<WatchStream>> proxy_streams;
+  for (int i = 0; i < kStreams; ++i) {
+    plain_streams.push_back(std::make_unique<WatchStream>(plain_address()));
+    proxy_streams.push_back(std::make_unique<WatchStream>(proxy_address()));
+  }
+  auto shard_revisions = [&] {
+    std::array<int64_t, 3> out{};
+    for (int s = 0; s < 3; ++s) out[static_cast<std::size_t>(s)] = CurrentRevision(shard_address(s));
+    return out;
+  };
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> writes{0};
+  std::thread writer([&] {
+    Gen wgen(seed ^ 0x9e3779b9u);
+    auto plain_kv = KV::NewStub(Connect(plain_address()));
+    auto proxy_kv = KV::NewStub(Connect(proxy_address()));
+    while (!stop) {
+      RandomWrite(wgen, *plain_kv, *proxy_kv, "concurrent write " + std::to_string(writes.load()));
+      ++writes;
+    }
+  });
+
+  std::vector<LiveWatch> watches;
+  int repeated = 0;
+  int cancels = 0;
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < until && watches.size() < 150 && !HasFailure()) {
+    std::vector<std::size_t> live;
+    for (std::size_t i = 0; i < watches.size(); ++i) {
+      if (watches[i].end[0].lo == INT64_MAX) live.push_back(i);
+    }
+    if (!live.empty() && gen.Chance(25)) {  // cancel one
+      LiveWatch& w = watches[live[static_cast<std::size_t>(gen.Int(0, static_cast<int>(live.size()) - 1))]];
+      const int64_t plain_lo = CurrentRevision(plain_address());
+      const auto lo = shard_revisions();
+      WatchRequest a, b;
+      a.mutable_cancel_request()->set_watch_id(w.plain_id);
+      b.mutable_cancel_request()->set_watch_id(w.proxy_id);
+      plain_streams[w.stream]->Write(a);
+      proxy_streams[w.stream]->Write(b);
+      const auto ra = plain_streams[w.stream]->NextControl();
+      const auto rb = proxy_streams[w.stream]->NextControl();
+      ASSERT_TRUE(ra && rb && ra->canceled() && rb->canceled()) << "cancel " << w.spec.Text();
+      EXPECT_EQ(rb->watch_id(), w.proxy_id);
+      const auto hi = shard_revisions();
+      w.plain_end = {plain_lo, CurrentRevision(plain_address())};
+      for (std::size_t s = 0; s < 3; ++s) w.end[s] = {lo[s], hi[s]};
+      ++cancels;
+      continue;
+    }
+    LiveWatch w;
+    if (!watches.empty() && gen.Chance(40)) {
+      // The same range and options as a watch that is running: the proxy may attach it to
+      // that watch's upstream watcher, mid-stream.
+      w.spec = watches[static_cast<std::size_t>(gen.Int(0, static_cast<int>(watches.size()) - 1))].spec;
+      ++repeated;
+    } else {
+      do {
+        w.spec = RandomWatchSpec(gen);
+      } while (w.spec.Empty());
+    }
+    w.stream = gen.Int(0, kStreams - 1);
+    WatchRequest req;
+    auto* c = req.mutable_create_request();
+    c->set_key(w.spec.key);
+    c->set_range_end(w.spec.end);
+    c->set_prev_kv(w.spec.prev_kv);
+    if (w.spec.no_put) c->add_filters(WatchCreateRequest::NOPUT);
+    if (w.spec.no_delete) c->add_filters(WatchCreateRequest::NODELETE);
+    const auto lo = shard_revisions();
+    plain_streams[w.stream]->Write(req);
+    proxy_streams[w.stream]->Write(req);
+    const auto a = plain_streams[w.stream]->NextControl();
+    const auto b = proxy_streams[w.stream]->NextControl();
+    const auto hi = shard_revisions();
+    ASSERT_TRUE(a && b && a->created() && b->created() && !a->canceled() && !b->canceled())
+        << "create " << w.spec.Text();
+    EXPECT_EQ(a->watch_id(), b->watch_id()) << w.spec.Text();
+    w.plain_id = a->watch_id();
+    w.proxy_id = b->watch_id();
+    w.plain_start = a->header().revision();
+    w.proxy_created_rev = b->header().revision();
+    for (std::size_t s = 0; s < 3; ++s) w.start[s] = {lo[s], hi[s]};
+    const int first = ShardOf(w.spec.key);
+    w.single_shard = w.spec.SingleShard();
+    watches.push_back(w);
+  }
+  stop = true;
+  writer.join();
+
+  // A fence every watch sees: a put and a delete of every key, after the writer stopped.
+  for (const auto& k : kKeys) {
+    PutRequest put;
+    put.set_key(k);
+    put.set_value("fence");
+    PutResponse pa, pb;
+    ASSERT_TRUE(plain_kv_->Put(Ctx().get(), put, &pa).ok());
+    ASSERT_TRUE(proxy_kv_->Put(Ctx().get(), put, &pb).ok());
+  }
+  for (const auto& k : kKeys) {
+    DeleteRangeRequest del;
+    del.set_key(k);
+    DeleteRangeResponse da, db;
+    ASSERT_TRUE(plain_kv_->DeleteRange(Ctx().get(), del, &da).ok());
+    ASSERT_TRUE(proxy_kv_->DeleteRange(Ctx().get(), del, &db).ok());
+  }
+  const std::vector<Event> plain_history = History(*plain_ref, CurrentRevision(plain_address()));
+  std::array<std::vector<Event>, 3> shard_history;
+  for (int s = 0; s < 3; ++s) {
+    shard_history[static_cast<std::size_t>(s)] = History(*shard_refs[static_cast<std::size_t>(s)],
+                                                         CurrentRevision(shard_address(s)));
+  }
+  // The writes themselves: each shard's history is the plain history projected on it.
+  for (std::size_t s = 0; s < 3; ++s) {
+    std::vector<std::string> a, b;
+    for (const auto& e : plain_history) {
+      if (ShardOf(e.kv().key()) == static_cast<int>(s)) a.push_back(DescribeEvent(e));
+    }
+    for (const auto& e : shard_history[s]) b.push_back(DescribeEvent(e));
+    EXPECT_EQ(a, b) << "shard " << s << " history";
+  }
+
+  int coalesced_checked = 0;
+  for (const auto& w : watches) {
+    const std::string where = "watch " + w.spec.Text() + " id " + std::to_string(w.proxy_id) + " stream " +
+                              std::to_string(w.stream);
+    // Await the fence (the last event in range) on both sides; canceled watches have what they get.
+    auto last_rev = [&](const std::vector<Event>& history, int shard) -> int64_t {
+      int64_t last = 0;
+      for (const auto& e : history) {
+        if (w.spec.Matches(e) && (shard < 0 || ShardOf(e.kv().key()) == shard)) last = e.kv().mod_revision();
+      }
+      return last;
+    };
+    const bool live = w.plain_end.lo == INT64_MAX;
+    auto reached = [](const std::vector<WatchResponse>& rs, const std::function<bool(const Event&)>& pred, int64_t rev) {
+      for (const auto& r : rs) {
+        for (const auto& e : r.events()) {
+          if (pred(e) && e.kv().mod_revision() >= rev) return true;
+        }
+      }
+      return rev == 0;
+    };
+    std::vector<WatchResponse> plain_got = plain_streams[w.stream]->Events(w.plain_id);
+    std::vector<WatchResponse> proxy_got = proxy_streams[w.stream]->Events(w.proxy_id);
+    if (live) {
+      const int64_t want = last_rev(plain_history, -1);
+      plain_got = plain_streams[w.stream]->AwaitUntil(
+          w.plain_id, [&](const auto& rs) { return reached(rs, [](const Event&) { return true; }, want); });
+      for (int s = 0; s < 3; ++s) {
+        const int64_t want_s = last_rev(shard_history[static_cast<std::size_t>(s)], s);
+        proxy_got = proxy_streams[w.stream]->AwaitUntil(w.proxy_id, [&](const auto& rs) {
+          return reached(rs, [&](const Event& e) { return ShardOf(e.kv().key()) == s; }, want_s);
+        });
+      }
+    }
+    // The plain etcd: from its created revision exactly.
+    std::vector<Event> plain_events;
+    for (const auto& r : plain_got) plain_events.insert(plain_events.end(), r.events().begin(), r.events().end());
+    std::string why;
+    EXPECT_TRUE(MatchesHistory(plain_events, plain_history, w.spec, {w.plain_start, w.plain_start}, w.plain_end, &why))
+        << where << " (plain etcd)\n" << why;
+    // The proxy, shard by shard.
+    for (int s = 0; s < 3; ++s) {
+      const auto su = static_cast<std::size_t>(s);
+      std::vector<Event> got;
+      int64_t last = 0;
+      for (const auto& r : proxy_got) {
+        if (ShardOf(r.events(0).kv().key()) != s) continue;
+        EXPECT_GT(r.events(0).kv().mod_revision(), last) << where << ": shard " << s << " revisions go back";
+        for (const auto& e : r.events()) {
+          EXPECT_EQ(ShardOf(e.kv().key()), s) << where << ": a response mixes shards";
+          got.push_back(e);
+          last = std::max(last, e.kv().mod_revision());
+        }
+      }
+      Window start = w.start[su];
+      if (w.single_shard && s == ShardOf(w.spec.key)) {
+        // One shard: the created revision is the shard's, and the watch sees everything after it.
+        EXPECT_GE(w.proxy_created_rev, start.lo) << where;
+        EXPECT_LE(w.proxy_created_rev, start.hi) << where;
+        start = {w.proxy_created_rev, w.proxy_created_rev};
+      }
+      EXPECT_TRUE(MatchesHistory(got, shard_history[su], w.spec, start, w.end[su], &why))
+          << where << " (proxy, shard " << s << ")\n" << why;
+    }
+    ++coalesced_checked;
+  }
+  std::printf("concurrent watch seed %u: %d writes during %zu watch creations (%d repeated specs), %d cancels\n",
+              seed, writes.load(), watches.size(), repeated, cancels);
+  EXPECT_GT(writes.load(), 50);
+  EXPECT_GT(repeated, 3);
+  EXPECT_EQ(coalesced_checked, static_cast<int>(watches.size()));
 }
 
 // ---------------------------------------------------------------------------------------------
