@@ -319,20 +319,94 @@ WatchSpec RandomWatchSpec(Gen& gen) {
   return s;
 }
 
-// One random write (Put, DeleteRange, or a Txn inside one shard), sent to the plain etcd and
-// then the same to the proxy; returns the plain etcd's revision after it.
-int64_t RandomWrite(Gen& gen, KV::Stub& plain, KV::Stub& proxy, const std::string& where) {
+// A member's current revision, asked of it directly.
+int64_t CurrentRevision(const std::string& address) {
+  auto kv = KV::NewStub(Connect(address));
+  RangeRequest req;
+  req.set_key(kAll);
+  req.set_count_only(true);
+  RangeResponse resp;
+  EXPECT_TRUE(kv->Range(Ctx().get(), req, &resp).ok());
+  return resp.header().revision();
+}
+
+// A few leases with client-chosen ids, the same on both sides, so that keys attached to them
+// (and the deletes their revoke causes on every shard) show up in the watches identically.
+class LeasePool {
+ public:
+  LeasePool(Gen& gen, const std::string& plain_address, const std::string& proxy_address)
+      : plain_(etcdserverpb::Lease::NewStub(Connect(plain_address))),
+        proxy_(etcdserverpb::Lease::NewStub(Connect(proxy_address))) {
+    for (int i = 0; i < 3; ++i) {
+      ids_.push_back(gen.Int64(int64_t{1} << 50, int64_t{1} << 60));
+      live_.push_back(false);
+      Grant(static_cast<std::size_t>(i));
+    }
+  }
+  // A live lease id, or 0.
+  int64_t AnyLive(Gen& gen) const {
+    const auto i = static_cast<std::size_t>(gen.Int(0, static_cast<int>(ids_.size()) - 1));
+    return live_[i] ? ids_[i] : 0;
+  }
+  // Revokes a live lease on both sides (its keys go), or grants a revoked one again.
+  void Toggle(Gen& gen, const std::string& where) {
+    const auto i = static_cast<std::size_t>(gen.Int(0, static_cast<int>(ids_.size()) - 1));
+    if (!live_[i]) {
+      Grant(i);
+      return;
+    }
+    etcdserverpb::LeaseRevokeRequest req;
+    req.set_id(ids_[i]);
+    etcdserverpb::LeaseRevokeResponse a, b;
+    const auto sa = plain_->LeaseRevoke(Ctx().get(), req, &a);
+    const auto sb = proxy_->LeaseRevoke(Ctx().get(), req, &b);
+    EXPECT_TRUE(sa.ok() && sb.ok()) << where << " revoke: plain '" << sa.error_message() << "' proxy '"
+                                    << sb.error_message() << "'";
+    live_[i] = false;
+    ++revokes_;
+  }
+  int revokes() const { return revokes_; }
+
+ private:
+  void Grant(std::size_t i) {
+    etcdserverpb::LeaseGrantRequest req;
+    req.set_id(ids_[i]);
+    req.set_ttl(600);
+    etcdserverpb::LeaseGrantResponse a, b;
+    const auto sa = plain_->LeaseGrant(Ctx().get(), req, &a);
+    const auto sb = proxy_->LeaseGrant(Ctx().get(), req, &b);
+    EXPECT_TRUE(sa.ok() && sb.ok()) << "grant: plain '" << sa.error_message() << "' proxy '" << sb.error_message()
+                                    << "'";
+    live_[i] = true;
+  }
+  std::unique_ptr<etcdserverpb::Lease::Stub> plain_;
+  std::unique_ptr<etcdserverpb::Lease::Stub> proxy_;
+  std::vector<int64_t> ids_;
+  std::vector<bool> live_;
+  int revokes_ = 0;
+};
+
+// One random write (Put, maybe with a lease; DeleteRange; a Txn inside one shard; a lease
+// revoke or grant), sent to the plain etcd and then the same to the proxy; returns the plain
+// etcd's revision after it.
+int64_t RandomWrite(Gen& gen, LeasePool& leases, KV::Stub& plain, KV::Stub& proxy, const std::string& where,
+                    const std::string& plain_address) {
   int64_t rev = 0;
   const int kind = gen.Int(0, 99);
+  if (kind >= 95) {
+    leases.Toggle(gen, where);
+    return CurrentRevision(plain_address);  // a revoke deletes its keys: the revision after that
+  }
   if (kind < 50) {
     PutRequest req;
     req.set_key(gen.Key());
     req.set_value(gen.Value());
+    if (gen.Chance(25)) req.set_lease(leases.AnyLive(gen));
     PutResponse a, b;
     EXPECT_TRUE(plain.Put(Ctx().get(), req, &a).ok()) << where;
     EXPECT_TRUE(proxy.Put(Ctx().get(), req, &b).ok()) << where;
     rev = a.header().revision();
-  } else if (kind < 72) {
+  } else if (kind < 70) {
     DeleteRangeRequest req;
     req.set_key(gen.Key());
     if (gen.Chance(40)) {
@@ -396,6 +470,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
 
   // The reference: every event of the plain etcd, with prev_kv, in revision order.
   WatchStream reference(plain_address());
+  int64_t reference_start = 0;
   {
     WatchRequest req;
     req.mutable_create_request()->set_key(kAll);
@@ -404,6 +479,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
     reference.Write(req);
     const auto created = reference.NextControl();
     ASSERT_TRUE(created && created->created());
+    reference_start = created->header().revision();
   }
   const int64_t kReferenceId = 0;
   std::vector<Event> history;  // the plain etcd's events
@@ -413,7 +489,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
     // Waits until the reference watch has delivered every event up to `plain_rev`.
     for (;;) {
       std::size_t have = history.size();
-      if (!history_rev.empty() && history_rev.back() >= plain_rev) return;
+      if (std::max(reference_start, history_rev.empty() ? 0 : history_rev.back()) >= plain_rev) return;
       const auto responses = reference.AwaitEvents(kReferenceId, have + 1);
       std::size_t seen = 0;
       for (const auto& r : responses) {
@@ -437,6 +513,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
     plain_streams.push_back(std::make_unique<WatchStream>(plain_address()));
     proxy_streams.push_back(std::make_unique<WatchStream>(proxy_address()));
   }
+  LeasePool lease_pool(gen, plain_address(), proxy_address());
   std::vector<WatchState> watches;
   int empty_ranges = 0;
   int coalesce_candidates = 0;
@@ -602,7 +679,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
     }
     // A write, the same on both sides.
     ++writes;
-    const int64_t rev = RandomWrite(gen, *plain_kv_, *proxy_kv_, where);
+    const int64_t rev = RandomWrite(gen, lease_pool, *plain_kv_, *proxy_kv_, where, plain_address());
     plain_rev = std::max(plain_rev, rev);
   }
   sync_reference();
@@ -611,23 +688,13 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
       "watch seed %u: %d ops (%d writes, %zu events), %zu watches (%d spanning, %d repeated specs, %d empty "
       "ranges), %d cancels\n",
       seed, op, writes, history.size(), watches.size(), spanning, coalesce_candidates, empty_ranges, cancels);
+  std::printf("watch seed %u: %d lease revokes deleting keys\n", seed, lease_pool.revokes());
   EXPECT_GT(writes, 50);
   EXPECT_GT(spanning, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Watches created and canceled while a writer runs
-
-// A member's current revision, asked of it directly.
-int64_t CurrentRevision(const std::string& address) {
-  auto kv = KV::NewStub(Connect(address));
-  RangeRequest req;
-  req.set_key(kAll);
-  req.set_count_only(true);
-  RangeResponse resp;
-  EXPECT_TRUE(kv->Range(Ctx().get(), req, &resp).ok());
-  return resp.header().revision();
-}
 
 // The events of reference watch 0 on `stream`, once they reach revision `upto`.
 std::vector<Event> History(WatchStream& stream, int64_t upto) {
@@ -699,6 +766,7 @@ struct LiveWatch {
   Window plain_end{INT64_MAX, INT64_MAX};
   std::array<Window, 3> end{{{INT64_MAX, INT64_MAX}, {INT64_MAX, INT64_MAX}, {INT64_MAX, INT64_MAX}}};
   bool single_shard = false;
+  bool canceled = false;
 };
 
 TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMissNothing) {
@@ -742,10 +810,12 @@ TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMiss
   std::atomic<int> writes{0};
   std::thread writer([&] {
     Gen wgen(seed ^ 0x9e3779b9u);
+    LeasePool lease_pool(wgen, plain_address(), proxy_address());
     auto plain_kv = KV::NewStub(Connect(plain_address()));
     auto proxy_kv = KV::NewStub(Connect(proxy_address()));
     while (!stop) {
-      RandomWrite(wgen, *plain_kv, *proxy_kv, "concurrent write " + std::to_string(writes.load()));
+      RandomWrite(wgen, lease_pool, *plain_kv, *proxy_kv, "concurrent write " + std::to_string(writes.load()),
+                  plain_address());
       ++writes;
     }
   });
@@ -757,12 +827,10 @@ TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMiss
   while (std::chrono::steady_clock::now() < until && watches.size() < 150 && !HasFailure()) {
     std::vector<std::size_t> live;
     for (std::size_t i = 0; i < watches.size(); ++i) {
-      if (watches[i].end[0].lo == INT64_MAX) live.push_back(i);
+      if (!watches[i].canceled) live.push_back(i);
     }
     if (!live.empty() && gen.Chance(25)) {  // cancel one
       LiveWatch& w = watches[live[static_cast<std::size_t>(gen.Int(0, static_cast<int>(live.size()) - 1))]];
-      const int64_t plain_lo = CurrentRevision(plain_address());
-      const auto lo = shard_revisions();
       WatchRequest a, b;
       a.mutable_cancel_request()->set_watch_id(w.plain_id);
       b.mutable_cancel_request()->set_watch_id(w.proxy_id);
@@ -773,8 +841,11 @@ TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMiss
       ASSERT_TRUE(ra && rb && ra->canceled() && rb->canceled()) << "cancel " << w.spec.Text();
       EXPECT_EQ(rb->watch_id(), w.proxy_id);
       const auto hi = shard_revisions();
-      w.plain_end = {plain_lo, CurrentRevision(plain_address())};
-      for (std::size_t s = 0; s < 3; ++s) w.end[s] = {lo[s], hi[s]};
+      // etcd drops the events still queued for a watch when its cancel goes out, so a canceled
+      // watch may end anywhere before the cancel was answered (`lo` only tells when it was sent).
+      w.plain_end = {0, CurrentRevision(plain_address())};
+      for (std::size_t s = 0; s < 3; ++s) w.end[s] = {0, hi[s]};
+      w.canceled = true;
       ++cancels;
       continue;
     }
@@ -862,7 +933,7 @@ TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMiss
       }
       return last;
     };
-    const bool live = w.plain_end.lo == INT64_MAX;
+    const bool live = !w.canceled;
     auto reached = [](const std::vector<WatchResponse>& rs, const std::function<bool(const Event&)>& pred, int64_t rev) {
       for (const auto& r : rs) {
         for (const auto& e : r.events()) {
