@@ -171,6 +171,11 @@ class WatchStream {
     cv_.wait_for(lock, timeout, [&] { return ended_ || done(events_[id]); });
     return events_[id];
   }
+  // Event responses that arrived for a watch after its `canceled` (etcd never sends one).
+  int EventsAfterCancel() {
+    const std::lock_guard lock(mu_);
+    return after_cancel_;
+  }
   std::vector<WatchResponse> Events(int64_t id) {
     const std::lock_guard lock(mu_);
     return events_[id];
@@ -184,7 +189,9 @@ class WatchStream {
       if (response.events_size() > 0) {
         event_count_[response.watch_id()] += static_cast<std::size_t>(response.events_size());
         events_[response.watch_id()].push_back(response);
+        if (canceled_.count(response.watch_id())) ++after_cancel_;
       } else if (response.created() || response.canceled()) {
+        if (response.canceled()) canceled_.insert(response.watch_id());
         control_.push_back(response);
       }  // progress notifications carry nothing to compare here
       cv_.notify_all();
@@ -203,6 +210,8 @@ class WatchStream {
   std::deque<WatchResponse> control_;
   std::map<int64_t, std::vector<WatchResponse>> events_;
   std::map<int64_t, std::size_t> event_count_;
+  std::set<int64_t> canceled_;
+  int after_cancel_ = 0;
   bool ended_ = false;
 };
 
@@ -684,6 +693,10 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
   }
   sync_reference();
   for (const auto& w : watches) check_watch(w, "final");
+  for (int i = 0; i < kStreams; ++i) {
+    EXPECT_EQ(plain_streams[i]->EventsAfterCancel(), 0) << "plain stream " << i;
+    EXPECT_EQ(proxy_streams[i]->EventsAfterCancel(), 0) << "proxy stream " << i << ": events after `canceled`";
+  }
   std::printf(
       "watch seed %u: %d ops (%d writes, %zu events), %zu watches (%d spanning, %d repeated specs, %d empty "
       "ranges), %d cancels\n",
@@ -986,6 +999,10 @@ TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMiss
           << where << " (proxy, shard " << s << ")\n" << why;
     }
     ++coalesced_checked;
+  }
+  for (int i = 0; i < kStreams; ++i) {
+    EXPECT_EQ(plain_streams[i]->EventsAfterCancel(), 0) << "plain stream " << i;
+    EXPECT_EQ(proxy_streams[i]->EventsAfterCancel(), 0) << "proxy stream " << i << ": events after `canceled`";
   }
   std::printf("concurrent watch seed %u: %d writes during %zu watch creations (%d repeated specs), %d cancels\n",
               seed, writes.load(), watches.size(), repeated, cancels);
