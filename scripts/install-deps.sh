@@ -7,7 +7,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libyaml-cpp-dev libspdlog-dev libcli11-dev libssl-dev libgtest-dev libgmock-dev
   prometheus-cpp-dev libnghttp2-dev
-  etcd-server etcd-client openssl procps curl
+  etcd-server etcd-client openssl procps curl python3-etcd3
 )
 missing=()
 for p in "${packages[@]}"; do

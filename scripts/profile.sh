@@ -3,7 +3,7 @@
 # available on the benchmark VM, so `perf record` is not used): one etcd on tmpfs, the proxy under
 # callgrind in front of it, counters zeroed after start-up, then one dump per workload.
 # Output: $OUT_DIR/callgrind.<workload>.* and $OUT_DIR/<workload>.{inclusive,self}.txt
-# Environment: REQUESTS (2000 per workload), OUT_DIR (/tmp/esp-profile).
+# Environment: REQUESTS (2000 per workload), OUT_DIR (/tmp/esp-profile), PROXY_ARGS (e.g. --data-plane=h2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-2000}
@@ -31,7 +31,7 @@ pids+=($!)
 printf 'shards:\n  - {start: "", end: "", address: 127.0.0.1:%s}\n' "$cport" >"$WORK/config.yaml"
 rm -f "$OUT_DIR"/callgrind.*
 valgrind --tool=callgrind --callgrind-out-file="$OUT_DIR/callgrind.%p" \
-  "$PROXY" --config "$WORK/config.yaml" --listen-addr "127.0.0.1:$lport" --log-level warn >"$WORK/proxy.log" 2>&1 &
+  "$PROXY" --config "$WORK/config.yaml" --listen-addr "127.0.0.1:$lport" --log-level warn ${PROXY_ARGS:-} >"$WORK/proxy.log" 2>&1 &
 vpid=$!
 pids+=($vpid)
 for _ in $(seq 300); do

@@ -30,6 +30,7 @@ class CountingSink final : public StreamSink {
   CountingSink(std::shared_ptr<StreamSink> inner, std::shared_ptr<CallMetrics> metrics)
       : inner_(std::move(inner)), metrics_(std::move(metrics)), start_(SteadyClock::now()) {}
   bool Write(std::string message) override { return inner_->Write(std::move(message)); }
+  std::size_t QueuedBytes() const override { return inner_->QueuedBytes(); }
   void Finish(Status status) override {
     if (!finished_.exchange(true)) metrics_->Record(status.code(), SecondsSince(start_));
     inner_->Finish(std::move(status));

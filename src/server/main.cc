@@ -26,11 +26,22 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_option("--listen-metrics-addr", options.metrics_address,
                  "host:port for /metrics, /health, /livez, /readyz, /shards over HTTP (empty: off)");
+  app.add_option("--watch-buffer-bytes", options.watch_buffer_bytes,
+                 "responses a Watch stream may queue for a slow client before it is canceled")
+      ->capture_default_str();
   app.add_option("--cert-file", options.tls.cert_file, "TLS certificate for clients (as etcd's flag)");
   app.add_option("--key-file", options.tls.key_file, "TLS key for clients (as etcd's flag)");
   app.add_option("--trusted-ca-file", options.tls.trusted_ca_file, "CA that signs client certificates");
   app.add_flag("--client-cert-auth", options.tls.client_cert_auth,
                "require a client certificate signed by --trusted-ca-file (mutual TLS)");
+  app.add_option("--data-plane", options.data_plane, "client-facing transport: h2 (event loops on nghttp2) or grpc (gRPC C++'s server)")
+      ->check(CLI::IsMember({"grpc", "h2"}))
+      ->capture_default_str();
+  app.add_option("--data-plane-threads", options.data_plane_threads, "event loops of the h2 data plane (0: one per core)")
+      ->capture_default_str();
+  app.add_option("--data-plane-stream-buffer", options.data_plane_stream_buffer,
+                 "h2: response bytes one call may queue for a client that does not read before it is reset")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::from_str(log_level));

@@ -71,7 +71,7 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
       cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
       maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
-      watch_(topology_),
+      watch_(topology_, options_.watch_buffer_bytes),
       health_(std::make_unique<ShardHealthMonitor>(topology_, ShardEndpoints(config), metrics_)),
       pending_leases_(std::make_shared<PendingLeases>(topology_)),
       keepalive_(std::make_shared<KeepAliveHub>(topology_, pending_leases_, kKeepAliveShardTimeout)),
@@ -96,6 +96,16 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
   if (!options_.metrics_address.empty()) {
     http_ = std::make_unique<HttpServer>(options_.metrics_address);
     RegisterHttpEndpoints();
+  }
+  if (options_.data_plane == "h2") {
+    H2ServerOptions h2;
+    h2.listen_address = options_.listen_address;
+    h2.loops = options_.data_plane_threads;
+    h2.limits.max_pending_bytes_per_stream = options_.data_plane_stream_buffer;
+    h2.limits.max_receive_bytes = static_cast<std::size_t>(options_.max_request_bytes + kGrpcOverheadBytes);
+    h2.tls = {options_.tls.cert_file, options_.tls.key_file, options_.tls.trusted_ca_file, options_.tls.client_cert_auth};
+    h2_server_ = std::make_unique<H2Server>(router_, std::move(h2));
+    return;
   }
   server_ = std::make_unique<GrpcServer>(
       router_, GrpcServerOptions{.listen_address = options_.listen_address,
@@ -138,14 +148,14 @@ void Proxy::RegisterHttpEndpoints() {
 }
 
 bool Proxy::Start() {
-  if (!server_->Start()) return false;
+  if (!(h2_server_ ? h2_server_->Start() : server_->Start())) return false;
   health_->Start();
   if (http_ && !http_->Start()) return false;
   housekeeper_.Start();
   const auto topology = topology_.Get();
-  spdlog::info("serving the etcd v3 API on {}{} over {} shard(s)", options_.listen_address,
+  spdlog::info("serving the etcd v3 API on {}{} ({} data plane) over {} shard(s)", options_.listen_address,
                options_.tls.enabled() ? (options_.tls.client_cert_auth ? " (mutual TLS)" : " (TLS)") : "",
-               topology->map.size());
+               options_.data_plane, topology->map.size());
   for (std::size_t i = 0; i < topology->map.size(); ++i) spdlog::info("  {}", topology->map.Describe(i));
   if (http_) spdlog::info("operator endpoints (/metrics, /health, /livez, /readyz, /shards) on {}", options_.metrics_address);
   return true;
@@ -153,6 +163,7 @@ bool Proxy::Start() {
 
 void Proxy::Shutdown() {
   if (server_) server_->Shutdown(std::chrono::seconds(2));
+  if (h2_server_) h2_server_->Shutdown(std::chrono::seconds(2));
   housekeeper_.Stop();
   keepalive_->Shutdown();
   if (http_) http_->Stop();

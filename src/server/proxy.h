@@ -16,6 +16,7 @@
 #include "lease/lease_service.h"
 #include "lease/pending.h"
 #include "transport/grpc_server.h"
+#include "transport/h2_server.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
 #include "watch/watch_stream.h"
@@ -40,6 +41,12 @@ struct ProxyOptions {
   // host:port of the operator HTTP listener (/metrics, /health, ...); empty: none.
   std::string metrics_address;
   ClientTlsOptions tls;
+  // Client-facing transport: "h2" (our event loops on nghttp2) or "grpc" (gRPC C++'s server).
+  std::string data_plane = "h2";
+  int data_plane_threads = 0;  // h2 event loops; 0: one per core
+  std::size_t data_plane_stream_buffer = 32 * 1024 * 1024;  // h2: bytes queued per call for a slow reader
+  // Responses a Watch stream may have queued for a client that does not read them.
+  std::size_t watch_buffer_bytes = kDefaultWatchBufferBytes;
 };
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.
@@ -52,7 +59,7 @@ class Proxy {
   ~Proxy();
 
   bool Start();
-  int port() const { return server_->port(); }
+  int port() const { return h2_server_ ? h2_server_->port() : server_->port(); }
   void Shutdown();
 
  private:
@@ -75,6 +82,7 @@ class Proxy {
   LeaseService lease_;
   Housekeeper housekeeper_;
   std::unique_ptr<GrpcServer> server_;
+  std::unique_ptr<H2Server> h2_server_;  // instead of server_ with --data-plane=h2
 };
 
 }  // namespace esp

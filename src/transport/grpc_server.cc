@@ -7,6 +7,7 @@
 #include <grpcpp/server_builder.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <climits>
 #include <deque>
 #include <mutex>
@@ -116,6 +117,7 @@ class GrpcStreamSink final : public StreamSink {
   explicit GrpcStreamSink(StreamReactor* reactor) : reactor_(reactor) {}
   bool Write(std::string message) override;
   void Finish(Status status) override;
+  std::size_t QueuedBytes() const override { return queued_bytes_.load(std::memory_order_relaxed); }
 
   // Called by the reactor.
   void OnWriteDone(bool ok);
@@ -123,11 +125,17 @@ class GrpcStreamSink final : public StreamSink {
 
  private:
   void StartNextWriteLocked(std::unique_lock<std::mutex>& lock);
+  void ClearQueueLocked() {
+    for (const auto& message : queue_) queued_bytes_ -= message.size();
+    queue_.clear();
+  }
 
   std::mutex mu_;
   StreamReactor* reactor_;
   std::deque<std::string> queue_;
+  std::atomic<std::size_t> queued_bytes_{0};  // queue_ plus the write in flight
   grpc::ByteBuffer in_flight_buffer_;
+  std::size_t in_flight_bytes_ = 0;
   bool write_in_flight_ = false;
   bool finished_ = false;  // Finish() was called by the service
   bool finish_sent_ = false;
@@ -183,6 +191,7 @@ class StreamReactor final : public SelfOwned<StreamReactor> {
 bool GrpcStreamSink::Write(std::string message) {
   std::unique_lock lock(mu_);
   if (finished_ || reactor_ == nullptr) return false;
+  queued_bytes_ += message.size();
   queue_.push_back(std::move(message));
   if (!write_in_flight_) StartNextWriteLocked(lock);
   return true;
@@ -204,6 +213,7 @@ void GrpcStreamSink::Finish(Status status) {
 
 void GrpcStreamSink::StartNextWriteLocked(std::unique_lock<std::mutex>& lock) {
   in_flight_buffer_ = StringToByteBuffer(queue_.front());
+  in_flight_bytes_ = queue_.front().size();
   queue_.pop_front();
   write_in_flight_ = true;
   StreamReactor* const reactor = reactor_;
@@ -215,7 +225,9 @@ void GrpcStreamSink::StartNextWriteLocked(std::unique_lock<std::mutex>& lock) {
 void GrpcStreamSink::OnWriteDone(bool ok) {
   std::unique_lock lock(mu_);
   write_in_flight_ = false;
-  if (!ok) queue_.clear();  // the client is gone; nothing more can be delivered
+  queued_bytes_ -= in_flight_bytes_;
+  in_flight_bytes_ = 0;
+  if (!ok) ClearQueueLocked();  // the client is gone; nothing more can be delivered
   if (!queue_.empty()) {
     StartNextWriteLocked(lock);
     return;
@@ -232,7 +244,7 @@ void GrpcStreamSink::OnWriteDone(bool ok) {
 void GrpcStreamSink::Detach() {
   const std::lock_guard lock(mu_);
   reactor_ = nullptr;
-  queue_.clear();
+  ClearQueueLocked();
 }
 
 class RouterService final : public grpc::CallbackGenericService {

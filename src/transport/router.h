@@ -2,6 +2,7 @@
 // The seam between transports and services. A transport (today gRPC's generic callback server,
 // later our own HTTP/2 event loop) looks a method path up here and hands over raw message bytes;
 // services register typed handlers and never see a transport's call objects.
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
@@ -26,6 +27,9 @@ class StreamSink {
   virtual bool Write(std::string message) = 0;
   // Ends the stream with `status`; later calls and writes are ignored.
   virtual void Finish(Status status) = 0;
+  // Bytes written but not yet taken by the transport: how far the client lags behind, so a
+  // service can bound what a slow client costs.
+  virtual std::size_t QueuedBytes() const { return 0; }
 };
 
 // Service side of a bidirectional stream. The transport calls it from one thread at a time.

@@ -1,5 +1,7 @@
 #include "watch/upstream_watch_mux.h"
 
+#include "watch/watch_group.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -26,6 +28,20 @@ std::string MetadataKey(const Metadata& metadata) {
   std::sort(sorted.begin(), sorted.end());
   std::string key;
   for (const auto& [k, v] : sorted) key += k + '\0' + v + '\0';
+  return key;
+}
+
+// Watches that may share one upstream watcher: same shard, same identity, same range and options.
+// Only watches from "now" (start_revision 0): a joiner can then start at the revision the shared
+// watcher has delivered up to, which is a valid "now" for it.
+std::string GroupKey(const ShardTransport* shard, const Metadata& metadata,
+                     const etcdserverpb::WatchCreateRequest& request) {
+  std::string key = std::to_string(reinterpret_cast<std::uintptr_t>(shard)) + '\0' + MetadataKey(metadata);
+  key += request.key() + '\0' + request.range_end() + '\0';
+  for (const int filter : request.filters()) key += std::to_string(filter) + ',';
+  key += request.prev_kv() ? 'p' : '-';
+  key += request.progress_notify() ? 'n' : '-';
+  key += request.fragment() ? 'f' : '-';
   return key;
 }
 
@@ -102,6 +118,11 @@ bool UpstreamWatchStream::Idle() {
   return IdleLocked();
 }
 
+std::size_t UpstreamWatchStream::WatcherCount() {
+  const std::lock_guard lock(mu_);
+  return watchers_.size();
+}
+
 void UpstreamWatchStream::Close() {
   std::shared_ptr<UpstreamStream> stream;
   {
@@ -157,8 +178,9 @@ void UpstreamWatchStream::OnClose(Status status) {
     pending_creates_.clear();
     outbox_.clear();
   }
-  // The hub notices the ended stream on its next use (AddWatcher refuses); no hub lock taken
-  // here, since OnClose may run inside a call made under it.
+  // OnClose comes from the transport's completion (never from a call made under the hub lock):
+  // an ended stream leaves the hub's map at once instead of lingering until its key is reused.
+  if (auto hub = hub_.lock()) hub->Forget(shared_from_this());
   for (auto& waiter : waiters) waiter(std::nullopt);
   for (auto& [id, target] : watchers) target->OnUpstreamBroken(status);
 }
@@ -175,13 +197,49 @@ std::shared_ptr<UpstreamWatchStream> UpstreamWatchHub::AddLocked(const Key& key,
 UpstreamWatcherHandle UpstreamWatchHub::Create(const std::shared_ptr<ShardTransport>& shard, const Metadata& metadata,
                                                etcdserverpb::WatchCreateRequest request,
                                                std::shared_ptr<UpstreamWatchTarget> target) {
+  if (request.start_revision() == 0) return CreateCoalesced(shard, metadata, std::move(request), std::move(target));
+  return CreateDirect(shard, metadata, std::move(request), std::move(target));
+}
+
+UpstreamWatcherHandle UpstreamWatchHub::CreateCoalesced(const std::shared_ptr<ShardTransport>& shard,
+                                                        const Metadata& metadata,
+                                                        etcdserverpb::WatchCreateRequest request,
+                                                        std::shared_ptr<UpstreamWatchTarget> target) {
+  request.set_watch_id(0);
+  const std::string key = GroupKey(shard.get(), metadata, request);
+  for (;;) {
+    std::shared_ptr<WatchGroup> group;
+    bool fresh = false;
+    {
+      const std::lock_guard lock(mu_);
+      auto& slot = groups_[key];
+      if (!slot) {
+        slot = std::make_shared<WatchGroup>(weak_from_this(), shard, metadata, request, key);
+        fresh = true;
+      }
+      group = slot;
+    }
+    // Joined outside the hub lock: a joiner's `created` is delivered from inside Join, and a
+    // delivery may call back into the hub (Release).
+    if (const auto id = group->Join(target)) {
+      if (fresh) group->Start();  // after the first member joined: it must see the `created`
+      return {.stream = nullptr, .id = *id, .group = group};
+    }
+    ForgetGroup(group);  // dissolved just now: a fresh one takes its place
+  }
+}
+
+UpstreamWatcherHandle UpstreamWatchHub::CreateDirect(const std::shared_ptr<ShardTransport>& shard,
+                                                     const Metadata& metadata,
+                                                     etcdserverpb::WatchCreateRequest request,
+                                                     std::shared_ptr<UpstreamWatchTarget> target) {
   UpstreamWatcherHandle handle;
   {
     const std::lock_guard lock(mu_);
     const Key key{shard.get(), MetadataKey(metadata)};
     auto it = streams_.find(key);
     if (it != streams_.end()) {
-      if (auto id = it->second->AddWatcher(request, target)) return {it->second, *id};
+      if (auto id = it->second->AddWatcher(request, target)) return {.stream = it->second, .id = *id, .group = nullptr};
     }
     // None yet, or the old one ended: a fresh stream cannot refuse.
     handle.stream = AddLocked(key, shard, metadata);
@@ -193,6 +251,10 @@ UpstreamWatcherHandle UpstreamWatchHub::Create(const std::shared_ptr<ShardTransp
 
 void UpstreamWatchHub::Release(const UpstreamWatcherHandle& handle) {
   if (!handle) return;
+  if (handle.group) {
+    handle.group->Leave(handle.id);
+    return;
+  }
   {
     const std::lock_guard lock(mu_);
     if (!handle.stream->RemoveWatcher(handle.id)) return;
@@ -236,9 +298,37 @@ void UpstreamWatchHub::RetireIfIdle(const std::shared_ptr<UpstreamWatchStream>& 
   stream->Close();
 }
 
+void UpstreamWatchHub::Forget(const std::shared_ptr<UpstreamWatchStream>& stream) {
+  const std::lock_guard lock(mu_);
+  for (auto it = streams_.begin(); it != streams_.end(); ++it) {
+    if (it->second == stream) {
+      streams_.erase(it);
+      return;
+    }
+  }
+}
+
+void UpstreamWatchHub::ForgetGroup(const std::shared_ptr<WatchGroup>& group) {
+  const std::lock_guard lock(mu_);
+  const auto it = groups_.find(group->key());
+  if (it != groups_.end() && it->second == group) groups_.erase(it);
+}
+
 std::size_t UpstreamWatchHub::stream_count() {
   const std::lock_guard lock(mu_);
   return streams_.size();
+}
+
+std::size_t UpstreamWatchHub::UpstreamWatcherCount() {
+  const std::lock_guard lock(mu_);
+  std::size_t count = 0;
+  for (const auto& [key, stream] : streams_) count += stream->WatcherCount();
+  return count;
+}
+
+std::size_t UpstreamWatchHub::GroupCount() {
+  const std::lock_guard lock(mu_);
+  return groups_.size();
 }
 
 }  // namespace esp

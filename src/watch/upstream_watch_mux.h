@@ -4,6 +4,8 @@
 // thousands of client streams do not become thousands of upstream streams. The proxy picks every
 // upstream watch id itself (client-chosen ids never go upstream) and routes each upstream response
 // back to the watcher's target.
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -19,6 +21,16 @@
 
 namespace esp {
 
+// An upstream events or progress response broadcast to the members of a coalesced watcher:
+// serialized once, without its watch_id, so each member only prepends its own id (protobuf
+// merges concatenated messages, so prefix + body parses as the whole response).
+struct SharedWatchResponse {
+  etcdserverpb::WatchResponse response;
+  std::string body;
+};
+
+class WatchGroup;
+
 // Receives what one upstream watcher produces. Calls are serialized per upstream stream and made
 // without any mux lock held, so a target may call back into the hub.
 class UpstreamWatchTarget {
@@ -27,18 +39,27 @@ class UpstreamWatchTarget {
   // `created` (possibly created+canceled when the shard refused it), events, progress
   // notifications and `canceled`. After a canceled response the watcher is gone.
   virtual void OnUpstreamResponse(etcdserverpb::WatchResponse response) = 0;
+  // Events and progress notifications of a coalesced watcher, shared by every member.
+  virtual void OnSharedResponse(const std::shared_ptr<const SharedWatchResponse>& shared) {
+    OnUpstreamResponse(shared->response);
+  }
   // The upstream stream ended (shard restart, connection loss); the watcher is gone.
   virtual void OnUpstreamBroken(const Status& status) = 0;
+  // A coalesced watcher lost its upstream watcher (true) and re-created it (false): until then
+  // a member's events may lag behind the shard, so its progress answers must wait.
+  virtual void OnSharedResuming(bool /*resuming*/) {}
 };
 
 class UpstreamWatchStream;
 class UpstreamWatchHub;
 
-// A watcher's place upstream: which shared stream, which upstream id.
+// A watcher's place upstream: which shared stream and upstream id, or which coalesced watcher
+// (group) and member id.
 struct UpstreamWatcherHandle {
   std::shared_ptr<UpstreamWatchStream> stream;
   std::int64_t id = 0;
-  explicit operator bool() const { return stream != nullptr; }
+  std::shared_ptr<WatchGroup> group;
+  explicit operator bool() const { return stream != nullptr || group != nullptr; }
 };
 
 // Answer to a progress request: the shard's response, or nullopt if the stream broke first.
@@ -58,6 +79,7 @@ class UpstreamWatchStream : public std::enable_shared_from_this<UpstreamWatchStr
   bool RemoveWatcher(std::int64_t id);
   bool RequestProgress(ProgressDone done);
   bool Idle();
+  std::size_t WatcherCount();
   // Ends the upstream stream: etcd frees every watcher the stream still had.
   void Close();
   const std::string& shard_description() const { return shard_->description(); }
@@ -87,24 +109,47 @@ class UpstreamWatchStream : public std::enable_shared_from_this<UpstreamWatchStr
 
 class UpstreamWatchHub : public std::enable_shared_from_this<UpstreamWatchHub> {
  public:
+  // A watch from "now" joins the coalesced watcher with the same shard, metadata, range and
+  // options (one upstream watcher for all of them); any other gets its own upstream watcher.
   UpstreamWatcherHandle Create(const std::shared_ptr<ShardTransport>& shard, const Metadata& metadata,
                                etcdserverpb::WatchCreateRequest request,
                                std::shared_ptr<UpstreamWatchTarget> target);
+  // Always a watcher of its own (coalesced watchers use it for their upstream watcher).
+  UpstreamWatcherHandle CreateDirect(const std::shared_ptr<ShardTransport>& shard, const Metadata& metadata,
+                                     etcdserverpb::WatchCreateRequest request,
+                                     std::shared_ptr<UpstreamWatchTarget> target);
   // Idempotent: releasing a watcher the shard already canceled does nothing.
   void Release(const UpstreamWatcherHandle& handle);
   void Progress(const std::shared_ptr<ShardTransport>& shard, const Metadata& metadata, ProgressDone done);
 
   // Called by a stream that became idle on its own (its last watcher canceled by the shard).
   void RetireIfIdle(const std::shared_ptr<UpstreamWatchStream>& stream);
+  // Called by a stream that ended: it takes no watcher any more.
+  void Forget(const std::shared_ptr<UpstreamWatchStream>& stream);
+  // Called by a coalesced watcher that dissolved (last member left, or the shard canceled it).
+  void ForgetGroup(const std::shared_ptr<WatchGroup>& group);
+
+  // For metrics and tests: upstream streams, upstream watchers (what the shards hold),
+  // coalesced watchers, and client watches (counted by the client streams).
   std::size_t stream_count();
+  std::size_t UpstreamWatcherCount();
+  std::size_t GroupCount();
+  std::size_t ClientWatchCount() const { return client_watches_.load(std::memory_order_relaxed); }
+  void AddClientWatches(std::ptrdiff_t delta) { client_watches_.fetch_add(delta, std::memory_order_relaxed); }
 
  private:
+  UpstreamWatcherHandle CreateCoalesced(const std::shared_ptr<ShardTransport>& shard, const Metadata& metadata,
+                                        etcdserverpb::WatchCreateRequest request,
+                                        std::shared_ptr<UpstreamWatchTarget> target);
+
   using Key = std::pair<const ShardTransport*, std::string>;
   std::shared_ptr<UpstreamWatchStream> AddLocked(const Key& key, const std::shared_ptr<ShardTransport>& shard,
                                                   const Metadata& metadata);
 
   std::mutex mu_;
   std::map<Key, std::shared_ptr<UpstreamWatchStream>> streams_;
+  std::map<std::string, std::shared_ptr<WatchGroup>> groups_;
+  std::atomic<std::size_t> client_watches_{0};
 };
 
 }  // namespace esp

@@ -31,8 +31,18 @@ etcdserverpb::WatchResponse Response(const etcdserverpb::ResponseHeader& header,
 }  // namespace
 
 WatchStream::WatchStream(CallContextPtr ctx, std::shared_ptr<StreamSink> sink, std::shared_ptr<const Topology> topology,
-                         std::shared_ptr<UpstreamWatchHub> hub)
-    : ctx_(std::move(ctx)), sink_(std::move(sink)), topology_(std::move(topology)), hub_(std::move(hub)) {}
+                         std::shared_ptr<UpstreamWatchHub> hub, std::size_t buffer_bytes)
+    : ctx_(std::move(ctx)),
+      sink_(std::move(sink)),
+      topology_(std::move(topology)),
+      hub_(std::move(hub)),
+      buffer_bytes_(buffer_bytes) {}
+
+WatchStream::~WatchStream() {
+  // A stream dropped without OnClose (never happens with the gRPC transport) must not leave
+  // client watches counted.
+  if (!closed_) hub_->AddClientWatches(-static_cast<std::ptrdiff_t>(watches_.size()));
+}
 
 void WatchStream::OnMessage(std::string message) {
   etcdserverpb::WatchRequest request;
@@ -53,6 +63,14 @@ void WatchStream::OnMessage(std::string message) {
     default:
       break;  // etcd ignores an empty request
   }
+}
+
+void WatchStream::RegisterLocked(const WatchPtr& watch) {
+  watches_[watch->id] = watch;
+  hub_->AddClientWatches(1);
+  etcdserverpb::WatchResponse prefix;
+  prefix.set_watch_id(watch->id);
+  watch->id_prefix = prefix.SerializeAsString();
 }
 
 std::int64_t WatchStream::AssignIdLocked(std::int64_t requested) {
@@ -81,9 +99,10 @@ void WatchStream::OnCreate(const etcdserverpb::WatchCreateRequest& request) {
       return;
     }
     // An empty range gets no id (etcd's watchStream refuses it first); the owning shard still
-    // gives its own answer, header included.
+    // gives its own answer, header included. A client-chosen id is taken now (later creates
+    // must see it as a duplicate); an assigned one when the `created` goes out.
     const bool refused_by_shard = EmptyRange(request);
-    watch->id = refused_by_shard ? -1 : AssignIdLocked(request.watch_id());
+    watch->id = refused_by_shard ? -1 : (request.watch_id() != 0 ? request.watch_id() : kPendingId);
     if (pieces.size() > 1 && request.start_revision() > 0) {
       // Refused the way etcd says history is gone, so clients take their re-list path.
       auto created = Response(last_header_, watch->id);
@@ -114,7 +133,7 @@ void WatchStream::OnCreate(const etcdserverpb::WatchCreateRequest& request) {
       piece->request = upstream;
       to_create.emplace_back(piece, std::move(upstream));
     }
-    if (watch->id != -1) watches_[watch->id] = watch;
+    if (watch->id != -1 && watch->id != kPendingId) RegisterLocked(watch);
     create_order_.push_back(watch);
   }
   // Outside our lock: the hub takes its own, and responses may already arrive meanwhile.
@@ -150,16 +169,15 @@ void WatchStream::OnProgress() {
       for (const auto& piece : watch->pieces) by_shard[piece->shard].push_back(id);
     }
   }
-  auto self = shared_from_this();
+  std::weak_ptr<WatchStream> weak = weak_from_this();
   if (by_shard.size() <= 1) {
     // One shard: exactly etcd's answer, watch_id -1 with that shard's revision.
     const std::size_t shard = by_shard.empty() ? 0 : by_shard.begin()->first;
     hub_->Progress(topology_->shards[shard], ctx_->metadata(),
-                   [self](std::optional<etcdserverpb::WatchResponse> response) {
-                     if (!response) return;
-                     response->set_watch_id(-1);
-                     const std::lock_guard lock(self->mu_);
-                     if (!self->closed_) self->sink_->Write(response->SerializeAsString());
+                   [weak, shard](std::optional<etcdserverpb::WatchResponse> response) {
+                     auto self = weak.lock();
+                     if (!response || !self) return;
+                     self->OnProgressAnswer({.shard = shard, .stream_wide = true, .ids = {}, .response = *response});
                    });
     return;
   }
@@ -167,16 +185,59 @@ void WatchStream::OnProgress() {
   // watch with its shard's revision instead.
   for (auto& [shard, ids] : by_shard) {
     hub_->Progress(topology_->shards[shard], ctx_->metadata(),
-                   [self, ids = std::move(ids)](std::optional<etcdserverpb::WatchResponse> response) {
-                     if (!response) return;
-                     const std::lock_guard lock(self->mu_);
-                     for (const std::int64_t id : ids) {
-                       const auto it = self->watches_.find(id);
-                       if (self->closed_ || it == self->watches_.end() || !it->second->created_sent) continue;
-                       response->set_watch_id(id);
-                       self->sink_->Write(response->SerializeAsString());
-                     }
+                   [weak, shard, ids = std::move(ids)](std::optional<etcdserverpb::WatchResponse> response) {
+                     auto self = weak.lock();
+                     if (!response || !self) return;
+                     self->OnProgressAnswer({.shard = shard, .stream_wide = false, .ids = ids, .response = *response});
                    });
+  }
+}
+
+void WatchStream::OnProgressAnswer(PendingProgress progress) {
+  const std::lock_guard lock(mu_);
+  if (closed_) return;
+  pending_progress_.push_back(std::move(progress));
+  FlushProgressLocked();
+}
+
+bool WatchStream::SyncedLocked(const Watch& watch, std::size_t shard) const {
+  // Synced as far as the proxy is concerned: nothing of this watch waits in the proxy (held
+  // behind its `created`, deferred behind a fragment) and no piece on the shard is resuming.
+  if (!watch.created_sent || !watch.deferred.empty() || watch.fragmenting != nullptr) return false;
+  return std::none_of(watch.pieces.begin(), watch.pieces.end(), [shard](const auto& piece) {
+    return piece->shard == shard && (!piece->created || piece->resuming || piece->shared_resuming);
+  });
+}
+
+void WatchStream::FlushProgressLocked() {
+  // In arrival order: an earlier answer carries a lower revision than a later one.
+  while (!closed_ && !pending_progress_.empty()) {
+    const PendingProgress& front = pending_progress_.front();
+    if (front.stream_wide) {
+      // etcd answers only once every watcher of the stream is synced, the new ones included.
+      if (!create_order_.empty()) return;
+      for (const auto& [id, watch] : watches_) {
+        if (!SyncedLocked(*watch, front.shard)) return;
+      }
+    } else {
+      for (const std::int64_t id : front.ids) {
+        const auto it = watches_.find(id);
+        if (it != watches_.end() && !SyncedLocked(*it->second, front.shard)) return;
+      }
+    }
+    // Taken off the queue before writing: a write may end the stream (slow client).
+    PendingProgress progress = std::move(pending_progress_.front());
+    pending_progress_.pop_front();
+    if (progress.stream_wide) {
+      progress.response.set_watch_id(-1);
+      WriteLocked(progress.response.SerializeAsString());
+      continue;
+    }
+    for (const std::int64_t id : progress.ids) {
+      if (!watches_.contains(id)) continue;  // canceled meanwhile
+      progress.response.set_watch_id(id);
+      WriteLocked(progress.response.SerializeAsString());
+    }
   }
 }
 
@@ -190,6 +251,7 @@ void WatchStream::OnPieceResponse(const std::shared_ptr<Piece>& piece, etcdserve
     if (response.created() && piece->resuming && !response.canceled()) {
       piece->resuming = false;  // resumed transparently: the client saw its `created` long ago
       piece->retries = 0;
+      FlushProgressLocked();
       return;
     }
     TrackRevision(*piece, response);
@@ -202,11 +264,13 @@ void WatchStream::OnPieceResponse(const std::shared_ptr<Piece>& piece, etcdserve
       piece->created = true;
       ++watch->pieces_created;
       if (response.canceled()) {
-        // The shard refused the create (empty range, permission): its answer is the client's.
+        // The shard refused the create (empty range, permission): its answer is the client's,
+        // and, as in etcd, the refused create takes no id.
         response.set_watch_id(-1);
         watch->created = std::move(response);
         watch->held.clear();
         FinishWatchLocked(watch, release);
+        watch->id = -1;
       } else if (!watch->created || response.header().revision() > watch->created->header().revision()) {
         // A spanning watch's `created` carries the header of the most advanced shard.
         response.set_watch_id(watch->id);
@@ -221,8 +285,30 @@ void WatchStream::OnPieceResponse(const std::shared_ptr<Piece>& piece, etcdserve
       response.set_watch_id(watch->id);
       EmitPieceLocked(watch, piece.get(), std::move(response));
     }
+    FlushProgressLocked();
   }
   ReleaseAll(release);
+}
+
+void WatchStream::OnPieceShared(const std::shared_ptr<Piece>& piece,
+                                const std::shared_ptr<const SharedWatchResponse>& shared) {
+  const std::lock_guard lock(mu_);
+  auto watch = piece ? piece->watch.lock() : nullptr;
+  if (closed_ || !watch || watch->done) return;
+  const auto& response = shared->response;
+  last_header_ = response.header();
+  TrackRevision(*piece, response);
+  const bool in_turn = watch->fragmenting == nullptr || watch->fragmenting == piece.get();
+  if (watch->created_sent && watch->deferred.empty() && in_turn) {
+    // The common case: straight out, the body serialized once for every member.
+    watch->fragmenting = response.fragment() ? piece.get() : nullptr;
+    WriteLocked(watch->id_prefix + shared->body);
+  } else {
+    auto own = response;
+    own.set_watch_id(watch->id);
+    EmitPieceLocked(watch, piece.get(), std::move(own));
+  }
+  FlushProgressLocked();
 }
 
 void WatchStream::TrackRevision(Piece& piece, const etcdserverpb::WatchResponse& response) {
@@ -255,6 +341,13 @@ void WatchStream::OnPieceBroken(const std::shared_ptr<Piece>& piece, const Statu
   ScheduleResume(piece);
 }
 
+void WatchStream::OnPieceSharedResuming(const std::shared_ptr<Piece>& piece, bool resuming) {
+  const std::lock_guard lock(mu_);
+  if (closed_ || !piece) return;
+  piece->shared_resuming = resuming;
+  if (!resuming) FlushProgressLocked();
+}
+
 void WatchStream::ScheduleResume(const std::shared_ptr<Piece>& piece) {
   const std::lock_guard lock(mu_);
   // Back off while the shard stays down: 50 ms doubling to 2 s, then every 2 s, indefinitely.
@@ -278,6 +371,7 @@ void WatchStream::Resume(const std::shared_ptr<Piece>& piece) {
     watch = piece->watch.lock();
     if (closed_ || !watch || watch->done) return;
     request = piece->request;
+    request.set_watch_id(0);
     // From the first revision not yet delivered: nothing lost, nothing twice.
     if (piece->created) request.set_start_revision(piece->next_revision);
   }
@@ -296,7 +390,38 @@ void WatchStream::EmitLocked(const WatchPtr& watch, etcdserverpb::WatchResponse 
     watch->held.push_back(std::move(response));  // `created` must come first
     return;
   }
-  sink_->Write(response.SerializeAsString());
+  WriteLocked(response.SerializeAsString());
+}
+
+void WatchStream::WriteLocked(std::string bytes) {
+  if (closed_) return;
+  const std::size_t queued = sink_->QueuedBytes();
+  // One response larger than the budget still goes out to a client that keeps up.
+  if (queued > 0 && queued + bytes.size() > buffer_bytes_) {
+    AbortSlowClientLocked();
+    return;
+  }
+  sink_->Write(std::move(bytes));
+}
+
+void WatchStream::AbortSlowClientLocked() {
+  // Memory stays bounded: nothing more is queued for this client, its watches (and their share
+  // of upstream watchers) go now; a coalesced watcher's other members are not held up.
+  Handles release;
+  const std::size_t queued = sink_->QueuedBytes();
+  CloseLocked(release);
+  const Status status(StatusCode::kResourceExhausted,
+                      "etcd-sharding-proxy: watch stream canceled: the client does not keep up (" +
+                          std::to_string(queued) + " bytes of responses pending, limit " +
+                          std::to_string(buffer_bytes_) + ")");
+  // Released outside mu_ (a release may call back into this stream's pieces), by an alarm that
+  // runs on a gRPC thread; run even if the alarm is cancelled, so nothing leaks.
+  abort_alarm_ = std::make_unique<grpc::Alarm>();
+  abort_alarm_->Set(std::chrono::system_clock::now(),
+                    [hub = hub_, sink = sink_, release = std::move(release), status](bool) {
+                      for (const auto& handle : release) hub->Release(handle);
+                      sink->Finish(status);
+                    });
 }
 
 void WatchStream::EmitPieceLocked(const WatchPtr& watch, const Piece* piece, etcdserverpb::WatchResponse response) {
@@ -321,11 +446,20 @@ void WatchStream::FlushCreatesLocked() {
     const WatchPtr& watch = create_order_.front();
     const bool ready = watch->created && (watch->done || watch->pieces_created == watch->pieces.size());
     if (!ready) return;
-    sink_->Write(watch->created->SerializeAsString());
-    watch->created_sent = true;
-    for (auto& held : watch->held) sink_->Write(held.SerializeAsString());
-    watch->held.clear();
+    if (watch->id == kPendingId) {
+      // Ids are assigned in create order as the answers go out (a compacted start revision
+      // takes one, as etcd's watcher is created before it is canceled).
+      watch->id = AssignIdLocked(0);
+      if (!watch->done) RegisterLocked(watch);
+      watch->created->set_watch_id(watch->id);
+      for (auto& held : watch->held) held.set_watch_id(watch->id);
+    }
+    const WatchPtr sending = watch;  // the pop below must not free it before its writes
     create_order_.pop_front();
+    sending->created_sent = true;
+    WriteLocked(sending->created->SerializeAsString());
+    for (auto& held : sending->held) WriteLocked(held.SerializeAsString());
+    sending->held.clear();
   }
 }
 
@@ -333,7 +467,10 @@ void WatchStream::FlushCreatesLocked() {
 void WatchStream::FinishWatchLocked(WatchPtr watch, Handles& release) {
   watch->done = true;
   const auto it = watches_.find(watch->id);
-  if (it != watches_.end() && it->second == watch) watches_.erase(it);
+  if (it != watches_.end() && it->second == watch) {
+    watches_.erase(it);
+    hub_->AddClientWatches(-1);
+  }
   for (const auto& piece : watch->pieces) {
     if (piece->handle) release.push_back(piece->handle);
   }
@@ -356,24 +493,30 @@ void WatchStream::ReleaseAll(const Handles& handles) {
   for (const auto& handle : handles) hub_->Release(handle);
 }
 
+void WatchStream::CloseLocked(Handles& release) {
+  closed_ = true;
+  for (const auto& [id, watch] : watches_) {
+    for (const auto& piece : watch->pieces) {
+      if (piece->handle) release.push_back(piece->handle);
+    }
+  }
+  for (const auto& watch : create_order_) {
+    for (const auto& piece : watch->pieces) {
+      if (piece->handle) release.push_back(piece->handle);
+    }
+  }
+  hub_->AddClientWatches(-static_cast<std::ptrdiff_t>(watches_.size()));
+  watches_.clear();
+  create_order_.clear();
+  pending_progress_.clear();
+}
+
 void WatchStream::OnClose() {
   Handles release;
   {
     const std::lock_guard lock(mu_);
     if (closed_) return;
-    closed_ = true;
-    for (const auto& [id, watch] : watches_) {
-      for (const auto& piece : watch->pieces) {
-        if (piece->handle) release.push_back(piece->handle);
-      }
-    }
-    for (const auto& watch : create_order_) {
-      for (const auto& piece : watch->pieces) {
-        if (piece->handle) release.push_back(piece->handle);
-      }
-    }
-    watches_.clear();
-    create_order_.clear();
+    CloseLocked(release);
   }
   ReleaseAll(release);  // Release is idempotent: a watch in both lists is released once upstream
   sink_->Finish(Status::Ok());
@@ -381,7 +524,7 @@ void WatchStream::OnClose() {
 
 void WatchService::Register(Router& router) {
   router.AddStream(kWatchMethod, [this](CallContextPtr ctx, std::shared_ptr<StreamSink> sink) {
-    return std::make_shared<WatchStream>(std::move(ctx), std::move(sink), topology_.Get(), hub_);
+    return std::make_shared<WatchStream>(std::move(ctx), std::move(sink), topology_.Get(), hub_, buffer_bytes_);
   });
 }
 

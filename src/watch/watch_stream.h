@@ -1,6 +1,8 @@
 #pragma once
 // One client Watch stream: many watches (create, cancel, progress requests interleaved), each
 // served by one upstream watcher per shard it covers, through the shared UpstreamWatchHub.
+#include <climits>
+#include <cstddef>
 #include <cstdint>
 #include <grpcpp/alarm.h>
 
@@ -19,10 +21,15 @@
 
 namespace esp {
 
+// What a client stream may have queued towards a client that does not read: beyond it the
+// client is too slow and its stream ends with RESOURCE_EXHAUSTED (docs/semantics.md).
+inline constexpr std::size_t kDefaultWatchBufferBytes = 16 * 1024 * 1024;
+
 class WatchStream final : public StreamHandler, public std::enable_shared_from_this<WatchStream> {
  public:
   WatchStream(CallContextPtr ctx, std::shared_ptr<StreamSink> sink, std::shared_ptr<const Topology> topology,
-              std::shared_ptr<UpstreamWatchHub> hub);
+              std::shared_ptr<UpstreamWatchHub> hub, std::size_t buffer_bytes = kDefaultWatchBufferBytes);
+  ~WatchStream() override;
 
   void OnMessage(std::string message) override;
   void OnClose() override;
@@ -30,12 +37,18 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
   // One shard's upstream watcher for one client watch.
   struct Piece;
   void OnPieceResponse(const std::shared_ptr<Piece>& piece, etcdserverpb::WatchResponse response);
+  void OnPieceShared(const std::shared_ptr<Piece>& piece, const std::shared_ptr<const SharedWatchResponse>& shared);
   void OnPieceBroken(const std::shared_ptr<Piece>& piece, const Status& status);
+  void OnPieceSharedResuming(const std::shared_ptr<Piece>& piece, bool resuming);
 
  private:
+  // An auto-assigned id is given when the `created` goes out, in create order, so a create the
+  // shard refuses consumes no id (as in etcd).
+  static constexpr std::int64_t kPendingId = INT64_MIN;
   // A client watch. `pieces` is empty for a create answered by the proxy itself.
   struct Watch {
     std::int64_t id = -1;
+    std::string id_prefix;  // the serialized watch_id field, put before shared response bodies
     std::vector<std::shared_ptr<Piece>> pieces;
     std::size_t pieces_created = 0;
     bool created_sent = false;
@@ -46,15 +59,30 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
     // (the client joins fragments until the last): while `fragmenting` sends a fragmented
     // response, the other shards' responses wait in `deferred`.
     const Piece* fragmenting = nullptr;
-    std::deque<std::pair<const Piece*, etcdserverpb::WatchResponse>> deferred;
+    // A vector, not a deque: it stays unallocated for the (usual) watch that never defers.
+    std::vector<std::pair<const Piece*, etcdserverpb::WatchResponse>> deferred;
   };
   using WatchPtr = std::shared_ptr<Watch>;
   using Handles = std::vector<UpstreamWatcherHandle>;
+  // A shard's answer to a progress request, held until the watches it speaks for are synced:
+  // a progress revision promises that every event up to it has been delivered.
+  struct PendingProgress {
+    std::size_t shard = 0;
+    bool stream_wide = false;        // one watch_id -1 answer for the whole stream
+    std::vector<std::int64_t> ids;   // otherwise one answer per watch
+    etcdserverpb::WatchResponse response;
+  };
 
   void OnCreate(const etcdserverpb::WatchCreateRequest& request);
   void OnCancel(std::int64_t id);
   void OnProgress();
-  void AnswerLocally(std::vector<etcdserverpb::WatchResponse> responses);
+  void OnProgressAnswer(PendingProgress progress);
+  void FlushProgressLocked();
+  bool SyncedLocked(const Watch& watch, std::size_t shard) const;
+  void RegisterLocked(const WatchPtr& watch);
+  void WriteLocked(std::string bytes);
+  void AbortSlowClientLocked();
+  void CloseLocked(Handles& release);
   std::int64_t AssignIdLocked(std::int64_t requested);
   void EmitLocked(const WatchPtr& watch, etcdserverpb::WatchResponse response);
   void FlushCreatesLocked();
@@ -71,9 +99,12 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
   std::shared_ptr<StreamSink> sink_;
   std::shared_ptr<const Topology> topology_;
   std::shared_ptr<UpstreamWatchHub> hub_;
+  const std::size_t buffer_bytes_;
 
   std::mutex mu_;
   bool closed_ = false;
+  std::unique_ptr<grpc::Alarm> abort_alarm_;  // ends a slow client's stream outside mu_
+  std::deque<PendingProgress> pending_progress_;
   std::int64_t next_id_ = 0;
   std::map<std::int64_t, WatchPtr> watches_;  // ids in use
   std::deque<WatchPtr> create_order_;         // creates not yet answered, in request order
@@ -92,12 +123,19 @@ struct WatchStream::Piece final : UpstreamWatchTarget {
   // The revision to resume from: everything before it has been delivered (0: not created yet).
   std::int64_t next_revision = 0;
   bool resuming = false;  // the next `created` is the re-created watcher's: not for the client
+  bool shared_resuming = false;  // the coalesced watcher it belongs to is being re-created
   int retries = 0;
   std::unique_ptr<grpc::Alarm> retry_alarm;
   std::weak_ptr<Piece> self;
 
   void OnUpstreamResponse(etcdserverpb::WatchResponse response) override {
     if (auto o = owner.lock()) o->OnPieceResponse(self.lock(), std::move(response));
+  }
+  void OnSharedResponse(const std::shared_ptr<const SharedWatchResponse>& shared) override {
+    if (auto o = owner.lock()) o->OnPieceShared(self.lock(), shared);
+  }
+  void OnSharedResuming(bool resuming) override {
+    if (auto o = owner.lock()) o->OnPieceSharedResuming(self.lock(), resuming);
   }
   void OnUpstreamBroken(const Status& status) override {
     if (auto o = owner.lock()) o->OnPieceBroken(self.lock(), status);
@@ -107,13 +145,19 @@ struct WatchStream::Piece final : UpstreamWatchTarget {
 // Registers "/etcdserverpb.Watch/Watch".
 class WatchService {
  public:
-  explicit WatchService(const TopologyHolder& topology)
-      : topology_(topology), hub_(std::make_shared<UpstreamWatchHub>()) {}
+  explicit WatchService(const TopologyHolder& topology, std::size_t buffer_bytes = kDefaultWatchBufferBytes)
+      : topology_(topology), buffer_bytes_(buffer_bytes), hub_(std::make_shared<UpstreamWatchHub>()) {}
   void Register(Router& router);
   const std::shared_ptr<UpstreamWatchHub>& hub() const { return hub_; }
 
+  // For metrics: client watches open on all client streams, and the watchers the proxy holds
+  // on the shards (a coalesced watcher counts once however many client watches share it).
+  std::size_t ClientWatchCount() const { return hub_->ClientWatchCount(); }
+  std::size_t UpstreamWatcherCount() const { return hub_->UpstreamWatcherCount(); }
+
  private:
   const TopologyHolder& topology_;
+  const std::size_t buffer_bytes_;
   std::shared_ptr<UpstreamWatchHub> hub_;
 };
 

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "integration/watch_client.h"
 #include "support/fixtures.h"
 
 namespace esp::test {
@@ -25,102 +26,6 @@ using etcdserverpb::WatchCreateRequest;
 using etcdserverpb::WatchRequest;
 using etcdserverpb::WatchResponse;
 using namespace std::chrono_literals;
-
-const std::string kAll("\0", 1);
-
-// One Watch stream read by a background thread, so tests await responses with deadlines.
-class WatchClient {
- public:
-  explicit WatchClient(const std::string& address) : stub_(etcdserverpb::Watch::NewStub(Connect(address))) {
-    ctx_.set_deadline(std::chrono::system_clock::now() + 300s);
-    stream_ = stub_->Watch(&ctx_);
-    reader_ = std::thread([this] { ReadLoop(); });
-  }
-  ~WatchClient() {
-    ctx_.TryCancel();
-    reader_.join();
-    stream_->Finish();
-  }
-
-  void Create(WatchCreateRequest create) {
-    WatchRequest request;
-    *request.mutable_create_request() = std::move(create);
-    stream_->Write(request);
-  }
-  void Create(const std::string& key, const std::string& range_end = "", std::int64_t id = 0,
-              std::int64_t start_revision = 0) {
-    WatchCreateRequest create;
-    create.set_key(key);
-    create.set_range_end(range_end);
-    create.set_watch_id(id);
-    create.set_start_revision(start_revision);
-    Create(std::move(create));
-  }
-  void Cancel(std::int64_t id) {
-    WatchRequest request;
-    request.mutable_cancel_request()->set_watch_id(id);
-    stream_->Write(request);
-  }
-  void Progress() {
-    WatchRequest request;
-    request.mutable_progress_request();
-    stream_->Write(request);
-  }
-  // Ends the stream from the client side, as a client that goes away does.
-  void Close() { ctx_.TryCancel(); }
-
-  std::optional<WatchResponse> Next(std::chrono::milliseconds timeout = 10s) {
-    std::unique_lock lock(mu_);
-    if (!cv_.wait_for(lock, timeout, [this] { return !queue_.empty() || ended_; })) return std::nullopt;
-    if (queue_.empty()) return std::nullopt;
-    WatchResponse response = std::move(queue_.front());
-    queue_.pop_front();
-    return response;
-  }
-  // Waits for a response; fails the test if none comes.
-  WatchResponse Expect(std::chrono::milliseconds timeout = 10s) {
-    auto response = Next(timeout);
-    EXPECT_TRUE(response.has_value()) << "no watch response within the deadline";
-    return response.value_or(WatchResponse());
-  }
-
- private:
-  void ReadLoop() {
-    WatchResponse response;
-    while (stream_->Read(&response)) {
-      const std::lock_guard lock(mu_);
-      queue_.push_back(response);
-      cv_.notify_all();
-    }
-    const std::lock_guard lock(mu_);
-    ended_ = true;
-    cv_.notify_all();
-  }
-
-  std::unique_ptr<etcdserverpb::Watch::Stub> stub_;
-  grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientReaderWriter<WatchRequest, WatchResponse>> stream_;
-  std::thread reader_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<WatchResponse> queue_;
-  bool ended_ = false;
-};
-
-// One of etcd's gauges on a member's client URL; -1 if absent.
-int Gauge(const std::string& member_address, const std::string& name) {
-  const auto result = RunCommand("curl -s http://" + member_address + "/metrics");
-  std::smatch match;
-  const std::regex line("\n" + name + " (\\d+)");
-  if (!std::regex_search(result.output, match, line)) return -1;
-  return std::stoi(match[1]);
-}
-int WatcherGauge(const std::string& member_address) {
-  return Gauge(member_address, "etcd_debugging_mvcc_watcher_total");
-}
-int WatchStreamGauge(const std::string& member_address) {
-  return Gauge(member_address, "etcd_debugging_mvcc_watch_stream_total");
-}
 
 class WatchTest : public ::testing::Test {
  protected:

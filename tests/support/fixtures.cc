@@ -182,6 +182,7 @@ void EtcdCluster::StartMember(std::size_t i) {
                                 "--initial-cluster", InitialCluster(), "--initial-cluster-token", name_,
                                 "--initial-cluster-state", "new", "--heartbeat-interval", "50",
                                 "--election-timeout", "500", "--log-level", "warn", "--logger", "zap"};
+  argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
   if (tls_) {
     argv.insert(argv.end(), {"--cert-file", tls_->cert_file, "--key-file", tls_->key_file, "--trusted-ca-file",
                              tls_->ca_file, "--client-cert-auth"});
@@ -321,9 +322,20 @@ ProxyProcess::~ProxyProcess() {
   if (process_) process_->Kill();
 }
 
+// ESP_DATA_PLANE=grpc or =h2 runs every test's proxy on that data plane (unless the test picks one).
+static void AddDataPlaneFromEnv(std::vector<std::string>& argv) {
+  const char* plane = std::getenv("ESP_DATA_PLANE");
+  if (plane == nullptr || *plane == '\0') return;
+  for (const auto& arg : argv) {
+    if (arg.starts_with("--data-plane")) return;
+  }
+  argv.push_back(std::string("--data-plane=") + plane);
+}
+
 void ProxyProcess::Start() {
   std::vector<std::string> argv = {ESP_PROXY_BINARY, "--config", config_path_.string(), "--listen-addr", address()};
   argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
+  AddDataPlaneFromEnv(argv);
   process_ = std::make_unique<ChildProcess>(argv, dir_.path() / "proxy.log");
   const auto channel = Connect(address());
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
@@ -334,6 +346,7 @@ void ProxyProcess::Start() {
 void ProxyProcess::StartWithoutProbe() {
   std::vector<std::string> argv = {ESP_PROXY_BINARY, "--config", config_path_.string(), "--listen-addr", address()};
   argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
+  AddDataPlaneFromEnv(argv);
   process_ = std::make_unique<ChildProcess>(argv, dir_.path() / "proxy.log");
   const bool listening = WaitFor(
       [this] {
@@ -343,11 +356,13 @@ void ProxyProcess::StartWithoutProbe() {
   if (!listening) throw std::runtime_error("proxy did not start listening:\n" + process_->Log());
 }
 
-ShardedSetup::ShardedSetup(std::vector<int> members, std::vector<std::string> proxy_args) {
+ShardedSetup::ShardedSetup(std::vector<int> members, std::vector<std::string> proxy_args,
+                           std::vector<std::string> etcd_args) {
   const std::vector<std::pair<std::string, std::string>> bounds = {{"", "i"}, {"i", "s"}, {"s", ""}};
   std::vector<ShardSpec> specs;
   for (std::size_t i = 0; i < bounds.size(); ++i) {
     shards_.push_back(std::make_unique<EtcdCluster>(members.at(i), "shard" + std::to_string(i)));
+    shards_.back()->AddArgs(etcd_args);
   }
   for (auto& s : shards_) {
     for (std::size_t m = 0; m < s->size(); ++m) s->StartMember(m);

@@ -98,6 +98,8 @@ class EtcdCluster {
   // Starts every member and waits until the cluster answers a linearizable read.
   void Start();
   void StartMember(std::size_t i);
+  // More etcd flags for every member started from now on.
+  void AddArgs(const std::vector<std::string>& args) { extra_args_.insert(extra_args_.end(), args.begin(), args.end()); }
   void KillMember(std::size_t i);
   void PauseMember(std::size_t i);   // SIGSTOP: a hung, not a dead, member
   void ResumeMember(std::size_t i);  // SIGCONT
@@ -116,6 +118,7 @@ class EtcdCluster {
   std::shared_ptr<grpc::Channel> ConnectMember(const EtcdMember& m) const;
   std::string name_;
   std::optional<EtcdTls> tls_;
+  std::vector<std::string> extra_args_;
   TempDir dir_;
   std::vector<EtcdMember> members_;
 };
@@ -152,7 +155,8 @@ class ProxyProcess {
 // default); every member is one of the shard's endpoints in the proxy's config.
 class ShardedSetup {
  public:
-  explicit ShardedSetup(std::vector<int> members = {1, 1, 1}, std::vector<std::string> proxy_args = {});
+  explicit ShardedSetup(std::vector<int> members = {1, 1, 1}, std::vector<std::string> proxy_args = {},
+                        std::vector<std::string> etcd_args = {});
   EtcdCluster& shard(std::size_t i) { return *shards_[i]; }
   ProxyProcess& proxy() { return *proxy_; }
 

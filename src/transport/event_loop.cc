@@ -1,0 +1,161 @@
+#include "transport/event_loop.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+namespace esp {
+
+EventLoop::EventLoop() : epoll_fd_(epoll_create1(EPOLL_CLOEXEC)), wake_fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+  if (epoll_fd_ < 0 || wake_fd_ < 0) throw std::runtime_error(std::string("event loop: ") + std::strerror(errno));
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = wake_fd_;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
+}
+
+EventLoop::~EventLoop() {
+  Stop();
+  close(wake_fd_);
+  close(epoll_fd_);
+}
+
+void EventLoop::Start() {
+  thread_ = std::thread([this] {
+    thread_id_ = std::this_thread::get_id();
+    Run();
+  });
+}
+
+void EventLoop::Stop() {
+  if (!thread_.joinable()) return;
+  Post([this] { stop_ = true; });
+  thread_.join();
+}
+
+void EventLoop::Post(Task task) {
+  if (InLoopThread()) {
+    local_.push_back(std::move(task));
+    return;
+  }
+  bool wake = false;
+  {
+    const std::lock_guard lock(mu_);
+    remote_.push_back(std::move(task));
+    wake = !wake_pending_;
+    wake_pending_ = true;
+  }
+  if (wake) {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const auto n = write(wake_fd_, &one, sizeof one);
+  }
+}
+
+void EventLoop::AddFd(int fd, std::uint32_t events, FdHandler handler) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    spdlog::warn("epoll add fd {}: {}", fd, std::strerror(errno));
+    return;
+  }
+  handlers_[fd] = std::move(handler);
+}
+
+void EventLoop::ModifyFd(int fd, std::uint32_t events) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
+}
+
+void EventLoop::RemoveFd(int fd) {
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+  handlers_.erase(fd);
+}
+
+EventLoop::TimerId EventLoop::AddTimer(std::chrono::steady_clock::time_point when, Task task) {
+  const TimerId id = next_timer_++;
+  timer_index_.emplace(id, timers_.emplace(when, std::make_pair(id, std::move(task))));
+  return id;
+}
+
+void EventLoop::CancelTimer(TimerId id) {
+  const auto it = timer_index_.find(id);
+  if (it == timer_index_.end()) return;
+  timers_.erase(it->second);
+  timer_index_.erase(it);
+}
+
+int EventLoop::NextTimeoutMs() const {
+  if (!local_.empty()) return 0;
+  if (timers_.empty()) return -1;
+  const auto wait = timers_.begin()->first - std::chrono::steady_clock::now();
+  const auto ms = std::chrono::ceil<std::chrono::milliseconds>(wait).count();
+  return ms <= 0 ? 0 : static_cast<int>(std::min<long long>(ms, 60'000));
+}
+
+void EventLoop::RunTimers() {
+  const auto now = std::chrono::steady_clock::now();
+  while (!timers_.empty() && timers_.begin()->first <= now) {
+    auto [id, task] = std::move(timers_.begin()->second);
+    timers_.erase(timers_.begin());
+    timer_index_.erase(id);
+    task();
+  }
+}
+
+void EventLoop::RunPosted() {
+  // Bounded rounds: work posted while running posted work runs too, but a task that keeps
+  // re-posting itself cannot starve I/O.
+  for (int round = 0; round < 4; ++round) {
+    std::vector<Task> batch;
+    {
+      const std::lock_guard lock(mu_);
+      batch.swap(remote_);
+      wake_pending_ = false;
+    }
+    if (batch.empty() && local_.empty()) return;
+    for (auto& task : batch) task();
+    while (!local_.empty()) {
+      std::vector<Task> local;
+      local.swap(local_);
+      for (auto& task : local) task();
+    }
+  }
+}
+
+void EventLoop::Run() {
+  constexpr int kMaxEvents = 128;
+  epoll_event events[kMaxEvents];
+  while (!stop_) {
+    const int n = epoll_wait(epoll_fd_, events, kMaxEvents, NextTimeoutMs());
+    if (n < 0 && errno != EINTR) {
+      spdlog::error("epoll_wait: {}", std::strerror(errno));
+      break;
+    }
+    for (int i = 0; i < n; ++i) {
+      const int fd = events[i].data.fd;
+      if (fd == wake_fd_) {
+        std::uint64_t count = 0;
+        [[maybe_unused]] const auto r = read(wake_fd_, &count, sizeof count);
+        continue;
+      }
+      const auto it = handlers_.find(fd);
+      if (it == handlers_.end()) continue;
+      // A copy: the handler may remove itself (closing its connection).
+      const FdHandler handler = it->second;
+      handler(events[i].events);
+    }
+    RunTimers();
+    RunPosted();
+    if (end_of_turn_) end_of_turn_();
+  }
+}
+
+}  // namespace esp

@@ -1,0 +1,73 @@
+#pragma once
+// One epoll event loop on its own thread. Everything a loop owns (its listener, its connections,
+// their nghttp2 sessions) is touched only on that thread; other threads hand work over with
+// Post(), which wakes the loop through an eventfd. Work posted from the loop itself runs later in
+// the same turn, so completions never re-enter nghttp2 from inside its callbacks.
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace esp {
+
+class EventLoop {
+ public:
+  using Task = std::function<void()>;
+  // Called with the epoll events (EPOLLIN, EPOLLOUT, ...) of a registered fd.
+  using FdHandler = std::function<void(std::uint32_t events)>;
+  using TimerId = std::uint64_t;
+
+  EventLoop();
+  ~EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  void Start();
+  // Asks the loop to return and joins its thread. Pending tasks are dropped.
+  void Stop();
+
+  // Thread-safe.
+  void Post(Task task);
+  bool InLoopThread() const { return std::this_thread::get_id() == thread_id_; }
+
+  // Loop thread only.
+  void AddFd(int fd, std::uint32_t events, FdHandler handler);
+  void ModifyFd(int fd, std::uint32_t events);
+  void RemoveFd(int fd);
+  // Runs `task` at the end of every turn (after I/O and posted work): where writes are flushed.
+  void SetEndOfTurn(Task task) { end_of_turn_ = std::move(task); }
+  TimerId AddTimer(std::chrono::steady_clock::time_point when, Task task);
+  void CancelTimer(TimerId id);
+
+ private:
+  void Run();
+  void RunPosted();
+  void RunTimers();
+  int NextTimeoutMs() const;
+
+  int epoll_fd_ = -1;
+  int wake_fd_ = -1;
+  std::thread thread_;
+  std::atomic<std::thread::id> thread_id_{};
+  bool stop_ = false;  // loop thread only
+
+  std::mutex mu_;
+  std::vector<Task> remote_;  // guarded by mu_
+  bool wake_pending_ = false;  // guarded by mu_: one eventfd write per batch of posts
+  std::vector<Task> local_;
+
+  std::unordered_map<int, FdHandler> handlers_;
+  using Timers = std::multimap<std::chrono::steady_clock::time_point, std::pair<TimerId, Task>>;
+  Timers timers_;
+  // Cancelled timers leave at once: a deadline per call must not pile up until it would expire.
+  std::unordered_map<TimerId, Timers::iterator> timer_index_;
+  TimerId next_timer_ = 1;
+  Task end_of_turn_;
+};
+
+}  // namespace esp

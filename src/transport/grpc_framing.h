@@ -1,0 +1,50 @@
+#pragma once
+// gRPC's framing over HTTP/2, done by hand for the event-loop data plane: the 5-byte message
+// prefix (compressed flag + big-endian length), grpc-timeout values and grpc-message escaping.
+// Pure functions and a small state machine: no sockets, no nghttp2, so they are unit-testable.
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "transport/status.h"
+
+namespace esp {
+
+constexpr std::size_t kGrpcPrefixBytes = 5;
+
+// Reassembles length-prefixed messages from DATA payloads cut anywhere (inside the prefix too).
+class MessageDeframer {
+ public:
+  explicit MessageDeframer(std::size_t max_message_bytes) : max_(max_message_bytes) {}
+
+  // Appends bytes. Returns a non-ok status (and refuses everything after) on a compressed
+  // message or one larger than the limit: the status the call must end with. Checked as soon as
+  // a prefix is complete, so an oversize message is never buffered.
+  Status Feed(std::string_view bytes);
+  // Takes the next complete message, if any.
+  std::optional<std::string> Next();
+  // True when bytes of an incomplete message are buffered (a half-close now is a broken call).
+  bool partial() const { return buffer_.size() > offset_; }
+
+ private:
+  Status CheckPrefix();
+
+  std::size_t max_;
+  std::string buffer_;
+  std::size_t offset_ = 0;   // start of the first unconsumed message in buffer_
+  std::size_t checked_ = 0;  // prefixes before this offset have been checked
+  bool failed_ = false;
+};
+
+// Appends the 5-byte prefix and `message` to `out`.
+void AppendGrpcMessage(std::string& out, std::string_view message);
+
+// "100m" -> 100 ms. nullopt for a malformed value (gRPC then ignores the header).
+std::optional<std::chrono::nanoseconds> ParseGrpcTimeout(std::string_view value);
+
+// Percent-encodes a grpc-message value as the gRPC spec asks (bytes outside 0x20-0x7e and '%').
+std::string PercentEncodeGrpcMessage(std::string_view message);
+
+}  // namespace esp

@@ -1,0 +1,570 @@
+#include "transport/h2_connection.h"
+
+#include <openssl/err.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+namespace esp {
+namespace {
+
+// Output a connection may hold serialized but unwritten before it stops asking nghttp2 for
+// more: a slow reader then backs up into the calls' own (capped) queues.
+constexpr std::size_t kOutbufHighWater = 1024 * 1024;
+constexpr std::size_t kReadChunk = 64 * 1024;
+// Reads per readiness event: level-triggered epoll brings the loop back for the rest, so one
+// busy connection cannot starve the others of the same loop.
+constexpr int kMaxReadsPerEvent = 16;
+constexpr std::int32_t kInitialWindow = 1024 * 1024;
+constexpr std::int32_t kConnectionWindow = 16 * 1024 * 1024;
+
+H2Connection* Self(void* user_data) { return static_cast<H2Connection*>(user_data); }
+
+nghttp2_nv Header(std::string_view name, std::string_view value) {
+  return {reinterpret_cast<std::uint8_t*>(const_cast<char*>(name.data())),
+          reinterpret_cast<std::uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
+          NGHTTP2_NV_FLAG_NONE};
+}
+
+bool IsForwardedHeader(std::string_view key) {
+  // As grpc_server.cc: hop headers stay here, the client's own (token, hasleader, ...) go on.
+  return !(key.empty() || key.front() == ':' || key.starts_with("grpc-") || key == "user-agent" ||
+           key == "content-type" || key == "te" || key == "authority" || key == "host");
+}
+
+// Binary metadata ("-bin" keys) travels base64-encoded, padded or not; services get the bytes,
+// as gRPC C++ hands them over.
+std::string DecodeBase64(std::string_view in) {
+  static const auto kTable = [] {
+    std::array<int, 256> t{};
+    t.fill(-1);
+    const std::string_view chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (std::size_t i = 0; i < chars.size(); ++i) t[static_cast<unsigned char>(chars[i])] = static_cast<int>(i);
+    return t;
+  }();
+  std::string out;
+  unsigned bits = 0;
+  int count = 0;
+  for (const char c : in) {
+    const int v = kTable[static_cast<unsigned char>(c)];
+    if (v < 0) continue;  // padding, whitespace
+    bits = (bits << 6) | static_cast<unsigned>(v);
+    count += 6;
+    if (count >= 8) {
+      count -= 8;
+      out.push_back(static_cast<char>((bits >> count) & 0xff));
+    }
+  }
+  return out;
+}
+
+std::string StatusText(StatusCode code) { return std::to_string(static_cast<int>(code)); }
+
+}  // namespace
+
+// The service's handle on a bidirectional call: thread-safe, posts everything to the loop.
+class H2Sink final : public StreamSink {
+ public:
+  H2Sink(std::shared_ptr<EventLoop> loop, std::weak_ptr<H2Stream> stream)
+      : loop_(std::move(loop)), stream_(std::move(stream)) {}
+
+  bool Write(std::string message) override {
+    if (done_.load(std::memory_order_acquire)) return false;
+    queued_.fetch_add(message.size() + kGrpcFramePrefix, std::memory_order_relaxed);
+    loop_->Post([stream = stream_, message = std::move(message)]() mutable {
+      if (const auto s = stream.lock(); s && s->connection != nullptr) s->connection->SendMessage(*s, std::move(message));
+    });
+    return true;
+  }
+
+  void Finish(Status status) override {
+    if (done_.exchange(true)) return;
+    loop_->Post([stream = stream_, status = std::move(status)]() mutable {
+      if (const auto s = stream.lock(); s && s->connection != nullptr) s->connection->Finish(*s, std::move(status));
+    });
+  }
+
+  // Bytes written by the service and not yet handed to nghttp2: what the watch service's
+  // slow-client budget looks at (the loop-side cap below is the last line of defence).
+  std::size_t QueuedBytes() const override { return queued_.load(std::memory_order_relaxed); }
+
+  // On the loop: `n` framed bytes left the call's queue.
+  void OnSent(std::size_t n) {
+    std::size_t current = queued_.load(std::memory_order_relaxed);
+    while (!queued_.compare_exchange_weak(current, current - std::min(current, n), std::memory_order_relaxed)) {
+    }
+  }
+
+  void MarkDone() { done_.store(true, std::memory_order_release); }
+
+ private:
+  static constexpr std::size_t kGrpcFramePrefix = 5;
+  std::shared_ptr<EventLoop> loop_;
+  std::weak_ptr<H2Stream> stream_;
+  std::atomic<bool> done_{false};
+  std::atomic<std::size_t> queued_{0};
+};
+
+namespace {
+
+int OnBeginHeadersCb(nghttp2_session*, const nghttp2_frame* frame, void* user) {
+  return Self(user)->OnBeginHeaders(frame);
+}
+int OnHeaderCb(nghttp2_session*, const nghttp2_frame* frame, const std::uint8_t* name, std::size_t namelen,
+               const std::uint8_t* value, std::size_t valuelen, std::uint8_t, void* user) {
+  return Self(user)->OnHeader(frame, {reinterpret_cast<const char*>(name), namelen},
+                              {reinterpret_cast<const char*>(value), valuelen});
+}
+int OnFrameRecvCb(nghttp2_session*, const nghttp2_frame* frame, void* user) { return Self(user)->OnFrameRecv(frame); }
+int OnDataChunkCb(nghttp2_session*, std::uint8_t, std::int32_t stream_id, const std::uint8_t* data, std::size_t len,
+                  void* user) {
+  return Self(user)->OnDataChunk(stream_id, data, len);
+}
+int OnStreamCloseCb(nghttp2_session*, std::int32_t stream_id, std::uint32_t error_code, void* user) {
+  return Self(user)->OnStreamClose(stream_id, error_code);
+}
+int OnFrameSendCb(nghttp2_session*, const nghttp2_frame* frame, void* user) { return Self(user)->OnFrameSend(frame); }
+ssize_t ReadDataCb(nghttp2_session*, std::int32_t stream_id, std::uint8_t* buf, std::size_t length,
+                   std::uint32_t* flags, nghttp2_data_source*, void* user) {
+  return Self(user)->ReadData(stream_id, buf, length, flags);
+}
+
+nghttp2_session_callbacks* Callbacks() {
+  static nghttp2_session_callbacks* const callbacks = [] {
+    nghttp2_session_callbacks* cb = nullptr;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, OnBeginHeadersCb);
+    nghttp2_session_callbacks_set_on_header_callback(cb, OnHeaderCb);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, OnFrameRecvCb);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, OnDataChunkCb);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, OnStreamCloseCb);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, OnFrameSendCb);
+    return cb;
+  }();
+  return callbacks;
+}
+
+}  // namespace
+
+H2Connection::H2Connection(std::shared_ptr<EventLoop> loop, int fd, SSL* ssl, const Router& router,
+                           const H2Limits& limits, H2ConnectionOwner& owner)
+    : loop_(std::move(loop)), fd_(fd), ssl_(ssl), router_(router), limits_(limits), owner_(owner) {}
+
+H2Connection::~H2Connection() {
+  Close();
+  if (session_ != nullptr) nghttp2_session_del(session_);
+}
+
+bool H2Connection::Start() {
+  nghttp2_session_server_new(&session_, Callbacks(), this);
+  const std::array<nghttp2_settings_entry, 2> settings = {{
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, limits_.max_concurrent_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<std::uint32_t>(kInitialWindow)},
+  }};
+  if (nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings.data(), settings.size()) != 0 ||
+      nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0) {
+    return false;
+  }
+  loop_->AddFd(fd_, EPOLLIN, [this](std::uint32_t events) { OnEvents(events); });
+  MarkDirty();
+  return true;
+}
+
+void H2Connection::MarkDirty() {
+  if (dirty_ || closed()) return;
+  dirty_ = true;
+  owner_.OnDirty(this);
+}
+
+void H2Connection::OnEvents(std::uint32_t events) {
+  if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) != 0) DoRead();
+  if (closed()) return;
+  // Writable again (or TLS wanting a read to progress): the end-of-turn flush retries.
+  MarkDirty();
+}
+
+void H2Connection::DoRead() {
+  std::array<std::uint8_t, kReadChunk> buffer;
+  for (int i = 0; i < kMaxReadsPerEvent && !closed(); ++i) {
+    ssize_t n = 0;
+    if (ssl_ != nullptr) {
+      ERR_clear_error();
+      n = SSL_read(ssl_, buffer.data(), static_cast<int>(buffer.size()));
+      if (n <= 0) {
+        const int err = SSL_get_error(ssl_, static_cast<int>(n));
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
+        if (err != SSL_ERROR_ZERO_RETURN) spdlog::debug("h2: TLS read failed ({}): closing", err);
+        Close();
+        return;
+      }
+    } else {
+      n = recv(fd_, buffer.data(), buffer.size(), 0);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+      if (n <= 0) {
+        Close();
+        return;
+      }
+    }
+    const ssize_t used = nghttp2_session_mem_recv(session_, buffer.data(), static_cast<std::size_t>(n));
+    if (used < 0) {
+      spdlog::debug("h2: protocol error from client: {}", nghttp2_strerror(static_cast<int>(used)));
+      // nghttp2 has queued a GOAWAY for the protocol error: send it, then close.
+      Flush();
+      Close();
+      return;
+    }
+    // A short plain read drained the socket; TLS reads stop at record ends, so go on until
+    // OpenSSL says it wants more.
+    if (ssl_ == nullptr && static_cast<std::size_t>(n) < buffer.size()) return;
+  }
+  // Out of turns with decrypted bytes still inside OpenSSL: epoll will not report them.
+  if (!closed() && ssl_ != nullptr && SSL_pending(ssl_) > 0) {
+    loop_->Post([this, alive = std::weak_ptr<bool>(alive_)] {
+      if (!alive.expired() && !closed()) DoRead();
+    });
+  }
+}
+
+void H2Connection::Flush() {
+  if (closed()) return;
+  // Serialize up to the high-water mark, write, and go on while the socket takes it all: one
+  // write per turn in the common case, bounded memory for large answers.
+  for (bool more = true; more;) {
+    more = false;
+    while (outbuf_.size() - outbuf_offset_ < kOutbufHighWater) {
+      const std::uint8_t* data = nullptr;
+      const ssize_t n = nghttp2_session_mem_send(session_, &data);
+      if (n < 0) {
+        spdlog::debug("h2: cannot serialize frames: {}", nghttp2_strerror(static_cast<int>(n)));
+        Close();
+        return;
+      }
+      if (n == 0) break;
+      outbuf_.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
+      more = outbuf_.size() - outbuf_offset_ >= kOutbufHighWater;
+    }
+    if (!WriteOut()) {
+      Close();
+      return;
+    }
+    more = more && outbuf_.empty();
+  }
+  UpdateWriteInterest();
+  const bool nothing_to_do = !nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_);
+  if ((nothing_to_do || (draining_ && streams_.empty())) && outbuf_.size() == outbuf_offset_) Close();
+}
+
+// One send (or one SSL_write run) for everything this turn produced. False on a dead peer.
+bool H2Connection::WriteOut() {
+  while (outbuf_offset_ < outbuf_.size()) {
+    const char* data = outbuf_.data() + outbuf_offset_;
+    const std::size_t size = outbuf_.size() - outbuf_offset_;
+    ssize_t n = 0;
+    if (ssl_ != nullptr) {
+      ERR_clear_error();
+      n = SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(size, 1 << 30)));
+      if (n <= 0) {
+        const int err = SSL_get_error(ssl_, static_cast<int>(n));
+        if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) break;
+        return false;
+      }
+    } else {
+      n = send(fd_, data, size, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
+        return false;
+      }
+    }
+    outbuf_offset_ += static_cast<std::size_t>(n);
+  }
+  if (outbuf_offset_ == outbuf_.size()) {
+    outbuf_.clear();
+    outbuf_offset_ = 0;
+  }
+  return true;
+}
+
+void H2Connection::UpdateWriteInterest() {
+  const bool want = outbuf_.size() > outbuf_offset_;
+  if (want == want_write_event_) return;
+  want_write_event_ = want;
+  loop_->ModifyFd(fd_, want ? (EPOLLIN | EPOLLOUT) : EPOLLIN);
+}
+
+void H2Connection::Drain() {
+  if (closed() || draining_) return;
+  draining_ = true;
+  nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(session_),
+                        NGHTTP2_NO_ERROR, nullptr, 0);
+  MarkDirty();
+}
+
+void H2Connection::Close() {
+  if (closed()) return;
+  loop_->RemoveFd(fd_);
+  // Cancel every call still open: services see their clients go away.
+  auto streams = std::move(streams_);
+  streams_.clear();
+  for (auto& [id, stream] : streams) CloseStream(*stream, /*cancelled=*/true);
+  if (ssl_ != nullptr) {
+    SSL_free(ssl_);
+    ssl_ = nullptr;
+  }
+  close(fd_);
+  fd_ = -1;
+  owner_.OnClosed(this);
+}
+
+int H2Connection::OnBeginHeaders(const nghttp2_frame* frame) {
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  auto stream = std::make_shared<H2Stream>();
+  stream->id = frame->hd.stream_id;
+  stream->connection = this;
+  nghttp2_session_set_stream_user_data(session_, stream->id, stream.get());
+  streams_.emplace(stream->id, std::move(stream));
+  return 0;
+}
+
+int H2Connection::OnHeader(const nghttp2_frame* frame, std::string_view name, std::string_view value) {
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  auto* stream = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
+  if (stream == nullptr) return 0;
+  if (name == ":path") {
+    stream->path = value;
+  } else if (name == ":method") {
+    stream->method = value;
+  } else if (name == "content-type") {
+    stream->content_type = value;
+  } else if (name == "grpc-encoding") {
+    stream->encoding = value;
+  } else if (name == "grpc-timeout") {
+    stream->timeout = ParseGrpcTimeout(value);
+  } else if (IsForwardedHeader(name)) {
+    stream->metadata.emplace_back(std::string(name), name.ends_with("-bin") ? DecodeBase64(value) : std::string(value));
+  }
+  return 0;
+}
+
+int H2Connection::OnFrameRecv(const nghttp2_frame* frame) {
+  if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
+  auto* stream = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
+  if (stream == nullptr) return 0;
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) BeginCall(*stream);
+  if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0 && stream->connection != nullptr) OnRemoteClosed(*stream);
+  return 0;
+}
+
+void H2Connection::RefuseHttp(H2Stream& stream, const char* status) {
+  const std::array<nghttp2_nv, 1> headers = {Header(":status", status)};
+  nghttp2_submit_headers(session_, NGHTTP2_FLAG_END_STREAM, stream.id, nullptr, headers.data(), headers.size(), nullptr);
+  stream.headers_sent = stream.trailers_sent = true;
+  stream.final_status = Status(StatusCode::kInternal, "not a gRPC request");
+  MarkDirty();
+}
+
+void H2Connection::BeginCall(H2Stream& stream) {
+  if (stream.method != "POST") return RefuseHttp(stream, "405");
+  if (!stream.content_type.starts_with("application/grpc")) return RefuseHttp(stream, "415");
+  std::optional<Clock::time_point> deadline;
+  if (stream.timeout) deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(*stream.timeout);
+  stream.context = std::make_shared<CallContext>(deadline, std::move(stream.metadata));
+  stream.deframer.emplace(limits_.max_receive_bytes);
+  if (!stream.encoding.empty() && stream.encoding != "identity") {
+    // No decompressor here: refuse before reading a message, with grpc-go's words.
+    return Finish(stream, Status(StatusCode::kUnimplemented,
+                                 "grpc: Decompressor is not installed for grpc-encoding \"" + stream.encoding + "\""));
+  }
+  if (stream.timeout) ArmDeadline(stream);
+  if ((stream.unary = router_.FindUnary(stream.path)) != nullptr) return;
+  if (const StreamFactory* factory = router_.FindStream(stream.path)) {
+    const auto self = streams_.at(stream.id);
+    stream.sink = std::make_shared<H2Sink>(loop_, self);
+    stream.handler = (*factory)(stream.context, stream.sink);
+    return;
+  }
+  Finish(stream, Status(StatusCode::kUnimplemented, "unknown method " + stream.path));
+}
+
+void H2Connection::ArmDeadline(H2Stream& stream) {
+  const std::weak_ptr<H2Stream> weak = streams_.at(stream.id);
+  stream.deadline_timer = loop_->AddTimer(
+      std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(*stream.timeout),
+      [weak] {
+        const auto s = weak.lock();
+        if (!s || s->connection == nullptr) return;
+        s->deadline_timer = 0;
+        if (s->context) s->context->cancellation().Cancel();
+        s->connection->Finish(*s, Status(StatusCode::kDeadlineExceeded, "Deadline Exceeded"));
+      });
+}
+
+int H2Connection::OnDataChunk(std::int32_t stream_id, const std::uint8_t* data, std::size_t length) {
+  auto* stream = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, stream_id));
+  if (stream == nullptr || !stream->deframer || stream->final_status) return 0;
+  const Status status = stream->deframer->Feed({reinterpret_cast<const char*>(data), length});
+  if (!status.ok()) {
+    if (stream->context) stream->context->cancellation().Cancel();
+    Finish(*stream, status);
+    return 0;
+  }
+  DeliverMessages(*stream);
+  return 0;
+}
+
+void H2Connection::DeliverMessages(H2Stream& stream) {
+  while (auto message = stream.deframer->Next()) {
+    if (stream.unary != nullptr) {
+      if (stream.dispatched) continue;  // a unary call takes one request; extra ones are ignored
+      stream.dispatched = true;
+      const std::weak_ptr<H2Stream> weak = streams_.at(stream.id);
+      (*stream.unary)(stream.context, std::move(*message), [loop = loop_, weak](Status status, std::string response) {
+        loop->Post([weak, status = std::move(status), response = std::move(response)]() mutable {
+          const auto s = weak.lock();
+          if (!s || s->connection == nullptr) return;  // the client reset the call meanwhile
+          if (status.ok()) s->connection->SendMessage(*s, std::move(response));
+          s->connection->Finish(*s, std::move(status));
+        });
+      });
+    } else if (stream.handler && !stream.handler_closed) {
+      stream.handler->OnMessage(std::move(*message));
+    }
+  }
+}
+
+void H2Connection::OnRemoteClosed(H2Stream& stream) {
+  stream.remote_closed = true;
+  if (stream.final_status) return;
+  if (stream.unary != nullptr) {
+    if (!stream.dispatched) Finish(stream, Status(StatusCode::kInternal, "request message missing"));
+    return;
+  }
+  // Half-close of a bidirectional call: the service hears it as the end of its input.
+  if (stream.handler && !stream.handler_closed) {
+    stream.handler_closed = true;
+    stream.handler->OnClose();
+  }
+}
+
+void H2Connection::SubmitResponseHeaders(H2Stream& stream) {
+  const std::array<nghttp2_nv, 2> headers = {Header(":status", "200"), Header("content-type", "application/grpc")};
+  nghttp2_data_provider provider{};
+  provider.read_callback = ReadDataCb;
+  nghttp2_submit_response(session_, stream.id, headers.data(), headers.size(), &provider);
+  stream.headers_sent = true;
+}
+
+void H2Connection::SendMessage(H2Stream& stream, std::string message) {
+  if (stream.final_status) return;
+  // Checked before appending: one message of any size is fine (etcd answers can be large); a
+  // queue that is already over the cap means the peer stopped reading.
+  if (stream.pending() > limits_.max_pending_bytes_per_stream) {
+    // The peer does not read fast enough (or at all): give up on this call, not on memory.
+    spdlog::warn("h2: stream {} has {} bytes queued for a client that does not read; resetting it", stream.id,
+                 stream.pending());
+    stream.out.clear();
+    stream.out_offset = 0;
+    stream.final_status = Status(StatusCode::kResourceExhausted, "client does not read");
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream.id, NGHTTP2_CANCEL);
+    MarkDirty();
+    return;
+  }
+  AppendGrpcMessage(stream.out, message);
+  if (!stream.headers_sent) {
+    SubmitResponseHeaders(stream);
+  } else if (stream.deferred) {
+    stream.deferred = false;
+    nghttp2_session_resume_data(session_, stream.id);
+  }
+  MarkDirty();
+}
+
+void H2Connection::Finish(H2Stream& stream, Status status) {
+  if (stream.final_status) return;
+  if (!stream.headers_sent) {
+    // Trailers-only response: one HEADERS frame with the status, ending the stream.
+    const std::string code = StatusText(status.code());
+    const std::string message = PercentEncodeGrpcMessage(status.message());
+    std::array<nghttp2_nv, 4> headers = {Header(":status", "200"), Header("content-type", "application/grpc"),
+                                         Header("grpc-status", code), Header("grpc-message", message)};
+    const std::size_t count = message.empty() ? 3 : 4;
+    nghttp2_submit_headers(session_, NGHTTP2_FLAG_END_STREAM, stream.id, nullptr, headers.data(), count, nullptr);
+    stream.headers_sent = stream.trailers_sent = true;
+    stream.final_status = std::move(status);
+  } else {
+    stream.final_status = std::move(status);
+    if (stream.deferred) {
+      stream.deferred = false;
+      nghttp2_session_resume_data(session_, stream.id);
+    }
+  }
+  MarkDirty();
+}
+
+ssize_t H2Connection::ReadData(std::int32_t stream_id, std::uint8_t* buf, std::size_t length, std::uint32_t* flags) {
+  auto* stream = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, stream_id));
+  if (stream == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  const std::size_t n = std::min(length, stream->pending());
+  std::memcpy(buf, stream->out.data() + stream->out_offset, n);
+  stream->out_offset += n;
+  if (stream->sink != nullptr) stream->sink->OnSent(n);
+  if (stream->pending() == 0) {
+    stream->out.clear();
+    stream->out_offset = 0;
+  } else if (stream->out_offset > (1 << 20) && stream->out_offset * 2 > stream->out.size()) {
+    stream->out.erase(0, stream->out_offset);
+    stream->out_offset = 0;
+  }
+  if (stream->pending() > 0) return static_cast<ssize_t>(n);
+  if (stream->final_status && !stream->trailers_sent) {
+    // Everything sent: end with the status as trailers (submitted from here, as nghttp2 asks).
+    *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    const std::string code = StatusText(stream->final_status->code());
+    const std::string message = PercentEncodeGrpcMessage(stream->final_status->message());
+    const std::array<nghttp2_nv, 2> trailers = {Header("grpc-status", code), Header("grpc-message", message)};
+    nghttp2_submit_trailer(session_, stream_id, trailers.data(), message.empty() ? 1 : 2);
+    stream->trailers_sent = true;
+    return static_cast<ssize_t>(n);
+  }
+  if (n > 0) return static_cast<ssize_t>(n);
+  stream->deferred = true;
+  return NGHTTP2_ERR_DEFERRED;
+}
+
+int H2Connection::OnFrameSend(const nghttp2_frame* frame) {
+  if (frame->hd.type != NGHTTP2_HEADERS || (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) return 0;
+  auto* stream = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
+  // The call is over but the client may still be sending: tell it to stop (as gRPC servers do).
+  if (stream != nullptr && !stream->remote_closed) {
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+  }
+  return 0;
+}
+
+int H2Connection::OnStreamClose(std::int32_t stream_id, std::uint32_t) {
+  const auto it = streams_.find(stream_id);
+  if (it == streams_.end()) return 0;
+  const auto stream = it->second;
+  streams_.erase(it);
+  // Closed before its status went out: the client reset it (or we did, for a slow reader).
+  CloseStream(*stream, /*cancelled=*/!stream->trailers_sent);
+  return 0;
+}
+
+void H2Connection::CloseStream(H2Stream& stream, bool cancelled) {
+  stream.connection = nullptr;
+  if (stream.deadline_timer != 0) loop_->CancelTimer(stream.deadline_timer);
+  if (stream.sink) stream.sink->MarkDone();
+  if (cancelled && stream.context) stream.context->cancellation().Cancel();
+  if (stream.handler && !stream.handler_closed) {
+    stream.handler_closed = true;
+    stream.handler->OnClose();
+  }
+}
+
+}  // namespace esp

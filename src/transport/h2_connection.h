@@ -1,0 +1,142 @@
+#pragma once
+// One client connection of the event-loop data plane: a socket (optionally TLS), its nghttp2
+// server session and the gRPC calls multiplexed on it. Lives on, and is only touched by, the
+// loop that accepted it; services reach a call through Post() (see H2Stream's weak handles).
+#include <nghttp2/nghttp2.h>
+#include <openssl/ssl.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "transport/call_context.h"
+#include "transport/event_loop.h"
+#include "transport/grpc_framing.h"
+#include "transport/router.h"
+
+namespace esp {
+
+struct H2Limits {
+  std::size_t max_receive_bytes = 2 * 1024 * 1024;
+  // Response bytes one call may have queued for a peer that does not read (flow control holds
+  // them back); a message arriving past this resets and cancels the call instead of growing
+  // without bound. A single message is never refused for its size.
+  std::size_t max_pending_bytes_per_stream = 32 * 1024 * 1024;
+  std::uint32_t max_concurrent_streams = 65536;
+};
+
+class H2Connection;
+
+// The per-loop table of connections: told when a connection has output to flush this turn and
+// when it has closed (to drop it after the turn, never from inside its own callbacks).
+class H2ConnectionOwner {
+ public:
+  virtual ~H2ConnectionOwner() = default;
+  virtual void OnDirty(H2Connection* connection) = 0;
+  virtual void OnClosed(H2Connection* connection) = 0;
+};
+
+// One gRPC call (an HTTP/2 stream). Owned by its connection's stream table; everything else
+// holds weak pointers, so a completion for a call the client already reset finds nothing.
+struct H2Stream {
+  std::int32_t id = 0;
+  H2Connection* connection = nullptr;  // null once closed
+
+  // Request, while headers arrive.
+  std::string method;
+  std::string path;
+  std::string content_type;
+  std::string encoding;
+  std::optional<std::chrono::nanoseconds> timeout;
+  Metadata metadata;
+
+  CallContextPtr context;
+  std::optional<MessageDeframer> deframer;
+  const UnaryHandler* unary = nullptr;
+  std::shared_ptr<StreamHandler> handler;  // bidirectional calls
+  std::shared_ptr<class H2Sink> sink;
+  bool dispatched = false;      // unary: the handler has the request
+  bool remote_closed = false;   // the client half-closed
+  bool handler_closed = false;  // OnClose delivered
+  EventLoop::TimerId deadline_timer = 0;
+
+  // Response.
+  std::string out;  // framed messages not yet taken by nghttp2
+  std::size_t out_offset = 0;
+  bool headers_sent = false;
+  bool deferred = false;  // nghttp2 was told there is nothing to send yet
+  std::optional<Status> final_status;
+  bool trailers_sent = false;
+
+  std::size_t pending() const { return out.size() - out_offset; }
+};
+
+class H2Connection {
+ public:
+  // Takes ownership of `fd` and `ssl` (may be null: h2c with prior knowledge).
+  H2Connection(std::shared_ptr<EventLoop> loop, int fd, SSL* ssl, const Router& router, const H2Limits& limits,
+               H2ConnectionOwner& owner);
+  ~H2Connection();
+  H2Connection(const H2Connection&) = delete;
+  H2Connection& operator=(const H2Connection&) = delete;
+
+  bool Start();
+  // Serializes whatever nghttp2 has to send and writes it: once per loop turn (coalescing).
+  void Flush();
+  // Graceful shutdown: GOAWAY, the calls in flight finish, then the connection closes.
+  void Drain();
+  // Closes now, cancelling the calls in flight.
+  void Close();
+  bool closed() const { return fd_ < 0; }
+  bool idle() const { return streams_.empty() && outbuf_.size() == outbuf_offset_; }
+  // The owner clears this when it flushes.
+  void ClearDirty() { dirty_ = false; }
+
+  // Called on the loop thread (through Post) by the transport's completions.
+  void SendMessage(H2Stream& stream, std::string message);
+  void Finish(H2Stream& stream, Status status);
+
+  // nghttp2 callbacks (static trampolines in the .cc forward here).
+  int OnBeginHeaders(const nghttp2_frame* frame);
+  int OnHeader(const nghttp2_frame* frame, std::string_view name, std::string_view value);
+  int OnFrameRecv(const nghttp2_frame* frame);
+  int OnDataChunk(std::int32_t stream_id, const std::uint8_t* data, std::size_t length);
+  int OnStreamClose(std::int32_t stream_id, std::uint32_t error_code);
+  int OnFrameSend(const nghttp2_frame* frame);
+  ssize_t ReadData(std::int32_t stream_id, std::uint8_t* buf, std::size_t length, std::uint32_t* flags);
+
+ private:
+  void OnEvents(std::uint32_t events);
+  void DoRead();
+  bool WriteOut();
+  void MarkDirty();
+  void BeginCall(H2Stream& stream);
+  void DeliverMessages(H2Stream& stream);
+  void OnRemoteClosed(H2Stream& stream);
+  void RefuseHttp(H2Stream& stream, const char* status);
+  void SubmitResponseHeaders(H2Stream& stream);
+  void CloseStream(H2Stream& stream, bool cancelled);
+  void ArmDeadline(H2Stream& stream);
+  void UpdateWriteInterest();
+
+  std::shared_ptr<EventLoop> loop_;
+  int fd_;
+  SSL* ssl_;
+  const Router& router_;
+  const H2Limits& limits_;
+  H2ConnectionOwner& owner_;
+  nghttp2_session* session_ = nullptr;
+  std::map<std::int32_t, std::shared_ptr<H2Stream>> streams_;
+  std::string outbuf_;
+  std::size_t outbuf_offset_ = 0;
+  bool want_write_event_ = false;
+  bool dirty_ = false;
+  bool draining_ = false;
+  // Expires with the connection: lets a posted task find out whether it still exists.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace esp

@@ -1,0 +1,252 @@
+#include "transport/h2_server.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <future>
+#include <thread>
+#include <unordered_map>
+
+namespace esp {
+
+// One event loop and the connections it owns. Everything but the constructor, Start/Stop and
+// Post runs on the loop's thread.
+class H2Server::Loop final : public H2ConnectionOwner {
+ public:
+  Loop(H2Server& server) : server_(server), loop_(std::make_shared<EventLoop>()) {
+    loop_->SetEndOfTurn([this] { FlushDirty(); });
+  }
+  ~Loop() override {
+    loop_->Stop();
+    connections_.clear();
+    graveyard_.clear();
+  }
+
+  EventLoop& loop() { return *loop_; }
+
+  void Adopt(int fd, SSL* ssl) {
+    auto connection = std::make_unique<H2Connection>(loop_, fd, ssl, server_.router_, server_.options_.limits, *this);
+    H2Connection* const raw = connection.get();
+    {
+      const std::lock_guard lock(server_.mu_);
+      ++server_.open_connections_;
+    }
+    connections_.emplace(raw, std::move(connection));
+    if (!raw->Start()) {
+      raw->Close();
+    } else if (draining_) {
+      raw->Drain();
+    }
+  }
+
+  void DrainAll() {
+    draining_ = true;
+    for (auto& [raw, connection] : connections_) connection->Drain();
+  }
+
+  void CloseAll() {
+    std::vector<H2Connection*> all;
+    for (auto& [raw, connection] : connections_) all.push_back(raw);
+    for (H2Connection* c : all) c->Close();
+  }
+
+  void OnDirty(H2Connection* connection) override { dirty_.push_back(connection); }
+
+  void OnClosed(H2Connection* connection) override {
+    const auto it = connections_.find(connection);
+    if (it == connections_.end()) return;
+    // Destroyed after the turn: the connection may be deep in its own call stack right now.
+    graveyard_.push_back(std::move(it->second));
+    connections_.erase(it);
+    const std::lock_guard lock(server_.mu_);
+    --server_.open_connections_;
+    server_.drained_.notify_all();
+  }
+
+ private:
+  // The write coalescing point: each connection that produced frames this turn writes them once.
+  void FlushDirty() {
+    for (int round = 0; round < 4 && !dirty_.empty(); ++round) {
+      std::vector<H2Connection*> dirty;
+      dirty.swap(dirty_);
+      for (H2Connection* c : dirty) {
+        c->ClearDirty();
+        c->Flush();
+      }
+    }
+    // Still more (frames queued while flushing): come back at once instead of sleeping in epoll.
+    if (!dirty_.empty()) loop_->Post([] {});
+    graveyard_.clear();
+  }
+
+  H2Server& server_;
+  std::shared_ptr<EventLoop> loop_;
+  std::unordered_map<H2Connection*, std::unique_ptr<H2Connection>> connections_;
+  std::vector<H2Connection*> dirty_;
+  std::vector<std::unique_ptr<H2Connection>> graveyard_;
+  bool draining_ = false;
+};
+
+namespace {
+
+int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen,
+               void*) {
+  // The client's list is length-prefixed names; gRPC speaks only "h2".
+  for (unsigned int i = 0; i < inlen;) {
+    const unsigned int len = in[i];
+    if (i + 1 + len > inlen) break;
+    if (len == 2 && std::memcmp(in + i + 1, "h2", 2) == 0) {
+      *out = in + i + 1;
+      *outlen = 2;
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + len;
+  }
+  return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+std::string OpenSslError() {
+  char buf[256];
+  ERR_error_string_n(ERR_get_error(), buf, sizeof buf);
+  return buf;
+}
+
+SSL_CTX* MakeSslContext(const H2TlsFiles& tls) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  if (SSL_CTX_use_certificate_chain_file(ctx, tls.cert_file.c_str()) != 1 ||
+      SSL_CTX_use_PrivateKey_file(ctx, tls.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+    spdlog::error("TLS: cannot load {} / {}: {}", tls.cert_file, tls.key_file, OpenSslError());
+    SSL_CTX_free(ctx);
+    return nullptr;
+  }
+  if (!tls.trusted_ca_file.empty() && SSL_CTX_load_verify_locations(ctx, tls.trusted_ca_file.c_str(), nullptr) != 1) {
+    spdlog::error("TLS: cannot load {}: {}", tls.trusted_ca_file, OpenSslError());
+    SSL_CTX_free(ctx);
+    return nullptr;
+  }
+  if (tls.client_cert_auth) SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, nullptr);
+  return ctx;
+}
+
+}  // namespace
+
+H2Server::H2Server(const Router& router, H2ServerOptions options) : router_(router), options_(std::move(options)) {
+  const int n = options_.loops > 0 ? options_.loops : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (int i = 0; i < n; ++i) loops_.push_back(std::make_unique<Loop>(*this));
+}
+
+H2Server::~H2Server() {
+  Shutdown(std::chrono::milliseconds(0));
+  loops_.clear();
+  if (ssl_ctx_ != nullptr) SSL_CTX_free(ssl_ctx_);
+}
+
+bool H2Server::Listen() {
+  const std::string& address = options_.listen_address;
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos) {
+    spdlog::error("listen address {} has no port", address);
+    return false;
+  }
+  std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* result = nullptr;
+  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &result) != 0 || result == nullptr) {
+    spdlog::error("cannot resolve listen address {}", address);
+    return false;
+  }
+  const std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> owned(result, freeaddrinfo);
+  const int fd = socket(result->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (fd < 0 || bind(fd, result->ai_addr, result->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+    spdlog::error("cannot listen on {}: {}", address, std::strerror(errno));
+    if (fd >= 0) close(fd);
+    return false;
+  }
+  sockaddr_storage bound{};
+  socklen_t len = sizeof bound;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len);
+  port_ = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                            : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  listen_fd_ = fd;
+  return true;
+}
+
+bool H2Server::Start() {
+  if (options_.tls.enabled() && (ssl_ctx_ = MakeSslContext(options_.tls)) == nullptr) return false;
+  if (!Listen()) return false;
+  for (auto& loop : loops_) loop->loop().Start();
+  running_ = true;
+  // One acceptor (on the first loop) deals connections round-robin: cheap next to the requests
+  // they carry, and the port stays exclusively ours (no SO_REUSEPORT sharing with strangers).
+  std::promise<void> added;
+  loops_.front()->loop().Post([this, &added] {
+    loops_.front()->loop().AddFd(listen_fd_, EPOLLIN, [this](std::uint32_t) { OnAcceptable(); });
+    added.set_value();
+  });
+  added.get_future().wait();
+  return true;
+}
+
+void H2Server::OnAcceptable() {
+  for (;;) {
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) spdlog::warn("accept: {}", std::strerror(errno));
+      return;
+    }
+    const int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    SSL* ssl = nullptr;
+    if (ssl_ctx_ != nullptr) {
+      ssl = SSL_new(ssl_ctx_);
+      SSL_set_fd(ssl, fd);
+      SSL_set_accept_state(ssl);
+    }
+    Loop* const target = loops_[next_loop_++ % loops_.size()].get();
+    target->loop().Post([target, fd, ssl] { target->Adopt(fd, ssl); });
+  }
+}
+
+void H2Server::Shutdown(std::chrono::milliseconds grace) {
+  if (!running_) return;
+  running_ = false;
+  std::promise<void> closed;
+  loops_.front()->loop().Post([this, &closed] {
+    loops_.front()->loop().RemoveFd(listen_fd_);
+    close(listen_fd_);
+    listen_fd_ = -1;
+    closed.set_value();
+  });
+  closed.get_future().wait();
+  for (auto& loop : loops_) loop->loop().Post([l = loop.get()] { l->DrainAll(); });
+  {
+    std::unique_lock lock(mu_);
+    drained_.wait_for(lock, grace, [this] { return open_connections_ == 0; });
+  }
+  for (auto& loop : loops_) {
+    loop->loop().Post([l = loop.get()] { l->CloseAll(); });
+    loop->loop().Stop();
+  }
+}
+
+}  // namespace esp

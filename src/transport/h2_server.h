@@ -1,0 +1,68 @@
+#pragma once
+// The event-loop data plane's front end: N epoll loops (one per core by default), each owning
+// the client connections it was handed, speaking gRPC over HTTP/2 (nghttp2) in clear text with
+// prior knowledge or over TLS (OpenSSL, ALPN "h2"). Calls go to the same Router as GrpcServer's.
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "transport/h2_connection.h"
+#include "transport/router.h"
+
+namespace esp {
+
+struct H2TlsFiles {
+  std::string cert_file;
+  std::string key_file;
+  std::string trusted_ca_file;
+  bool client_cert_auth = false;
+  bool enabled() const { return !cert_file.empty(); }
+};
+
+struct H2ServerOptions {
+  std::string listen_address;
+  int loops = 0;  // 0: one per core
+  H2Limits limits;
+  H2TlsFiles tls;
+};
+
+class H2Server {
+ public:
+  H2Server(const Router& router, H2ServerOptions options);
+  ~H2Server();
+  H2Server(const H2Server&) = delete;
+  H2Server& operator=(const H2Server&) = delete;
+
+  bool Start();
+  int port() const { return port_; }
+  // GOAWAY on every connection, waits up to `grace` for the calls in flight, then closes the rest.
+  void Shutdown(std::chrono::milliseconds grace);
+
+ private:
+  class Loop;
+
+  bool Listen();
+  void OnAcceptable();
+
+  const Router& router_;
+  H2ServerOptions options_;
+  SSL_CTX* ssl_ctx_ = nullptr;
+  std::vector<std::unique_ptr<Loop>> loops_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::size_t next_loop_ = 0;
+  bool running_ = false;
+
+  // Open connections over all loops, for the drain at shutdown.
+  std::mutex mu_;
+  std::condition_variable drained_;
+  std::size_t open_connections_ = 0;
+};
+
+}  // namespace esp

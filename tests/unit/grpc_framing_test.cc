@@ -1,0 +1,99 @@
+// gRPC message framing of the h2 data plane: prefixes and bodies cut anywhere, limits, timeouts.
+#include "transport/grpc_framing.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+namespace esp {
+namespace {
+
+std::string Framed(const std::vector<std::string>& messages) {
+  std::string out;
+  for (const auto& m : messages) AppendGrpcMessage(out, m);
+  return out;
+}
+
+TEST(MessageDeframer, MessagesCutAtEveryByteComeBackWhole) {
+  const std::vector<std::string> messages = {"", "a", std::string(300, 'x'), std::string("\0\1\2", 3)};
+  const std::string wire = Framed(messages);
+  MessageDeframer deframer(1024);
+  std::vector<std::string> got;
+  for (const char c : wire) {
+    ASSERT_TRUE(deframer.Feed(std::string_view(&c, 1)).ok());
+    while (auto m = deframer.Next()) got.push_back(*m);
+  }
+  EXPECT_EQ(got, messages);
+  EXPECT_FALSE(deframer.partial());
+}
+
+TEST(MessageDeframer, RandomSplitsOfManyMessages) {
+  std::mt19937 rng(7);
+  std::vector<std::string> messages;
+  for (int i = 0; i < 200; ++i) messages.push_back(std::string(rng() % 5000, static_cast<char>('a' + i % 26)));
+  const std::string wire = Framed(messages);
+  MessageDeframer deframer(1 << 20);
+  std::vector<std::string> got;
+  for (std::size_t at = 0; at < wire.size();) {
+    const std::size_t n = std::min<std::size_t>(wire.size() - at, 1 + rng() % 20000);
+    ASSERT_TRUE(deframer.Feed(std::string_view(wire).substr(at, n)).ok());
+    at += n;
+    while (auto m = deframer.Next()) got.push_back(*m);
+  }
+  EXPECT_EQ(got, messages);
+}
+
+TEST(MessageDeframer, HalfAMessageIsPartial) {
+  const std::string wire = Framed({"hello"});
+  MessageDeframer deframer(1024);
+  ASSERT_TRUE(deframer.Feed(std::string_view(wire).substr(0, 3)).ok());
+  EXPECT_TRUE(deframer.partial());
+  EXPECT_FALSE(deframer.Next());
+  ASSERT_TRUE(deframer.Feed(std::string_view(wire).substr(3)).ok());
+  EXPECT_EQ(deframer.Next(), "hello");
+}
+
+TEST(MessageDeframer, OversizeIsRefusedFromItsPrefixAlone) {
+  MessageDeframer deframer(100);
+  const std::string prefix("\0\0\0\0\x65", 5);  // 101 bytes announced, none sent
+  const Status status = deframer.Feed(prefix);
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(status.message(), "grpc: received message larger than max (101 vs. 100)");
+  EXPECT_FALSE(deframer.Feed("more").ok());
+}
+
+TEST(MessageDeframer, ExactlyTheLimitFits) {
+  MessageDeframer deframer(100);
+  ASSERT_TRUE(deframer.Feed(Framed({std::string(100, 'z')})).ok());
+  EXPECT_EQ(deframer.Next()->size(), 100u);
+}
+
+TEST(MessageDeframer, CompressedMessagesAreUnimplemented) {
+  MessageDeframer deframer(100);
+  const Status status = deframer.Feed(std::string("\1\0\0\0\1x", 6));
+  EXPECT_EQ(status.code(), StatusCode::kUnimplemented);
+  EXPECT_FALSE(deframer.Next());
+}
+
+TEST(GrpcTimeout, UnitsAndMalformedValues) {
+  using namespace std::chrono;
+  EXPECT_EQ(ParseGrpcTimeout("100m"), milliseconds(100));
+  EXPECT_EQ(ParseGrpcTimeout("2S"), seconds(2));
+  EXPECT_EQ(ParseGrpcTimeout("1H"), hours(1));
+  EXPECT_EQ(ParseGrpcTimeout("3M"), minutes(3));
+  EXPECT_EQ(ParseGrpcTimeout("7u"), microseconds(7));
+  EXPECT_EQ(ParseGrpcTimeout("99999999n"), nanoseconds(99999999));
+  EXPECT_FALSE(ParseGrpcTimeout("123456789S"));  // nine digits
+  EXPECT_FALSE(ParseGrpcTimeout("10"));
+  EXPECT_FALSE(ParseGrpcTimeout("S"));
+  EXPECT_FALSE(ParseGrpcTimeout("1x"));
+  EXPECT_FALSE(ParseGrpcTimeout("-1S"));
+}
+
+TEST(GrpcMessage, PercentEncodesWhatHeadersCannotCarry) {
+  EXPECT_EQ(PercentEncodeGrpcMessage("etcdserver: key not found"), "etcdserver: key not found");
+  EXPECT_EQ(PercentEncodeGrpcMessage("100% \xc3\xa9\n"), "100%25 %C3%A9%0A");
+}
+
+}  // namespace
+}  // namespace esp
