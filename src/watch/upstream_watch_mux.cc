@@ -3,6 +3,8 @@
 #include "watch/watch_group.h"
 
 #include <algorithm>
+#include <string>
+#include <string_view>
 #include <vector>
 
 namespace esp {
