@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/build.sh
 cd build
 ctest --output-on-failure --timeout 900 "$@"
+cd ..
+# libFuzzer targets (clang, ASan+UBSan) for a bounded time each; ESP_SKIP_FUZZ=1 skips them.
+[ "${ESP_SKIP_FUZZ:-0}" = 1 ] || scripts/fuzz.sh

@@ -1,5 +1,8 @@
-// libFuzzer target for the server side of the h2 data plane: input bytes are what a client sent
-// on one connection. They go through H2Connection's receive path (nghttp2 server session, our
+// libFuzzer target for the server side of the h2 data plane: what a client sends on one
+// connection. Inputs starting with the client preface ("PRI ") are raw bytes (the captured seeds);
+// any other input is a script of client actions (see Script below) that this file turns into
+// well-formed frames, so that mutations explore gRPC call states (resets mid-call, deadlines,
+// tiny windows, bad prefixes) instead of dying in HPACK. They go through H2Connection's receive path (nghttp2 server session, our
 // callbacks, gRPC deframing, the Router) exactly as in production, minus the socket: the
 // connection is built with an output callback and driven on a real EventLoop thread, one loop
 // turn per piece of input, so completions, deadlines and the end-of-turn flush run as they do
@@ -10,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <future>
 #include <utility>
@@ -17,7 +21,10 @@
 #include <string>
 #include <vector>
 
+#include <nghttp2/nghttp2.h>
+
 #include "transport/event_loop.h"
+#include "transport/grpc_framing.h"
 #include "transport/h2_connection.h"
 #include "transport/router.h"
 
@@ -95,6 +102,159 @@ void AnswerHeld() {
   for (auto& done : answers) done(Status::Ok(), std::string(3000, 'r'));
 }
 
+// Reads the script front to back; past the end it yields zeros.
+class Reader {
+ public:
+  Reader(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
+  std::uint8_t Byte() { return pos_ < size_ ? data_[pos_++] : 0; }
+  std::string Bytes(std::size_t n) {
+    n = std::min(n, size_ - pos_);
+    std::string out(reinterpret_cast<const char*>(data_ + pos_), n);
+    pos_ += n;
+    return out;
+  }
+  bool empty() const { return pos_ >= size_; }
+
+ private:
+  const std::uint8_t* data_;
+  std::size_t size_;
+  std::size_t pos_ = 0;
+};
+
+void AppendFrame(std::string& out, std::uint8_t type, std::uint8_t flags, std::uint32_t stream,
+                 std::string_view payload) {
+  const std::size_t n = payload.size();
+  const char header[9] = {static_cast<char>(n >> 16), static_cast<char>(n >> 8), static_cast<char>(n),
+                          static_cast<char>(type),    static_cast<char>(flags),  static_cast<char>(stream >> 24),
+                          static_cast<char>(stream >> 16), static_cast<char>(stream >> 8), static_cast<char>(stream)};
+  out.append(header, sizeof header);
+  out.append(payload);
+}
+
+std::string U32(std::uint32_t v) {
+  return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8), static_cast<char>(v)};
+}
+
+// Turns a script into client bytes, one string per loop turn. Each step is an opcode byte and
+// its operands; streams are named by index into the ones opened so far.
+class Script {
+ public:
+  Script() { nghttp2_hd_deflate_new(&deflater_, 4096); }
+  ~Script() { nghttp2_hd_deflate_del(deflater_); }
+  Script(const Script&) = delete;
+  Script& operator=(const Script&) = delete;
+
+  std::vector<std::string> Build(Reader& in) {
+    turns_.assign(1, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    AppendFrame(turns_.back(), NGHTTP2_SETTINGS, 0, 0, "");
+    for (int steps = 0; steps < 64 && !in.empty(); ++steps) Step(in);
+    return std::move(turns_);
+  }
+
+ private:
+  void Step(Reader& in) {
+    std::string& out = turns_.back();
+    switch (in.Byte() % 10) {
+      case 0: return Headers(in);
+      case 1: return Data(in);
+      case 2: AppendFrame(out, NGHTTP2_RST_STREAM, 0, Stream(in), U32(in.Byte() % 14)); return;
+      case 3: AppendFrame(out, NGHTTP2_WINDOW_UPDATE, 0, in.Byte() % 2 ? Stream(in) : 0, U32(1 + in.Byte() * 256)); return;
+      case 4: {
+        std::string ping = in.Bytes(8);
+        ping.resize(8, '\0');
+        AppendFrame(out, NGHTTP2_PING, 0, 0, ping);
+        return;
+      }
+      case 5: {
+        // A small INITIAL_WINDOW_SIZE makes responses wait on flow control (and pile up).
+        const std::string setting = std::string("\x00\x04", 2) + U32(in.Byte() * 64);
+        AppendFrame(out, NGHTTP2_SETTINGS, 0, 0, setting);
+        return;
+      }
+      case 6: AppendFrame(out, NGHTTP2_GOAWAY, 0, 0, U32(next_id_) + U32(0)); return;
+      case 7: out += in.Bytes(in.Byte() % 16); return;  // noise
+      default: turns_.emplace_back(); return;          // let the loop turn (completions, flush)
+    }
+  }
+
+  std::uint32_t Stream(Reader& in) {
+    if (opened_.empty()) return 1;
+    return opened_[in.Byte() % opened_.size()];
+  }
+
+  void Headers(Reader& in) {
+    static const char* const kPaths[] = {"/etcdserverpb.KV/Range", "/etcdserverpb.KV/Put", "/etcdserverpb.KV/Txn",
+                                         "/etcdserverpb.Watch/Watch", "/etcdserverpb.Lease/LeaseKeepAlive",
+                                         "/etcdserverpb.KV/Compact", "x"};
+    static const char* const kTimeouts[] = {"1n", "5m", "100u", "99999999H", "1S", "x9S", "-0S"};
+    const std::uint8_t shape = in.Byte();
+    std::vector<std::pair<std::string, std::string>> h = {
+        {":method", (shape & 1) ? "GET" : "POST"},
+        {":scheme", "http"},
+        {":path", kPaths[in.Byte() % 7]},
+        {":authority", "127.0.0.1"},
+        {"content-type", (shape & 2) ? "text/plain" : "application/grpc"},
+        {"te", "trailers"}};
+    if (shape & 4) h.emplace_back("grpc-timeout", kTimeouts[in.Byte() % 7]);
+    if (shape & 8) h.emplace_back("grpc-encoding", (shape & 16) ? "gzip" : "identity");
+    if (shape & 32) h.emplace_back("token", in.Bytes(in.Byte() % 16));
+    if (shape & 64) h.emplace_back("trace-bin", in.Bytes(in.Byte() % 16));
+    std::vector<nghttp2_nv> nv;
+    for (auto& [name, value] : h) {
+      nv.push_back({reinterpret_cast<std::uint8_t*>(name.data()), reinterpret_cast<std::uint8_t*>(value.data()),
+                    name.size(), value.size(), NGHTTP2_NV_FLAG_NONE});
+    }
+    std::string block(nghttp2_hd_deflate_bound(deflater_, nv.data(), nv.size()), '\0');
+    const ssize_t n = nghttp2_hd_deflate_hd(deflater_, reinterpret_cast<std::uint8_t*>(block.data()), block.size(),
+                                            nv.data(), nv.size());
+    if (n < 0) return;
+    block.resize(static_cast<std::size_t>(n));
+    const std::uint32_t id = next_id_;
+    next_id_ += 2;
+    opened_.push_back(id);
+    const std::uint8_t flags = NGHTTP2_FLAG_END_HEADERS | ((shape & 128) ? NGHTTP2_FLAG_END_STREAM : 0);
+    AppendFrame(turns_.back(), NGHTTP2_HEADERS, flags, id, block);
+  }
+
+  // One gRPC message (valid, compressed-flagged or with a lying length) cut into 1-3 DATA frames.
+  void Data(Reader& in) {
+    const std::uint32_t id = Stream(in);
+    const std::uint8_t shape = in.Byte();
+    std::string body = in.Bytes(in.Byte());
+    if (shape & 1) body.resize(5000, 'b');  // over the 4 KiB limit of the harness
+    std::string message;
+    esp::AppendGrpcMessage(message, body);
+    if (shape & 2) message[0] = 1;                      // compressed flag
+    if (shape & 4) message[1] = static_cast<char>(0x7f);  // a length far beyond what follows
+    const std::size_t pieces = 1 + (shape >> 3) % 3;
+    const std::size_t step = message.size() / pieces + 1;
+    for (std::size_t at = 0; at < message.size(); at += step) {
+      const bool last = at + step >= message.size();
+      const std::uint8_t flags = (last && (shape & 32)) ? NGHTTP2_FLAG_END_STREAM : 0;
+      AppendFrame(turns_.back(), NGHTTP2_DATA, flags, id, std::string_view(message).substr(at, step));
+    }
+  }
+
+  nghttp2_hd_deflater* deflater_ = nullptr;
+  std::vector<std::string> turns_;
+  std::vector<std::uint32_t> opened_;
+  std::uint32_t next_id_ = 1;
+};
+
+// Raw bytes: cut in pseudo-random pieces (derived from the input), a few pieces per loop turn.
+std::vector<std::string> RawTurns(const std::uint8_t* data, std::size_t size) {
+  std::vector<std::string> turns;
+  std::uint32_t seed = static_cast<std::uint32_t>(size) * 2654435761u;
+  std::size_t at = 0;
+  for (int turn = 0; at < size; ++turn) {
+    seed = seed * 1103515245u + 12345u;
+    const std::size_t n = turn >= 7 ? size - at : std::min<std::size_t>(size - at, 1 + (seed >> 16) % 2000);
+    turns.emplace_back(reinterpret_cast<const char*>(data + at), n);
+    at += n;
+  }
+  return turns;
+}
+
 // Plays the per-loop connection table (H2Server's Loop) for one connection at a time.
 class Harness final : public H2ConnectionOwner {
  public:
@@ -108,25 +268,27 @@ class Harness final : public H2ConnectionOwner {
   }
 
   void Run(const std::uint8_t* data, std::size_t size) {
+    std::vector<std::string> turns;
+    if (size >= 4 && std::memcmp(data, "PRI ", 4) == 0) {
+      turns = RawTurns(data, size);
+    } else {
+      Reader in(data, size);
+      turns = Script().Build(in);
+    }
     Step([this] {
       connection_ = std::make_unique<H2Connection>(
           loop_, [this](std::string_view bytes) { written_ += bytes.size(); }, TestRouter(), limits_, *this);
       Check(connection_->Start(), "start");
     });
-    // Pieces of pseudo-random sizes (derived from the input), a few pieces per loop turn.
-    std::uint32_t seed = static_cast<std::uint32_t>(size) * 2654435761u;
-    std::size_t at = 0;
-    for (int turn = 0; at < size; ++turn) {
-      std::vector<std::pair<std::size_t, std::size_t>> pieces;
-      for (int i = 0; i < 3 && at < size; ++i) {
-        seed = seed * 1103515245u + 12345u;
-        const std::size_t n = turn >= 7 ? size - at : std::min<std::size_t>(size - at, 1 + (seed >> 16) % 700);
-        pieces.emplace_back(at, n);
-        at += n;
-      }
-      Step([this, data, pieces] {
+    for (const std::string& bytes : turns) {
+      Step([this, &bytes] {
         AnswerHeld();
-        for (const auto& [from, n] : pieces) connection_->Receive(data + from, n);
+        // Two pieces per turn: nghttp2 must cope with a frame cut anywhere.
+        const auto* p = reinterpret_cast<const std::uint8_t*>(bytes.data());
+        const std::size_t half = bytes.size() / 2 + (bytes.size() % 7);
+        const std::size_t first = std::min(half, bytes.size());
+        connection_->Receive(p, first);
+        connection_->Receive(p + first, bytes.size() - first);
       });
     }
     Step([this] {
