@@ -17,6 +17,7 @@
 #include <functional>
 #include <future>
 #include <utility>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -144,6 +145,9 @@ class Script {
   Script(const Script&) = delete;
   Script& operator=(const Script&) = delete;
 
+  // Stream 1 counts as opened even before any HEADERS: Stream() names it then.
+  std::uint32_t last_stream() const { return next_id_ > 1 ? next_id_ - 2 : 1; }
+
   std::vector<std::string> Build(Reader& in) {
     turns_.assign(1, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     AppendFrame(turns_.back(), NGHTTP2_SETTINGS, 0, 0, "");
@@ -255,6 +259,54 @@ std::vector<std::string> RawTurns(const std::uint8_t* data, std::size_t size) {
   return turns;
 }
 
+// What the server wrote, checked frame by frame: SETTINGS first, frames no larger than the
+// client allowed, responses only on client-opened (odd) streams, and on every stream that ended
+// with trailers, DATA that reassembles into whole, uncompressed gRPC messages.
+void CheckServerOutput(std::string_view out, std::size_t max_frame, std::uint32_t max_stream) {
+  struct Seen {
+    std::string data;
+    bool reset = false;
+  };
+  std::map<std::uint32_t, Seen> streams;
+  bool first = true;
+  std::size_t at = 0;
+  while (out.size() - at >= 9) {
+    const auto b = [&](std::size_t i) { return static_cast<std::uint32_t>(static_cast<unsigned char>(out[at + i])); };
+    const std::size_t length = b(0) << 16 | b(1) << 8 | b(2);
+    const std::uint8_t type = static_cast<std::uint8_t>(b(3));
+    const std::uint8_t flags = static_cast<std::uint8_t>(b(4));
+    const std::uint32_t id = (b(5) << 24 | b(6) << 16 | b(7) << 8 | b(8)) & 0x7fffffffu;
+    Check(!first || type == NGHTTP2_SETTINGS, "server output does not start with SETTINGS");
+    first = false;
+    Check(length <= max_frame, "a frame larger than the client's SETTINGS_MAX_FRAME_SIZE");
+    Check(out.size() - at - 9 >= length, "output ends inside a frame");
+    const std::string_view payload = out.substr(at + 9, length);
+    at += 9 + length;
+    if (type != NGHTTP2_DATA && type != NGHTTP2_HEADERS && type != NGHTTP2_RST_STREAM) continue;
+    Check(id != 0 && id % 2 == 1 && id <= max_stream, "a response on a stream the client never opened");
+    Seen& seen = streams[id];
+    if (type == NGHTTP2_RST_STREAM) seen.reset = true;
+    if (type == NGHTTP2_DATA) {
+      const std::size_t pad = (flags & NGHTTP2_FLAG_PADDED) != 0 ? 1 + static_cast<unsigned char>(payload[0]) : 0;
+      seen.data.append(payload.substr(pad ? 1 : 0, payload.size() - pad));
+    }
+    if (type == NGHTTP2_HEADERS && (flags & NGHTTP2_FLAG_END_STREAM) != 0 && !seen.reset) {
+      // Trailers: everything before them must be whole messages.
+      for (std::size_t m = 0; m < seen.data.size();) {
+        Check(seen.data.size() - m >= 5, "a response message cut inside its prefix");
+        Check(seen.data[m] == 0, "a response message flagged compressed");
+        const std::size_t n = static_cast<std::size_t>(static_cast<unsigned char>(seen.data[m + 1])) << 24 |
+                              static_cast<std::size_t>(static_cast<unsigned char>(seen.data[m + 2])) << 16 |
+                              static_cast<std::size_t>(static_cast<unsigned char>(seen.data[m + 3])) << 8 |
+                              static_cast<unsigned char>(seen.data[m + 4]);
+        Check(seen.data.size() - m - 5 >= n, "trailers before the end of a response message");
+        m += 5 + n;
+      }
+    }
+  }
+  Check(at == out.size(), "output ends inside a frame header");
+}
+
 // Plays the per-loop connection table (H2Server's Loop) for one connection at a time.
 class Harness final : public H2ConnectionOwner {
  public:
@@ -269,15 +321,22 @@ class Harness final : public H2ConnectionOwner {
 
   void Run(const std::uint8_t* data, std::size_t size) {
     std::vector<std::string> turns;
+    // Raw input may raise SETTINGS_MAX_FRAME_SIZE and open any stream: only framing is checked.
+    std::size_t max_frame = (1u << 24) - 1;
+    std::uint32_t max_stream = 0x7fffffff;
     if (size >= 4 && std::memcmp(data, "PRI ", 4) == 0) {
       turns = RawTurns(data, size);
     } else {
       Reader in(data, size);
-      turns = Script().Build(in);
+      Script script;
+      turns = script.Build(in);
+      max_frame = 16384;
+      max_stream = script.last_stream();
     }
+    output_.clear();
     Step([this] {
       connection_ = std::make_unique<H2Connection>(
-          loop_, [this](std::string_view bytes) { written_ += bytes.size(); }, TestRouter(), limits_, *this);
+          loop_, [this](std::string_view bytes) { output_.append(bytes); }, TestRouter(), limits_, *this);
       Check(connection_->Start(), "start");
     });
     for (const std::string& bytes : turns) {
@@ -301,6 +360,7 @@ class Harness final : public H2ConnectionOwner {
       AnswerHeld();  // after the connection is gone: must find nothing
     });
     Check(handlers_open == 0, "a stream handler never heard OnClose");
+    CheckServerOutput(output_, max_frame, max_stream);
   }
 
   void OnDirty(H2Connection* c) override { dirty_.push_back(c); }
@@ -334,7 +394,7 @@ class Harness final : public H2ConnectionOwner {
   std::unique_ptr<H2Connection> connection_;
   std::vector<H2Connection*> dirty_;
   std::promise<void>* turn_done_ = nullptr;
-  std::size_t written_ = 0;
+  std::string output_;  // written on the loop thread, read after the last Step
 };
 
 }  // namespace
