@@ -263,8 +263,8 @@ bool H2Connection::WriteOut() {
     const std::size_t size = outbuf_.size() - outbuf_offset_;
     ssize_t n = 0;
     if (output_) {
-      output_({data, size});
-      n = static_cast<ssize_t>(size);
+      n = static_cast<ssize_t>(output_({data, size}));
+      if (n == 0) break;
     } else if (ssl_ != nullptr) {
       ERR_clear_error();
       n = SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(size, 1 << 30)));

@@ -76,8 +76,9 @@ struct H2Stream {
 
 class H2Connection {
  public:
-  // Where a connection without a socket writes: it takes every byte handed to it.
-  using Output = std::function<void(std::string_view bytes)>;
+  // Where a connection without a socket writes: returns how many bytes it took (fewer than
+  // offered: the "socket" is full, the rest waits for the next Flush, as on EAGAIN).
+  using Output = std::function<std::size_t(std::string_view bytes)>;
 
   // Takes ownership of `fd` and `ssl` (may be null: h2c with prior knowledge).
   H2Connection(std::shared_ptr<EventLoop> loop, int fd, SSL* ssl, const Router& router, const H2Limits& limits,
