@@ -8,6 +8,7 @@ packages=(
   libyaml-cpp-dev libspdlog-dev libcli11-dev libssl-dev libgtest-dev libgmock-dev
   prometheus-cpp-dev libnghttp2-dev libmicrohttpd-dev nlohmann-json3-dev
   etcd-server etcd-client openssl procps curl python3-etcd3
+  clang libclang-rt-14-dev
 )
 missing=()
 for p in "${packages[@]}"; do

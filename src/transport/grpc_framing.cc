@@ -79,18 +79,24 @@ std::optional<std::chrono::nanoseconds> ParseGrpcTimeout(std::string_view value)
   if (value.size() < 2 || value.size() > 9) return std::nullopt;
   std::int64_t amount = 0;
   const auto digits = value.substr(0, value.size() - 1);
+  // from_chars takes a sign; the spec's value is digits only ("-0S" is malformed).
+  if (digits.front() < '0' || digits.front() > '9') return std::nullopt;
   const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), amount);
   if (ec != std::errc() || end != digits.data() + digits.size() || amount < 0) return std::nullopt;
   using namespace std::chrono;
+  nanoseconds unit{1};
   switch (value.back()) {
-    case 'H': return duration_cast<nanoseconds>(hours(amount));
-    case 'M': return duration_cast<nanoseconds>(minutes(amount));
-    case 'S': return duration_cast<nanoseconds>(seconds(amount));
-    case 'm': return duration_cast<nanoseconds>(milliseconds(amount));
-    case 'u': return duration_cast<nanoseconds>(microseconds(amount));
-    case 'n': return nanoseconds(amount);
+    case 'H': unit = hours(1); break;
+    case 'M': unit = minutes(1); break;
+    case 'S': unit = seconds(1); break;
+    case 'm': unit = milliseconds(1); break;
+    case 'u': unit = microseconds(1); break;
+    case 'n': break;
     default: return std::nullopt;
   }
+  // Compared before multiplying: 99999999H in nanoseconds overflows int64 (found by the fuzzer).
+  if (amount > kMaxGrpcTimeout / unit) return kMaxGrpcTimeout;
+  return unit * amount;
 }
 
 std::string PercentEncodeGrpcMessage(std::string_view message) {

@@ -41,7 +41,13 @@ class MessageDeframer {
 // Appends the 5-byte prefix and `message` to `out`.
 void AppendGrpcMessage(std::string& out, std::string_view message);
 
-// "100m" -> 100 ms. nullopt for a malformed value (gRPC then ignores the header).
+// The longest timeout we keep: "99999999H" (the largest the spec allows, ~11,000 years) does not
+// fit in int64 nanoseconds, and now() plus anything near that overflows the clocks. Longer
+// values are clamped here, as grpc-go saturates its own; 100 years is no deadline in practice.
+constexpr std::chrono::nanoseconds kMaxGrpcTimeout = std::chrono::hours(24 * 365 * 100);
+
+// "100m" -> 100 ms (at most kMaxGrpcTimeout). nullopt for a malformed value (gRPC then ignores
+// the header).
 std::optional<std::chrono::nanoseconds> ParseGrpcTimeout(std::string_view value);
 
 // Percent-encodes a grpc-message value as the gRPC spec asks (bytes outside 0x20-0x7e and '%').

@@ -186,6 +186,11 @@ H2Connection::H2Connection(std::shared_ptr<EventLoop> loop, int fd, SSL* ssl, co
                            const H2Limits& limits, H2ConnectionOwner& owner)
     : loop_(std::move(loop)), fd_(fd), ssl_(ssl), router_(router), limits_(limits), owner_(owner) {}
 
+H2Connection::H2Connection(std::shared_ptr<EventLoop> loop, Output output, const Router& router,
+                           const H2Limits& limits, H2ConnectionOwner& owner)
+    : loop_(std::move(loop)), fd_(-1), ssl_(nullptr), output_(std::move(output)), router_(router), limits_(limits),
+      owner_(owner) {}
+
 H2Connection::~H2Connection() {
   Close();
   if (session_ != nullptr) nghttp2_session_del(session_);
@@ -201,7 +206,7 @@ bool H2Connection::Start() {
       nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0) {
     return false;
   }
-  loop_->AddFd(fd_, EPOLLIN, [this](std::uint32_t events) { OnEvents(events); });
+  if (fd_ >= 0) loop_->AddFd(fd_, EPOLLIN, [this](std::uint32_t events) { OnEvents(events); });
   MarkDirty();
   return true;
 }
@@ -247,14 +252,8 @@ void H2Connection::DoRead() {
         return;
       }
     }
-    const ssize_t used = nghttp2_session_mem_recv(session_, buffer.data(), static_cast<std::size_t>(n));
-    if (used < 0) {
-      spdlog::debug("h2: protocol error from client: {}", nghttp2_strerror(static_cast<int>(used)));
-      // nghttp2 has queued a GOAWAY for the protocol error: send it, then close.
-      Flush();
-      Close();
-      return;
-    }
+    Receive(buffer.data(), static_cast<std::size_t>(n));
+    if (closed()) return;
     // A short plain read drained the socket; TLS reads stop at record ends, so go on until
     // OpenSSL says it wants more.
     if (ssl_ == nullptr && static_cast<std::size_t>(n) < buffer.size()) return;
@@ -264,6 +263,17 @@ void H2Connection::DoRead() {
     loop_->Post([this, alive = std::weak_ptr<bool>(alive_)] {
       if (!alive.expired() && !closed()) DoRead();
     });
+  }
+}
+
+void H2Connection::Receive(const std::uint8_t* data, std::size_t size) {
+  if (closed()) return;
+  const ssize_t used = nghttp2_session_mem_recv(session_, data, size);
+  if (used < 0) {
+    spdlog::debug("h2: protocol error from client: {}", nghttp2_strerror(static_cast<int>(used)));
+    // nghttp2 has queued a GOAWAY for the protocol error: send it, then close.
+    Flush();
+    Close();
   }
 }
 
@@ -302,7 +312,10 @@ bool H2Connection::WriteOut() {
     const char* data = outbuf_.data() + outbuf_offset_;
     const std::size_t size = outbuf_.size() - outbuf_offset_;
     ssize_t n = 0;
-    if (ssl_ != nullptr) {
+    if (output_) {
+      n = static_cast<ssize_t>(output_({data, size}));
+      if (n == 0) break;
+    } else if (ssl_ != nullptr) {
       ERR_clear_error();
       n = SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(size, 1 << 30)));
       if (n <= 0) {
@@ -328,7 +341,7 @@ bool H2Connection::WriteOut() {
 
 void H2Connection::UpdateWriteInterest() {
   const bool want = outbuf_.size() > outbuf_offset_;
-  if (want == want_write_event_) return;
+  if (want == want_write_event_ || fd_ < 0) return;
   want_write_event_ = want;
   loop_->ModifyFd(fd_, want ? (EPOLLIN | EPOLLOUT) : EPOLLIN);
 }
@@ -343,7 +356,8 @@ void H2Connection::Drain() {
 
 void H2Connection::Close() {
   if (closed()) return;
-  loop_->RemoveFd(fd_);
+  closed_ = true;
+  if (fd_ >= 0) loop_->RemoveFd(fd_);
   // Cancel every call still open: services see their clients go away.
   auto streams = std::move(streams_);
   streams_.clear();
@@ -352,7 +366,7 @@ void H2Connection::Close() {
     SSL_free(ssl_);
     ssl_ = nullptr;
   }
-  close(fd_);
+  if (fd_ >= 0) close(fd_);
   fd_ = -1;
   owner_.OnClosed(this);
 }

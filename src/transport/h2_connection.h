@@ -76,8 +76,16 @@ struct H2Stream {
 
 class H2Connection {
  public:
+  // Where a connection without a socket writes: returns how many bytes it took (fewer than
+  // offered: the "socket" is full, the rest waits for the next Flush, as on EAGAIN).
+  using Output = std::function<std::size_t(std::string_view bytes)>;
+
   // Takes ownership of `fd` and `ssl` (may be null: h2c with prior knowledge).
   H2Connection(std::shared_ptr<EventLoop> loop, int fd, SSL* ssl, const Router& router, const H2Limits& limits,
+               H2ConnectionOwner& owner);
+  // No socket: bytes come in through Receive() and go out to `output` (the fuzz target drives the
+  // same session, callbacks and Router as production this way).
+  H2Connection(std::shared_ptr<EventLoop> loop, Output output, const Router& router, const H2Limits& limits,
                H2ConnectionOwner& owner);
   ~H2Connection();
   H2Connection(const H2Connection&) = delete;
@@ -90,7 +98,10 @@ class H2Connection {
   void Drain();
   // Closes now, cancelling the calls in flight.
   void Close();
-  bool closed() const { return fd_ < 0; }
+  bool closed() const { return closed_; }
+  // Hands bytes read from the peer to nghttp2 (and through it to the calls). On a protocol
+  // error the GOAWAY nghttp2 queued is flushed and the connection closes.
+  void Receive(const std::uint8_t* data, std::size_t size);
   bool idle() const { return streams_.empty() && outbuf_.size() == outbuf_offset_; }
   // The owner clears this when it flushes.
   void ClearDirty() { dirty_ = false; }
@@ -125,6 +136,8 @@ class H2Connection {
   std::shared_ptr<EventLoop> loop_;
   int fd_;
   SSL* ssl_;
+  Output output_;  // set only without a socket
+  bool closed_ = false;
   const Router& router_;
   const H2Limits& limits_;
   H2ConnectionOwner& owner_;

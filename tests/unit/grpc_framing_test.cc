@@ -88,6 +88,17 @@ TEST(GrpcTimeout, UnitsAndMalformedValues) {
   EXPECT_FALSE(ParseGrpcTimeout("S"));
   EXPECT_FALSE(ParseGrpcTimeout("1x"));
   EXPECT_FALSE(ParseGrpcTimeout("-1S"));
+  EXPECT_FALSE(ParseGrpcTimeout("-0S"));  // from_chars takes a sign; the spec does not
+}
+
+// Found by grpc_framing_fuzz under UBSan: 99999999H in int64 nanoseconds overflowed.
+TEST(GrpcTimeout, HugeValuesSaturateInsteadOfOverflowing) {
+  using namespace std::chrono;
+  EXPECT_EQ(ParseGrpcTimeout("99999999H"), kMaxGrpcTimeout);
+  EXPECT_EQ(ParseGrpcTimeout("99999999M"), kMaxGrpcTimeout);
+  EXPECT_EQ(ParseGrpcTimeout("99999999S"), seconds(99999999));  // ~3 years: kept as is
+  // A deadline that far away still fits the clocks the plane adds it to.
+  EXPECT_GT(system_clock::now() + duration_cast<system_clock::duration>(kMaxGrpcTimeout), system_clock::now());
 }
 
 TEST(GrpcMessage, PercentEncodesWhatHeadersCannotCarry) {
