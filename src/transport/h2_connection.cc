@@ -184,7 +184,8 @@ nghttp2_session_callbacks* Callbacks() {
 
 H2Connection::H2Connection(std::shared_ptr<EventLoop> loop, int fd, SSL* ssl, const Router& router,
                            const H2Limits& limits, H2ConnectionOwner& owner)
-    : loop_(std::move(loop)), fd_(fd), ssl_(ssl), router_(router), limits_(limits), owner_(owner) {}
+    : loop_(std::move(loop)), fd_(fd), ssl_(ssl), router_(router), limits_(limits), owner_(owner),
+      peer_(PeerAddress(fd)) {}
 
 H2Connection::H2Connection(std::shared_ptr<EventLoop> loop, Output output, const Router& router,
                            const H2Limits& limits, H2ConnectionOwner& owner)
@@ -224,6 +225,14 @@ void H2Connection::OnEvents(std::uint32_t events) {
   MarkDirty();
 }
 
+// One line per refused connection, with OpenSSL's reason (no certificate, unknown CA, plaintext
+// on a TLS port, ...): what an operator needs to tell a misconfigured client.
+void H2Connection::LogHandshakeFailure() {
+  if (handshake_failure_logged_) return;
+  handshake_failure_logged_ = true;
+  spdlog::error("h2: TLS handshake failed with {}: {}", peer_, OpenSslReason());
+}
+
 void H2Connection::DoRead() {
   std::array<std::uint8_t, kReadChunk> buffer;
   for (int i = 0; i < kMaxReadsPerEvent && !closed(); ++i) {
@@ -235,9 +244,7 @@ void H2Connection::DoRead() {
         const int err = SSL_get_error(ssl_, static_cast<int>(n));
         if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
         if (!SSL_is_init_finished(ssl_)) {
-          // One line per refused connection, with OpenSSL's reason (no certificate, unknown CA,
-          // plaintext on a TLS port, ...): what an operator needs to tell a misconfigured client.
-          spdlog::error("h2: TLS handshake failed with {}: {}", PeerAddress(fd_), OpenSslReason());
+          LogHandshakeFailure();
         } else if (err != SSL_ERROR_ZERO_RETURN) {
           spdlog::debug("h2: TLS read failed ({}): closing", err);
         }
@@ -321,6 +328,9 @@ bool H2Connection::WriteOut() {
       if (n <= 0) {
         const int err = SSL_get_error(ssl_, static_cast<int>(n));
         if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) break;
+        // The server's first frames go out before the handshake is done, so SSL_write is
+        // often where a refused client certificate shows.
+        if (!SSL_is_init_finished(ssl_)) LogHandshakeFailure();
         return false;
       }
     } else {

@@ -135,6 +135,8 @@ class H2Connection {
 
   std::shared_ptr<EventLoop> loop_;
   int fd_;
+  // One error line per connection whose TLS handshake failed, with OpenSSL's reason.
+  void LogHandshakeFailure();
   SSL* ssl_;
   Output output_;  // set only without a socket
   bool closed_ = false;
@@ -146,6 +148,8 @@ class H2Connection {
   std::string outbuf_;
   std::size_t outbuf_offset_ = 0;
   bool want_write_event_ = false;
+  std::string peer_;  // "host:port", taken at accept: getpeername fails once the peer has gone
+  bool handshake_failure_logged_ = false;
   bool dirty_ = false;
   bool draining_ = false;
   // Expires with the connection: lets a posted task find out whether it still exists.

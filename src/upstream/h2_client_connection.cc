@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
@@ -266,7 +267,13 @@ void H2ClientConnection::ContinueHandshake() {
   }
   std::array<char, 256> text{};
   ERR_error_string_n(ERR_peek_last_error(), text.data(), text.size());
-  FailConnect(std::string("TLS handshake failed: ") + text.data());
+  std::string reason = std::string("TLS handshake failed: ") + text.data();
+  // "certificate verify failed" alone does not say why: add OpenSSL's verdict (IP address
+  // mismatch, hostname mismatch, unable to get local issuer certificate, ...).
+  if (const long verdict = SSL_get_verify_result(ssl_); verdict != X509_V_OK) {
+    reason += std::string(" (") + X509_verify_cert_error_string(verdict) + ")";
+  }
+  FailConnect(std::move(reason));
 }
 
 void H2ClientConnection::BecomeReady() {

@@ -25,6 +25,9 @@ struct H2ShardTransport::Member {
   std::atomic<bool> down{false};
   std::atomic<std::int64_t> retry_at_ns{0};
   std::atomic<int> backoff_ms{0};
+  // Why the last attempt failed: calls failed fast during the backoff say it too.
+  mutable std::mutex error_mu;
+  std::string last_error;
 };
 
 struct H2ShardTransport::Attempt {
@@ -120,7 +123,7 @@ class H2UpstreamStream final : public UpstreamStream, public std::enable_shared_
       self->connection_ = transport->ConnectionTo(loop_index, member);
       if (self->connection_) return self->connection_->Start(self->call_);
       auto on_close = std::move(self->call_->on_close);
-      on_close(Status(StatusCode::kUnavailable, std::string(kFailedToConnect) + "; member in reconnect backoff"), true);
+      on_close(transport->BackoffStatus(member), true);
     });
   }
 
@@ -159,7 +162,10 @@ class H2UpstreamStream final : public UpstreamStream, public std::enable_shared_
 H2ShardTransport::H2ShardTransport(const ShardConfig& shard, std::string description, UpstreamTuning tuning,
                                    std::shared_ptr<UpstreamLoops> loops)
     : description_(std::move(description)), tuning_(std::move(tuning)), loops_(std::move(loops)) {
-  if (shard.tls) ssl_ctx_ = MakeSslContext(*shard.tls);
+  if (shard.tls) {
+    ssl_ctx_ = MakeSslContext(*shard.tls);
+    server_name_ = shard.tls->server_name;
+  }
   for (const auto& endpoint : shard.endpoints) {
     auto member = std::make_unique<Member>();
     member->endpoint = endpoint;
@@ -215,7 +221,19 @@ void H2ShardTransport::NoteConnectResult(std::size_t index, bool ok, const std::
                                     : std::min(previous * 2, tuning_.max_reconnect_backoff_ms);
   member.backoff_ms.store(backoff, std::memory_order_relaxed);
   member.retry_at_ns.store(NowNs() + std::int64_t{backoff} * 1000000, std::memory_order_relaxed);
+  {
+    const std::lock_guard lock(member.error_mu);
+    member.last_error = error;
+  }
   if (!member.down.exchange(true)) spdlog::warn("{}: member {} unreachable: {}", description_, member.endpoint, error);
+}
+
+Status H2ShardTransport::BackoffStatus(std::size_t index) const {
+  const Member& member = *members_[index];
+  std::string message = std::string(kFailedToConnect) + "; member in reconnect backoff";
+  const std::lock_guard lock(member.error_mu);
+  if (!member.last_error.empty()) message += "; last error: " + member.last_error;
+  return Status(StatusCode::kUnavailable, std::move(message));
 }
 
 std::shared_ptr<H2ClientConnection> H2ShardTransport::ConnectionTo(std::size_t loop, std::size_t member) {
@@ -234,7 +252,8 @@ std::shared_ptr<H2ClientConnection> H2ShardTransport::ConnectionTo(std::size_t l
   options.keepalive_timeout = std::chrono::milliseconds(tuning_.keepalive_timeout_ms);
   const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
   slot = std::make_shared<H2ClientConnection>(
-      *loops_, loop, m.address, m.address_len, ssl_ctx_, m.host, options,
+      // The certificate must name `server_name` when configured (SNI too), else the host dialled.
+      *loops_, loop, m.address, m.address_len, ssl_ctx_, server_name_.empty() ? m.host : server_name_, options,
       [weak, member](bool ok, const std::string& error) {
         if (const auto self = weak.lock()) self->NoteConnectResult(member, ok, error);
       });
@@ -292,8 +311,7 @@ void H2ShardTransport::StartAttempt(const std::shared_ptr<Attempt>& attempt) {
   };
   if (!connection) {
     auto on_close = std::move(call->on_close);
-    return on_close(Status(StatusCode::kUnavailable, std::string(kFailedToConnect) + "; member in reconnect backoff"),
-                    true);
+    return on_close(BackoffStatus(attempt->member), true);
   }
   const std::weak_ptr<H2ClientCall> weak_call = call;
   const std::weak_ptr<H2ClientConnection> weak_connection = connection;

@@ -38,6 +38,8 @@ class H2ShardTransport final : public ShardTransport, public std::enable_shared_
   std::size_t PickMember(std::size_t avoid);
   // Whether `member` is down and still inside its reconnect backoff (calls fail fast).
   bool InBackoff(std::size_t member) const;
+  // UNAVAILABLE for a call failed fast inside `member`'s backoff, with its last connect error.
+  Status BackoffStatus(std::size_t member) const;
   const std::string& endpoint(std::size_t member) const;
 
  private:
@@ -48,6 +50,7 @@ class H2ShardTransport final : public ShardTransport, public std::enable_shared_
 
   std::string description_;
   UpstreamTuning tuning_;
+  std::string server_name_;  // the shard's `tls.server_name`: checked instead of the member's host
   std::shared_ptr<UpstreamLoops> loops_;
   SSL_CTX* ssl_ctx_ = nullptr;
   std::vector<std::unique_ptr<Member>> members_;
