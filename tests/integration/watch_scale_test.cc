@@ -280,7 +280,9 @@ TEST_F(WatchScaleTest, ChurningJoinersSeeExactlyTheEventsAfterTheirCreatedRevisi
   constexpr int kPuts = 200;
   std::atomic<bool> writing{true};
   std::vector<std::int64_t> revisions;
-  std::thread writer([&] {
+  // A jthread: a failed ASSERT below returns early, and the writer must be joined then too
+  // (a joinable std::thread would abort the binary and hide the failure).
+  std::jthread writer([&] {
     auto kv = etcdserverpb::KV::NewStub(Connect(proxy()));
     for (int i = 0; i < kPuts; ++i) {
       etcdserverpb::PutRequest req;
