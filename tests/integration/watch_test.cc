@@ -134,7 +134,10 @@ TEST_F(WatchTest, EtcdctlSpanningWatchSeesEveryShard) {
   Put("b-all", "0");
   Put("k-all", "1");
   Put("t-all", "2");
-  ASSERT_TRUE(WaitFor([&] { return all.Output().find("t-all") != std::string::npos; }, 10s)) << all.Output();
+  // Wait for the whole event: etcdctl's output arrives through a pipe, and its key line can be
+  // read before its value line.
+  ASSERT_TRUE(WaitFor([&] { return all.Output().find("PUT\nt-all\n2\n") != std::string::npos; }, 10s))
+      << all.Output();
   const std::string out = all.Output();
   EXPECT_NE(out.find("PUT\nb-all\n0\n"), std::string::npos) << out;
   EXPECT_NE(out.find("PUT\nk-all\n1\n"), std::string::npos) << out;
