@@ -240,11 +240,15 @@ std::size_t GrpcShardTransport::PickMember(std::size_t avoid) {
   // any member will do: the call then fails fast with UNAVAILABLE.
   const std::size_t n = members_.size();
   const std::size_t start = next_member_.fetch_add(1, std::memory_order_relaxed);
-  const auto up = NextMember(n, start, avoid, [this](std::size_t m) {
-    const auto state = members_[m]->channel->GetState(true);
-    return state != GRPC_CHANNEL_TRANSIENT_FAILURE && state != GRPC_CHANNEL_SHUTDOWN;
-  });
-  return up ? *up : AnyMember(n, start, avoid);
+  std::optional<std::size_t> fallback;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t candidate = (start + i) % n;
+    if (n > 1 && candidate == avoid) continue;
+    const auto state = members_[candidate]->channel->GetState(true);
+    if (state != GRPC_CHANNEL_TRANSIENT_FAILURE && state != GRPC_CHANNEL_SHUTDOWN) return candidate;
+    if (!fallback) fallback = candidate;
+  }
+  return fallback.value_or(start % n);
 }
 
 void GrpcShardTransport::Unary(const std::string& method, const CallContextPtr& ctx,

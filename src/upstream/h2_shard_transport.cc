@@ -194,13 +194,19 @@ bool H2ShardTransport::InBackoff(std::size_t member) const {
 std::size_t H2ShardTransport::PickMember(std::size_t avoid) {
   const std::size_t n = members_.size();
   const std::size_t start = next_member_.fetch_add(1, std::memory_order_relaxed);
-  const auto up = NextMember(n, start, avoid, [this](std::size_t m) {
-    return !members_[m]->down.load(std::memory_order_relaxed);
-  });
-  if (up) return *up;
+  std::optional<std::size_t> fallback;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t candidate = (start + i) % n;
+    if (n > 1 && candidate == avoid) continue;
+    if (!members_[candidate]->down.load(std::memory_order_relaxed)) return candidate;
+    if (!fallback) fallback = candidate;
+  }
   // Every member is down: the first whose backoff has expired gets a reconnect attempt.
-  const auto due = NextMember(n, start, avoid, [this](std::size_t m) { return !InBackoff(m); });
-  return due ? *due : AnyMember(n, start, avoid);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t candidate = (start + i) % n;
+    if (!(n > 1 && candidate == avoid) && !InBackoff(candidate)) return candidate;
+  }
+  return fallback.value_or(start % n);
 }
 
 void H2ShardTransport::NoteConnectResult(std::size_t index, bool ok, const std::string& error) {

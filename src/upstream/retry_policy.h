@@ -1,8 +1,6 @@
 #pragma once
 // The retry and error rules shared by every ShardTransport (gRPC C++ client and our own HTTP/2
 // client), so that both fail, retry and describe failures in exactly the same way.
-#include <cstddef>
-#include <optional>
 #include <string>
 #include <string_view>
 
@@ -10,23 +8,6 @@
 #include "upstream/shard_transport.h"
 
 namespace esp {
-
-// Member choice: round robin from `start` over `count` members, skipping `avoid` (the member a
-// retry is leaving) unless it is the only one; the first for which `usable(member)` holds.
-template <class Usable>
-std::optional<std::size_t> NextMember(std::size_t count, std::size_t start, std::size_t avoid, Usable usable) {
-  for (std::size_t i = 0; i < count; ++i) {
-    const std::size_t candidate = (start + i) % count;
-    if (count > 1 && candidate == avoid) continue;
-    if (usable(candidate)) return candidate;
-  }
-  return std::nullopt;
-}
-
-// Any member in that order: when none is usable the call goes to one and fails fast.
-inline std::size_t AnyMember(std::size_t count, std::size_t start, std::size_t avoid) {
-  return NextMember(count, start, avoid, [](std::size_t) { return true; }).value_or(start % count);
-}
 
 // The text of a call that could not be sent to a member at all (gRPC's words when its channel
 // is in TRANSIENT_FAILURE); NeverSent() recognizes it.
