@@ -1,7 +1,5 @@
 #include "transport/h2_connection.h"
 
-#include "transport/socket_io.h"
-
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
@@ -238,23 +236,34 @@ void H2Connection::LogHandshakeFailure() {
 void H2Connection::DoRead() {
   std::array<std::uint8_t, kReadChunk> buffer;
   for (int i = 0; i < kMaxReadsPerEvent && !closed(); ++i) {
-    const IoResult read = ReadSome(fd_, ssl_, buffer.data(), buffer.size());
-    if (read.kind == IoResult::kWouldBlock) return;
-    if (read.kind != IoResult::kOk) {
-      if (ssl_ != nullptr && !SSL_is_init_finished(ssl_)) {
-        LogHandshakeFailure();
-      } else if (ssl_ != nullptr && read.kind == IoResult::kError) {
-        spdlog::debug("h2: TLS read failed ({}): closing", read.error);
+    ssize_t n = 0;
+    if (ssl_ != nullptr) {
+      ERR_clear_error();
+      n = SSL_read(ssl_, buffer.data(), static_cast<int>(buffer.size()));
+      if (n <= 0) {
+        const int err = SSL_get_error(ssl_, static_cast<int>(n));
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
+        if (!SSL_is_init_finished(ssl_)) {
+          LogHandshakeFailure();
+        } else if (err != SSL_ERROR_ZERO_RETURN) {
+          spdlog::debug("h2: TLS read failed ({}): closing", err);
+        }
+        Close();
+        return;
       }
-      Close();
-      return;
+    } else {
+      n = recv(fd_, buffer.data(), buffer.size(), 0);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+      if (n <= 0) {
+        Close();
+        return;
+      }
     }
-    const std::size_t n = read.bytes;
-    Receive(buffer.data(), n);
+    Receive(buffer.data(), static_cast<std::size_t>(n));
     if (closed()) return;
     // A short plain read drained the socket; TLS reads stop at record ends, so go on until
     // OpenSSL says it wants more.
-    if (ssl_ == nullptr && n < buffer.size()) return;
+    if (ssl_ == nullptr && static_cast<std::size_t>(n) < buffer.size()) return;
   }
   // Out of turns with decrypted bytes still inside OpenSSL: epoll will not report them.
   if (!closed() && ssl_ != nullptr && SSL_pending(ssl_) > 0) {
@@ -313,16 +322,23 @@ bool H2Connection::WriteOut() {
     if (output_) {
       n = static_cast<ssize_t>(output_({data, size}));
       if (n == 0) break;
-    } else {
-      const IoResult written = WriteSome(fd_, ssl_, data, size);
-      if (written.kind == IoResult::kWouldBlock) break;
-      if (written.kind != IoResult::kOk) {
+    } else if (ssl_ != nullptr) {
+      ERR_clear_error();
+      n = SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(size, 1 << 30)));
+      if (n <= 0) {
+        const int err = SSL_get_error(ssl_, static_cast<int>(n));
+        if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) break;
         // The server's first frames go out before the handshake is done, so SSL_write is
         // often where a refused client certificate shows.
-        if (ssl_ != nullptr && !SSL_is_init_finished(ssl_)) LogHandshakeFailure();
+        if (!SSL_is_init_finished(ssl_)) LogHandshakeFailure();
         return false;
       }
-      n = static_cast<ssize_t>(written.bytes);
+    } else {
+      n = send(fd_, data, size, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
+        return false;
+      }
     }
     outbuf_offset_ += static_cast<std::size_t>(n);
   }

@@ -1,7 +1,5 @@
 #include "upstream/h2_client_connection.h"
 
-#include "transport/socket_io.h"
-
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -560,19 +558,27 @@ ssize_t H2ClientConnection::ReadData(std::int32_t stream_id, std::uint8_t* buf, 
 void H2ClientConnection::DoRead() {
   std::array<std::uint8_t, kReadChunk> buffer;
   for (int i = 0; i < kMaxReadsPerEvent && state_ == State::kReady; ++i) {
-    const IoResult read = ReadSome(fd_, ssl_, buffer.data(), buffer.size());
-    if (read.kind == IoResult::kWouldBlock) return;
-    if (read.kind != IoResult::kOk) {
-      if (ssl_ != nullptr) return CloseWithError("TLS connection closed");
-      return CloseWithError(read.kind == IoResult::kEof ? "Socket closed" : read.error);
+    ssize_t n = 0;
+    if (ssl_ != nullptr) {
+      ERR_clear_error();
+      n = SSL_read(ssl_, buffer.data(), static_cast<int>(buffer.size()));
+      if (n <= 0) {
+        const int err = SSL_get_error(ssl_, static_cast<int>(n));
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
+        return CloseWithError("TLS connection closed");
+      }
+    } else {
+      n = recv(fd_, buffer.data(), buffer.size(), 0);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+      if (n == 0) return CloseWithError("Socket closed");
+      if (n < 0) return CloseWithError(std::strerror(errno));
     }
-    const std::size_t n = read.bytes;
-    const ssize_t used = nghttp2_session_mem_recv(session_, buffer.data(), n);
+    const ssize_t used = nghttp2_session_mem_recv(session_, buffer.data(), static_cast<std::size_t>(n));
     if (used < 0) {
       Flush();
       return CloseWithError(std::string("HTTP/2 error from member: ") + nghttp2_strerror(static_cast<int>(used)));
     }
-    if (ssl_ == nullptr && n < buffer.size()) return;
+    if (ssl_ == nullptr && static_cast<std::size_t>(n) < buffer.size()) return;
   }
   if (state_ == State::kReady && ssl_ != nullptr && SSL_pending(ssl_) > 0) {
     const std::weak_ptr<H2ClientConnection> weak = shared_from_this();
@@ -602,10 +608,23 @@ bool H2ClientConnection::WriteOut() {
   while (outbuf_offset_ < outbuf_.size()) {
     const char* data = outbuf_.data() + outbuf_offset_;
     const std::size_t size = outbuf_.size() - outbuf_offset_;
-    const IoResult written = WriteSome(fd_, ssl_, data, size);
-    if (written.kind == IoResult::kWouldBlock) break;
-    if (written.kind != IoResult::kOk) return false;
-    outbuf_offset_ += written.bytes;
+    ssize_t n = 0;
+    if (ssl_ != nullptr) {
+      ERR_clear_error();
+      n = SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(size, 1 << 30)));
+      if (n <= 0) {
+        const int err = SSL_get_error(ssl_, static_cast<int>(n));
+        if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) break;
+        return false;
+      }
+    } else {
+      n = send(fd_, data, size, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
+        return false;
+      }
+    }
+    outbuf_offset_ += static_cast<std::size_t>(n);
   }
   if (outbuf_offset_ == outbuf_.size()) {
     outbuf_.clear();
