@@ -39,16 +39,16 @@ void EventLoop::Stop() {
 }
 
 void EventLoop::Post(Task task) {
-  if (InLoopThread()) {
-    local_.push_back(std::move(task));
-    return;
-  }
+  // The loop thread runs its posted work at the end of the current turn: no wake-up needed.
+  const bool from_loop = InLoopThread();
   bool wake = false;
   {
     const std::lock_guard lock(mu_);
-    remote_.push_back(std::move(task));
-    wake = !wake_pending_;
-    wake_pending_ = true;
+    posted_.push_back(std::move(task));
+    if (!from_loop) {
+      wake = !wake_pending_;
+      wake_pending_ = true;
+    }
   }
   if (wake) {
     const std::uint64_t one = 1;
@@ -93,7 +93,10 @@ void EventLoop::CancelTimer(TimerId id) {
 }
 
 int EventLoop::NextTimeoutMs() const {
-  if (!local_.empty()) return 0;
+  {
+    const std::lock_guard lock(mu_);
+    if (!posted_.empty()) return 0;  // left over by RunPosted's bounded rounds
+  }
   if (timers_.empty()) return -1;
   const auto wait = timers_.begin()->first - std::chrono::steady_clock::now();
   const auto ms = std::chrono::ceil<std::chrono::milliseconds>(wait).count();
@@ -117,16 +120,11 @@ void EventLoop::RunPosted() {
     std::vector<Task> batch;
     {
       const std::lock_guard lock(mu_);
-      batch.swap(remote_);
+      batch.swap(posted_);
       wake_pending_ = false;
     }
-    if (batch.empty() && local_.empty()) return;
+    if (batch.empty()) return;
     for (auto& task : batch) task();
-    while (!local_.empty()) {
-      std::vector<Task> local;
-      local.swap(local_);
-      for (auto& task : local) task();
-    }
   }
 }
 

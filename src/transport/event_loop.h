@@ -56,10 +56,12 @@ class EventLoop {
   std::atomic<std::thread::id> thread_id_{};
   bool stop_ = false;  // loop thread only
 
-  std::mutex mu_;
-  std::vector<Task> remote_;  // guarded by mu_
+  mutable std::mutex mu_;
+  // One queue for posts from every thread, the loop's own included: tasks run in the order
+  // they were posted. (Two queues, one per origin, let a response posted from a shard's thread
+  // overtake a `created` posted earlier from the loop thread.)
+  std::vector<Task> posted_;   // guarded by mu_
   bool wake_pending_ = false;  // guarded by mu_: one eventfd write per batch of posts
-  std::vector<Task> local_;
 
   std::unordered_map<int, FdHandler> handlers_;
   using Timers = std::multimap<std::chrono::steady_clock::time_point, std::pair<TimerId, Task>>;

@@ -298,7 +298,7 @@ TEST_F(WatchScaleTest, ChurningJoinersSeeExactlyTheEventsAfterTheirCreatedRevisi
     WatchClient joiner(proxy());
     joiner.Create("churn-key");
     const auto created = joiner.Expect();
-    ASSERT_TRUE(created.created());
+    ASSERT_TRUE(created.created()) << "joiner " << joiners << ": " << created.ShortDebugString();
     std::int64_t expected = created.header().revision() + 1;
     // A few events (or none, if the writer is done), each the next revision.
     for (int i = 0; i < 3; ++i) {
