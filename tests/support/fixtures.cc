@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -37,20 +38,78 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ignored);
 }
 
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+namespace {
+
+// Ports are taken from below the kernel's ephemeral range: an outgoing connection or another
+// program's bind(0) never picks one there, so a port stays free between FreePort() and the
+// child's bind (bind(0)-then-close handed the same port to two members of one setup about once
+// in a hundred setups, and etcd's second member then died while the first answered for it).
+std::pair<int, int> PortRange() {
+  int ephemeral_low = 32768, ephemeral_high = 60999;
+  std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low >> ephemeral_high;
+  return {std::min(15000, ephemeral_low / 2), ephemeral_low};
+}
+
+bool CanBind(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    throw std::runtime_error("cannot bind a free port");
-  }
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
   close(fd);
-  return ntohs(addr.sin_port);
+  return ok;
+}
+
+// Hands out each port once per process and reserves it for the life of the process with a
+// one-byte lock (at offset = port) on a file every test binary on the machine shares: test
+// binaries running at the same time (ctest -j2, other worktrees) never get the same port. The
+// kernel drops the locks when the process ends, however it ends.
+class PortReservations {
+ public:
+  PortReservations() : range_(PortRange()) {
+    const auto path = std::filesystem::temp_directory_path() / "esp-test-ports.lock";
+    fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    const int span = range_.second - range_.first;
+    next_ = range_.first + static_cast<int>((static_cast<unsigned>(getpid()) * 7919u) % static_cast<unsigned>(span));
+  }
+  // Never closed: closing any descriptor of the file would drop every lock this process holds.
+  PortReservations(const PortReservations&) = delete;
+  PortReservations& operator=(const PortReservations&) = delete;
+
+  int Take() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    for (int tried = 0; tried < range_.second - range_.first; ++tried) {
+      const int port = next_;
+      next_ = next_ + 1 < range_.second ? next_ + 1 : range_.first;
+      if (Reserve(port) && CanBind(port)) return port;
+    }
+    throw std::runtime_error("no free port left below the ephemeral range");
+  }
+
+ private:
+  bool Reserve(int port) const {
+    if (fd_ < 0) return true;  // no shared file: ports are still unique within this process
+    struct flock lock{};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = port;
+    lock.l_len = 1;
+    return fcntl(fd_, F_SETLK, &lock) == 0;
+  }
+
+  const std::pair<int, int> range_;
+  int fd_ = -1;
+  int next_ = 0;
+  std::mutex mutex_;
+};
+
+}  // namespace
+
+int FreePort() {
+  static PortReservations reservations;
+  return reservations.Take();
 }
 
 ChildProcess::ChildProcess(std::vector<std::string> argv, std::filesystem::path log_file)
@@ -215,7 +274,15 @@ void EtcdCluster::WaitReady(std::chrono::seconds timeout) {
   const bool ok = WaitFor(
       [this] {
         for (auto& m : members_) {
-          if (!m.process || !m.process->running()) continue;
+          if (!m.process || !m.process->running()) {
+            // A member that ended by itself (not killed by the test) did not start: say so rather
+            // than let whoever else listens on its port answer for it.
+            if (m.process && m.process->exit_status()) {
+              throw std::runtime_error("etcd member " + m.name + " exited with status " +
+                                       std::to_string(*m.process->exit_status()) + ":\n" + m.process->Log());
+            }
+            continue;
+          }
           auto stub = etcdserverpb::KV::NewStub(ConnectMember(m));
           grpc::ClientContext ctx;
           ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));

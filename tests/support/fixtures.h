@@ -29,7 +29,8 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-// A port on 127.0.0.1 that was free a moment ago.
+// A port on 127.0.0.1, below the ephemeral range, free a moment ago and handed to no other test
+// process on this machine while this one runs (see fixtures.cc).
 int FreePort();
 
 // A child process with its output in a log file.
