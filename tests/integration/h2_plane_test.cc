@@ -494,14 +494,17 @@ TEST_F(H2PlaneTest, OneAnswerLargerThanTheQueueCapGoesThrough) {
   EXPECT_GT(resp.ByteSizeLong(), 6u << 20);
 }
 
-// Last: it stops the suite's proxy.
+// On a proxy of its own over the suite's first shard: the signal stops it, and the suite's proxy
+// must go on serving whatever test runs next (--gtest_shuffle, --gtest_repeat).
 TEST_F(H2PlaneTest, SigtermSendsGoawayAndLetsTheCallInFlightFinish) {
-  RawH2Client client(port());
+  ProxyProcess stopped({{"", "", setup_->shard(0).ClientAddresses()}}, {"--data-plane=h2"});
+  stopped.Start();
+  RawH2Client client(std::stoi(stopped.address().substr(10)));
   const auto first = client.Submit(kRange, {Framed(RangeBytes("k"))});
   ASSERT_TRUE(client.RunUntil([&] { return client.stream(first).closed; }));
   // A call the proxy has begun (headers and half its message) when the signal arrives.
   const std::string wire = Framed(PutBytes("h2/goaway", "v"));
-  auto& proxy = setup_->proxy().process();
+  auto& proxy = stopped.process();
   const auto in_flight = client.Submit(kPut, {wire.substr(0, 4)}, false);
   // Frames of one connection are handled in order: once this later call is answered, the proxy
   // has seen the put's headers too.
