@@ -320,10 +320,15 @@ TEST_F(WatchScaleTest, ChurningJoinersSeeExactlyTheEventsAfterTheirCreatedRevisi
   EXPECT_GT(joiners, 5);
 }
 
-// Runs last in this suite: it enables auth on shard 0. A create the shard refuses (permission
-// denied: `created`+`canceled`, watch_id -1) takes no id, in etcd and through the proxy alike.
-TEST_F(WatchScaleTest, ZzCreateRefusedByTheShardTakesNoId) {
-  const std::string shard0 = member(0);
+// A create the shard refuses (permission denied: `created`+`canceled`, watch_id -1) takes no id,
+// in etcd and through the proxy alike. On a shard and proxy of its own: it enables auth, which
+// must not reach the suite's shards (the others run in any order under --gtest_shuffle).
+TEST(WatchRefusalTest, CreateRefusedByTheShardTakesNoId) {
+  EtcdCluster shard(1, "watchauth");
+  shard.Start();
+  ProxyProcess proxy({{"", "", shard.ClientAddresses()}});
+  proxy.Start();
+  const std::string shard0 = shard.member(0).client_address();
   for (const std::string args :
        {"user add root:rootpw", "user add reader:readerpw", "role add r", "role grant-permission r read allowed",
         "user grant-role reader r", "auth enable"}) {
@@ -337,7 +342,7 @@ TEST_F(WatchScaleTest, ZzCreateRefusedByTheShardTakesNoId) {
   etcdserverpb::AuthenticateResponse token;
   ASSERT_TRUE(auth->Authenticate(Ctx().get(), login, &token).ok());
   // The same two creates on the shard itself and through the proxy.
-  for (const std::string& address : {shard0, proxy()}) {
+  for (const std::string& address : {shard0, proxy.address()}) {
     WatchClient client(address, token.token());
     client.Create("denied");
     const auto refused = client.Expect();
