@@ -347,19 +347,37 @@ TEST_F(AuthTest, PendingRevokeUsesTheProxysCredentials) {
       << second_->process().Log();
 }
 
-// A spanning DeleteRange is not atomic across shards: denied on shard 2, it is answered
-// "permission denied", but shards 0 and 1, which permit it, have deleted their pieces.
-TEST_F(AuthTest, PartlyDeniedSpanningDeleteIsDeniedButNotAtomic) {
-  for (const char* command : {"role add writer", "role grant-permission writer readwrite a k", "user add wanda:wpw",
-                              "user grant-role wanda writer", "put c 1", "put l 1", "put y 1"}) {
+// A spanning DeleteRange denied on one shard (2) deletes nothing on any shard, as one etcd
+// denies the whole request: the proxy asks every shard before it deletes. The check needs no
+// read permission: a write-only user deletes a range spanning shards 0 and 1.
+TEST_F(AuthTest, PartlyDeniedSpanningDeleteDeletesNothing) {
+  for (const char* command : {"role add writer", "role grant-permission writer write a k", "user add wanda:wpw",
+                              "user grant-role wanda writer", "put cd 1", "put id 1", "put ld 1", "put yd 1"}) {
     ASSERT_EQ(As(kRoot, command).exit_code, 0) << command;
   }
+  const auto revision = [] {  // shard 0's, where the check is permitted
+    std::smatch match;
+    const auto out = As(kRoot, "get cd -w fields", ShardAddress(0)).output;
+    return std::regex_search(out, match, std::regex("\"Revision\" : ([0-9]+)")) ? std::stol(match[1]) : -1L;
+  };
+  const long before = revision();
+  ASSERT_GT(before, 0);
   const auto del = As("wanda:wpw", "del a z");
   EXPECT_NE(del.output.find("etcdserver: permission denied"), std::string::npos) << del.output;
-  EXPECT_EQ(As(kRoot, "get y").output, "y\n1\n");  // shard 2 refused
-  EXPECT_EQ(As(kRoot, "get c").output, "");         // shard 0 deleted its piece
+  EXPECT_EQ(revision(), before);  // the check changed nothing there
+  const auto denied_within = As("wanda:wpw", "del id m");  // one shard, partly outside the role
+  EXPECT_NE(denied_within.output.find("etcdserver: permission denied"), std::string::npos) << denied_within.output;
+  for (const char* key : {"cd", "id", "ld", "yd"}) {
+    EXPECT_EQ(As(kRoot, std::string("get ") + key).output, std::string(key) + "\n1\n") << key;
+  }
+  EXPECT_EQ(As("wanda:wpw", "del cd ie").output, "2\n");  // cd on shard 0, id on shard 1
+  EXPECT_EQ(As(kRoot, "get cd").output, "");
+  EXPECT_EQ(As(kRoot, "get id").output, "");
+  EXPECT_EQ(As(kRoot, "get ld").output, "ld\n1\n");
   EXPECT_EQ(As(kRoot, "user delete wanda").exit_code, 0);
   EXPECT_EQ(As(kRoot, "role delete writer").exit_code, 0);
+  EXPECT_EQ(As(kRoot, "del ld").output, "1\n");
+  EXPECT_EQ(As(kRoot, "del yd").output, "1\n");
 }
 
 }  // namespace
