@@ -350,6 +350,22 @@ TEST_F(AuthTest, PendingRevokeUsesTheProxysCredentials) {
       << second_->process().Log();
 }
 
+// A long-running etcdctl child (watch, lease keep-alive) whose output is read from its log.
+class EtcdctlChild {
+ public:
+  explicit EtcdctlChild(const std::string& args) {
+    process_ = std::make_unique<ChildProcess>(std::vector<std::string>{"sh", "-c", "ETCDCTL_API=3 exec etcdctl " + args},
+                                              dir_.path() / "etcdctl.log");
+  }
+  ~EtcdctlChild() { process_->Terminate(2s); }
+  std::string Output() const { return process_->Log(); }
+  bool running() { return process_->running(); }
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<ChildProcess> process_;
+};
+
 std::string GrantLease(const std::string& address, int ttl) {
   const auto grant = Etcdctl(address, "--user " + std::string(kRoot) + " lease grant " + std::to_string(ttl));
   std::smatch match;
@@ -395,6 +411,36 @@ TEST_F(AuthTest, LeaseRepairsUseTheProxysCredentials) {
   EXPECT_EQ(As(kRoot, "lease revoke " + granted, Second()).output, "lease " + granted + " revoked\n");
   EXPECT_EQ(As(kRoot, "get bg").output, "");
   EXPECT_EQ(As(kRoot, "get jg").output, "");
+}
+
+// etcdctl --user over a run longer than the shards' token TTL (2 s unused, swept once a second):
+// a spanning watch and a lease keep-alive keep their streams and keep working, as on one etcd,
+// where a token is checked when a stream's request is made, not while it runs.
+TEST_F(AuthTest, LongRunningEtcdctlKeepsWorkingAcrossTokenExpiry) {
+  const std::string lease = GrantLease(Proxy(), 3);
+  ASSERT_FALSE(lease.empty());
+  ASSERT_EQ(As(kRoot, "put lw 1 --lease=" + lease).output, "OK\n");
+  EtcdctlChild keepalive("--endpoints " + Proxy() + " --user " + kRoot + " lease keep-alive " + lease);
+  EtcdctlChild watch("--endpoints " + Proxy() + " --user " + kReader + " watch a k");
+  // The watch starts when etcdctl has connected: put a marker until it has seen it.
+  ASSERT_TRUE(WaitFor([&] {
+    As(kRoot, "put ew marker");
+    return watch.Output().find("ew\nmarker\n") != std::string::npos;
+  }, 20s, 300ms)) << watch.Output();
+  // Past expiry of every token that etcdctl got at its start: twice the TTL plus the sweep.
+  std::this_thread::sleep_for(5s);
+  ASSERT_EQ(As(kRoot, "put ew later").output, "OK\n");  // shard 0
+  ASSERT_EQ(As(kRoot, "put iw later").output, "OK\n");  // shard 1
+  EXPECT_TRUE(WaitFor([&] { return watch.Output().find("PUT\niw\nlater\n") != std::string::npos; }, 10s))
+      << watch.Output();
+  EXPECT_NE(watch.Output().find("PUT\new\nlater\n"), std::string::npos) << watch.Output();
+  EXPECT_TRUE(watch.running()) << watch.Output();
+  // The lease (TTL 3 s) outlived its TTL only through the running keep-alive.
+  EXPECT_TRUE(keepalive.running()) << keepalive.Output();
+  EXPECT_EQ(As(kRoot, "get lw").output, "lw\n1\n") << keepalive.Output();
+  EXPECT_NE(keepalive.Output().find("keepalived with TTL(3)"), std::string::npos) << keepalive.Output();
+  EXPECT_EQ(As(kReader, "get ew").output, "ew\nlater\n");  // and a new command as the reader
+  EXPECT_EQ(As(kRoot, "lease revoke " + lease).output, "lease " + lease + " revoked\n");
 }
 
 // A spanning DeleteRange denied on one shard (2) deletes nothing on any shard, as one etcd
