@@ -424,23 +424,25 @@ TEST_F(AuthTest, LongRunningEtcdctlKeepsWorkingAcrossTokenExpiry) {
   EtcdctlChild watch("--endpoints " + Proxy() + " --user " + kReader + " watch a k");
   // The watch starts when etcdctl has connected: put a marker until it has seen it.
   ASSERT_TRUE(WaitFor([&] {
-    As(kRoot, "put ew marker");
-    return watch.Output().find("ew\nmarker\n") != std::string::npos;
+    As(kRoot, "put aw marker");
+    return watch.Output().find("aw\nmarker\n") != std::string::npos;
   }, 20s, 300ms)) << watch.Output();
   // Past expiry of every token that etcdctl got at its start: twice the TTL plus the sweep.
   std::this_thread::sleep_for(5s);
-  ASSERT_EQ(As(kRoot, "put ew later").output, "OK\n");  // shard 0
+  ASSERT_EQ(As(kRoot, "put aw later").output, "OK\n");  // shard 0 (keys of their own: other tests count keys)
   ASSERT_EQ(As(kRoot, "put iw later").output, "OK\n");  // shard 1
   EXPECT_TRUE(WaitFor([&] { return watch.Output().find("PUT\niw\nlater\n") != std::string::npos; }, 10s))
       << watch.Output();
-  EXPECT_NE(watch.Output().find("PUT\new\nlater\n"), std::string::npos) << watch.Output();
+  EXPECT_NE(watch.Output().find("PUT\naw\nlater\n"), std::string::npos) << watch.Output();
   EXPECT_TRUE(watch.running()) << watch.Output();
   // The lease (TTL 3 s) outlived its TTL only through the running keep-alive.
   EXPECT_TRUE(keepalive.running()) << keepalive.Output();
   EXPECT_EQ(As(kRoot, "get lw").output, "lw\n1\n") << keepalive.Output();
   EXPECT_NE(keepalive.Output().find("keepalived with TTL(3)"), std::string::npos) << keepalive.Output();
-  EXPECT_EQ(As(kReader, "get ew").output, "ew\nlater\n");  // and a new command as the reader
+  EXPECT_EQ(As(kReader, "get aw").output, "aw\nlater\n");  // and a new command as the reader
   EXPECT_EQ(As(kRoot, "lease revoke " + lease).output, "lease " + lease + " revoked\n");
+  EXPECT_EQ(As(kRoot, "del aw").output, "1\n");
+  EXPECT_EQ(As(kRoot, "del iw").output, "1\n");
 }
 
 // A spanning DeleteRange denied on one shard (2) deletes nothing on any shard, as one etcd
