@@ -445,6 +445,28 @@ TEST_F(AuthTest, LongRunningEtcdctlKeepsWorkingAcrossTokenExpiry) {
   EXPECT_EQ(As(kRoot, "del iw").output, "1\n");
 }
 
+// A LeaseRevoke refused on one shard (2: the lease's only key there is not alice's to write)
+// revokes the lease on no shard: the others, which hold none of its keys, would permit it, and
+// a lease left on shard 2 alone would read as revoked to the repair, which would then delete the
+// key with the proxy's own credentials.
+TEST_F(AuthTest, RevokeRefusedOnOneShardRevokesNothing) {
+  const std::string lease = GrantLease(Second(), 60);
+  ASSERT_FALSE(lease.empty());
+  ASSERT_EQ(As(kRoot, "put xr 1 --lease=" + lease, Second()).output, "OK\n");
+  const auto denied = As(kReader, "lease revoke " + lease, Second());
+  EXPECT_NE(denied.output.find("etcdserver: permission denied"), std::string::npos) << denied.output;
+  for (std::size_t i = 0; i < 3; ++i) {
+    const auto ttl = As(kRoot, "lease timetolive " + lease, ShardAddress(i)).output;
+    EXPECT_NE(ttl.find("remaining("), std::string::npos) << "shard " << i << ": " << ttl;
+  }
+  // A keep-alive finds no split to repair, and the key stays.
+  EXPECT_NE(As(kRoot, "lease keep-alive --once " + lease, Second()).output.find("keepalived with TTL"),
+            std::string::npos);
+  EXPECT_EQ(As(kRoot, "get xr").output, "xr\n1\n");
+  EXPECT_EQ(As(kRoot, "lease revoke " + lease, Second()).output, "lease " + lease + " revoked\n");
+  EXPECT_EQ(As(kRoot, "get xr").output, "");
+}
+
 // A spanning DeleteRange denied on one shard (2) deletes nothing on any shard, as one etcd
 // denies the whole request: the proxy asks every shard before it deletes. The check needs no
 // read permission: a write-only user deletes a range spanning shards 0 and 1.
