@@ -38,6 +38,11 @@ class KvService {
   void SpanningDelete(const CallContextPtr& ctx, const Topology& topology,
                       const etcdserverpb::DeleteRangeRequest& request,
                       const std::vector<RangePiece>& pieces, UnaryDone done);
+  // Sends clipped[i] to shards[i] and merges the answers.
+  static void DeletePieces(const CallContextPtr& ctx,
+                           const std::shared_ptr<std::vector<std::shared_ptr<ShardTransport>>>& shards,
+                           const std::shared_ptr<std::vector<etcdserverpb::DeleteRangeRequest>>& clipped,
+                           UnaryDone done);
 
   const TopologyHolder& topology_;
   KvOptions options_;

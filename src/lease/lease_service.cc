@@ -7,7 +7,9 @@
 
 #include "common/etcd_errors.h"
 #include "common/methods.h"
+#include "kv/delete_check.h"
 #include "lease/fanout.h"
+#include "lease/revoke_check.h"
 #include "lease/lease_ids.h"
 
 namespace esp {
@@ -132,6 +134,17 @@ void LeaseService::GrantAttempt(CallContextPtr ctx, LeaseGrantRequest request, b
 
 void LeaseService::Revoke(CallContextPtr ctx, const LeaseRevokeRequest& request,
                           std::function<void(Status, LeaseRevokeResponse)> done) {
+  if (!CarriesToken(*ctx)) return RevokeOnShards(std::move(ctx), request, std::move(done));
+  // With auth in use, one shard may refuse what the others permit: ask all first (revoke_check.h).
+  CheckRevokePermitted(ctx, topology_.Get(), request.id(),
+                       [this, ctx, request, done = std::move(done)](Status status) mutable {
+                         if (!status.ok()) return done(std::move(status), {});
+                         RevokeOnShards(std::move(ctx), request, std::move(done));
+                       });
+}
+
+void LeaseService::RevokeOnShards(CallContextPtr ctx, const LeaseRevokeRequest& request,
+                                  std::function<void(Status, LeaseRevokeResponse)> done) {
   const auto topology = topology_.Get();
   const int64_t id = request.id();
   CallShards<LeaseRevokeResponse>(

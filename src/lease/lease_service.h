@@ -26,6 +26,8 @@ class LeaseService {
                     int retries_left, GrantDone done);
   void Revoke(CallContextPtr ctx, const etcdserverpb::LeaseRevokeRequest& request,
               std::function<void(Status, etcdserverpb::LeaseRevokeResponse)> done);
+  void RevokeOnShards(CallContextPtr ctx, const etcdserverpb::LeaseRevokeRequest& request,
+                      std::function<void(Status, etcdserverpb::LeaseRevokeResponse)> done);
   void TimeToLive(CallContextPtr ctx, const etcdserverpb::LeaseTimeToLiveRequest& request,
                   std::function<void(Status, etcdserverpb::LeaseTimeToLiveResponse)> done);
   void Leases(CallContextPtr ctx, const etcdserverpb::LeaseLeasesRequest& request,

@@ -9,6 +9,7 @@
 #include "common/methods.h"
 #include "etcdserverpb/rpc.pb.h"
 #include "lease/fanout.h"
+#include "lease/proxy_calls.h"
 
 namespace esp {
 namespace {
@@ -105,8 +106,8 @@ void LeaseRepair::GrantOn(const LeaseSplit& split, std::function<void(bool)> fin
   LeaseGrantRequest request;
   request.set_id(split.id);
   request.set_ttl(split.ttl);
-  CallShards<LeaseGrantResponse>(*topology_.Get(), split.lacking, methods::kLeaseGrant,
-                                 BackgroundContext(kRepairTimeout), request, kWrite,
+  CallShardsAsProxy<LeaseGrantResponse>(credentials_, topology_.Get(), split.lacking, methods::kLeaseGrant,
+                                        kRepairTimeout, request, kWrite,
                                  [finish = std::move(finish)](std::vector<ShardOutcome<LeaseGrantResponse>> outcomes) {
                                    // "Already exists": another proxy or round repaired it first.
                                    finish(std::all_of(outcomes.begin(), outcomes.end(), [](const auto& o) {
@@ -120,8 +121,9 @@ void LeaseRepair::RevokeOn(const LeaseSplit& split, std::function<void(bool)> fi
                split.holders.size());
   LeaseRevokeRequest request;
   request.set_id(split.id);
-  CallShards<LeaseRevokeResponse>(*topology_.Get(), split.holders, methods::kLeaseRevoke,
-                                  BackgroundContext(kRepairTimeout), request, kWrite,
+  // With auth on, etcd revokes only for a user allowed to delete the lease's keys.
+  CallShardsAsProxy<LeaseRevokeResponse>(credentials_, topology_.Get(), split.holders, methods::kLeaseRevoke,
+                                         kRepairTimeout, request, kWrite,
                                   [finish = std::move(finish)](std::vector<ShardOutcome<LeaseRevokeResponse>> outcomes) {
                                     finish(std::all_of(outcomes.begin(), outcomes.end(), [](const auto& o) {
                                       return o.status.ok() || IsMessage(o.status, etcd_errors::LeaseNotFound());

@@ -20,6 +20,7 @@
 
 #include "kv/lease_hook.h"
 #include "lease/pending.h"
+#include "lease/proxy_calls.h"
 #include "upstream/topology.h"
 
 namespace esp {
@@ -55,6 +56,9 @@ class LeaseRepair final : public LeaseHook, public std::enable_shared_from_this<
   // granted on `shard` if it is alive by the rule above.
   void OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leases, std::function<void(bool)> done) override;
 
+  // The credentials of its grants and revokes (the proxy's own user). Set before first use.
+  void SetCredentials(ProxyCredentials credentials) { credentials_ = std::move(credentials); }
+
   // Repairs started since the process began (grants and revokes), for tests and metrics.
   std::size_t repairs() const;
 
@@ -68,6 +72,7 @@ class LeaseRepair final : public LeaseHook, public std::enable_shared_from_this<
 
   const TopologyHolder& topology_;
   std::shared_ptr<PendingLeases> pending_;
+  ProxyCredentials credentials_;
   mutable std::mutex mu_;
   std::set<int64_t> in_flight_;
   std::size_t repairs_ = 0;

@@ -89,12 +89,7 @@ class AuthTest : public ::testing::Test {
     // A second proxy in front of the same shards, with the operator listener and credentials.
     std::ofstream(secrets_.path() / "root.password") << "rootpw\n";
     metrics_port_ = FreePort();
-    std::vector<ShardSpec> specs;
-    const std::vector<std::pair<std::string, std::string>> bounds = {{"", "i"}, {"i", "s"}, {"s", ""}};
-    for (std::size_t i = 0; i < 3; ++i) {
-      specs.push_back({bounds[i].first, bounds[i].second, setup_->shard(i).ClientAddresses()});
-    }
-    second_ = new ProxyProcess(specs, {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
+    second_ = new ProxyProcess(Specs(), {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
     std::ofstream(second_->config_path(), std::ios::app)
         << "credentials: {user: root, password_file: " << (secrets_.path() / "root.password").string() << "}\n";
     second_->Start();
@@ -104,6 +99,14 @@ class AuthTest : public ::testing::Test {
     delete setup_;
   }
 
+  static std::vector<ShardSpec> Specs() {
+    std::vector<ShardSpec> specs;
+    const std::vector<std::pair<std::string, std::string>> bounds = {{"", "i"}, {"i", "s"}, {"s", ""}};
+    for (std::size_t i = 0; i < 3; ++i) {
+      specs.push_back({bounds[i].first, bounds[i].second, setup_->shard(i).ClientAddresses()});
+    }
+    return specs;
+  }
   static std::string Proxy() { return setup_->proxy().address(); }
   static std::string Second() { return second_->address(); }
   static std::string ShardAddress(std::size_t i) { return setup_->shard(i).member(0).client_address(); }
@@ -351,19 +354,154 @@ TEST_F(AuthTest, PendingRevokeUsesTheProxysCredentials) {
       << second_->process().Log();
 }
 
-// A spanning DeleteRange is not atomic across shards: denied on shard 2, it is answered
-// "permission denied", but shards 0 and 1, which permit it, have deleted their pieces.
-TEST_F(AuthTest, PartlyDeniedSpanningDeleteIsDeniedButNotAtomic) {
-  for (const char* command : {"role add writer", "role grant-permission writer readwrite a k", "user add wanda:wpw",
-                              "user grant-role wanda writer", "put c 1", "put l 1", "put y 1"}) {
+// A long-running etcdctl child (watch, lease keep-alive) whose output is read from its log.
+class EtcdctlChild {
+ public:
+  explicit EtcdctlChild(const std::string& args) {
+    process_ = std::make_unique<ChildProcess>(std::vector<std::string>{"sh", "-c", "ETCDCTL_API=3 exec etcdctl " + args},
+                                              dir_.path() / "etcdctl.log");
+  }
+  ~EtcdctlChild() { process_->Terminate(2s); }
+  std::string Output() const { return process_->Log(); }
+  bool running() { return process_->running(); }
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<ChildProcess> process_;
+};
+
+std::string GrantLease(const std::string& address, int ttl) {
+  const auto grant = Etcdctl(address, "--user " + std::string(kRoot) + " lease grant " + std::to_string(ttl));
+  std::smatch match;
+  return std::regex_search(grant.output, match, std::regex("lease ([0-9a-f]+) granted")) ? match[1].str() : "";
+}
+
+// Leases split by a shard that was down while a proxy that is gone since granted one lease and
+// revoked another: the proxy with credentials repairs both with its own user's token (etcd
+// refuses a revoke without the right to delete the lease's keys), and authenticates again when
+// that token has expired (2 s unused here).
+TEST_F(AuthTest, LeaseRepairsUseTheProxysCredentials) {
+  ProxyProcess third(Specs());  // without credentials, and killed before the shard returns
+  third.Start();
+  const std::string revoked = GrantLease(third.address(), 60);
+  ASSERT_FALSE(revoked.empty());
+  ASSERT_EQ(As(kRoot, "put br 1 --lease=" + revoked, third.address()).output, "OK\n");
+  ASSERT_EQ(As(kRoot, "put jr 1 --lease=" + revoked, third.address()).output, "OK\n");
+  setup_->shard(1).KillMember(0);
+  const std::string granted = GrantLease(third.address(), 60);
+  ASSERT_FALSE(granted.empty());
+  ASSERT_EQ(As(kRoot, "put bg 1 --lease=" + granted, third.address()).output, "OK\n");
+  EXPECT_EQ(As(kRoot, "lease revoke " + revoked, third.address()).output, "lease " + revoked + " revoked\n");
+  third.process().Kill();  // its pending grant and revoke for shard 1 with it
+  setup_->shard(1).StartMember(0);
+  // Through the proxy with credentials, so that it too has reached shard 1 again.
+  ASSERT_TRUE(WaitFor([] { return As(kRoot, "get jr", Second()).output == "jr\n1\n"; }, 20s, 200ms));
+
+  // Shard 1 lacks `granted`: the Put's "lease not found" makes the proxy grant it there.
+  EXPECT_EQ(As(kRoot, "put jg 1 --lease=" + granted, Second()).output, "OK\n") << second_->process().Log();
+  const auto ttl = As(kRoot, "lease timetolive " + granted, ShardAddress(1)).output;
+  EXPECT_NE(ttl.find("remaining("), std::string::npos) << ttl;
+
+  // Expiry of the proxy's token on shard 1 is the passage of time: 2 s unused, then removed at
+  // etcd's next once-a-second sweep. Leave it a margin.
+  std::this_thread::sleep_for(4s);
+  // Shard 1 still holds `revoked`: a keep-alive sees the split and the proxy revokes it there.
+  As(kRoot, "lease keep-alive --once " + revoked, Second());
+  EXPECT_TRUE(WaitFor([] { return As(kRoot, "get jr", ShardAddress(1)).output.empty(); }, 10s, 200ms))
+      << second_->process().Log();
+  EXPECT_NE(second_->process().Log().find("\"shard-1\" [\"i\", \"s\"): the proxy's own token was refused"),
+            std::string::npos)
+      << second_->process().Log();
+  EXPECT_EQ(As(kRoot, "lease revoke " + granted, Second()).output, "lease " + granted + " revoked\n");
+  EXPECT_EQ(As(kRoot, "get bg").output, "");
+  EXPECT_EQ(As(kRoot, "get jg").output, "");
+}
+
+// etcdctl --user over a run longer than the shards' token TTL (2 s unused, swept once a second):
+// a spanning watch and a lease keep-alive keep their streams and keep working, as on one etcd,
+// where a token is checked when a stream's request is made, not while it runs.
+TEST_F(AuthTest, LongRunningEtcdctlKeepsWorkingAcrossTokenExpiry) {
+  const std::string lease = GrantLease(Proxy(), 3);
+  ASSERT_FALSE(lease.empty());
+  ASSERT_EQ(As(kRoot, "put lw 1 --lease=" + lease).output, "OK\n");
+  EtcdctlChild keepalive("--endpoints " + Proxy() + " --user " + kRoot + " lease keep-alive " + lease);
+  EtcdctlChild watch("--endpoints " + Proxy() + " --user " + kReader + " watch a k");
+  // The watch starts when etcdctl has connected: put a marker until it has seen it.
+  ASSERT_TRUE(WaitFor([&] {
+    As(kRoot, "put aw marker");
+    return watch.Output().find("aw\nmarker\n") != std::string::npos;
+  }, 20s, 300ms)) << watch.Output();
+  // Past expiry of every token that etcdctl got at its start: twice the TTL plus the sweep.
+  std::this_thread::sleep_for(5s);
+  ASSERT_EQ(As(kRoot, "put aw later").output, "OK\n");  // shard 0 (keys of their own: other tests count keys)
+  ASSERT_EQ(As(kRoot, "put iw later").output, "OK\n");  // shard 1
+  EXPECT_TRUE(WaitFor([&] { return watch.Output().find("PUT\niw\nlater\n") != std::string::npos; }, 10s))
+      << watch.Output();
+  EXPECT_NE(watch.Output().find("PUT\naw\nlater\n"), std::string::npos) << watch.Output();
+  EXPECT_TRUE(watch.running()) << watch.Output();
+  // The lease (TTL 3 s) outlived its TTL only through the running keep-alive.
+  EXPECT_TRUE(keepalive.running()) << keepalive.Output();
+  EXPECT_EQ(As(kRoot, "get lw").output, "lw\n1\n") << keepalive.Output();
+  EXPECT_NE(keepalive.Output().find("keepalived with TTL(3)"), std::string::npos) << keepalive.Output();
+  EXPECT_EQ(As(kReader, "get aw").output, "aw\nlater\n");  // and a new command as the reader
+  EXPECT_EQ(As(kRoot, "lease revoke " + lease).output, "lease " + lease + " revoked\n");
+  EXPECT_EQ(As(kRoot, "del aw").output, "1\n");
+  EXPECT_EQ(As(kRoot, "del iw").output, "1\n");
+}
+
+// A LeaseRevoke refused on one shard (2: the lease's only key there is not alice's to write)
+// revokes the lease on no shard: the others, which hold none of its keys, would permit it, and
+// a lease left on shard 2 alone would read as revoked to the repair, which would then delete the
+// key with the proxy's own credentials.
+TEST_F(AuthTest, RevokeRefusedOnOneShardRevokesNothing) {
+  const std::string lease = GrantLease(Second(), 60);
+  ASSERT_FALSE(lease.empty());
+  ASSERT_EQ(As(kRoot, "put xr 1 --lease=" + lease, Second()).output, "OK\n");
+  const auto denied = As(kReader, "lease revoke " + lease, Second());
+  EXPECT_NE(denied.output.find("etcdserver: permission denied"), std::string::npos) << denied.output;
+  for (std::size_t i = 0; i < 3; ++i) {
+    const auto ttl = As(kRoot, "lease timetolive " + lease, ShardAddress(i)).output;
+    EXPECT_NE(ttl.find("remaining("), std::string::npos) << "shard " << i << ": " << ttl;
+  }
+  // A keep-alive finds no split to repair, and the key stays.
+  EXPECT_NE(As(kRoot, "lease keep-alive --once " + lease, Second()).output.find("keepalived with TTL"),
+            std::string::npos);
+  EXPECT_EQ(As(kRoot, "get xr").output, "xr\n1\n");
+  EXPECT_EQ(As(kRoot, "lease revoke " + lease, Second()).output, "lease " + lease + " revoked\n");
+  EXPECT_EQ(As(kRoot, "get xr").output, "");
+}
+
+// A spanning DeleteRange denied on one shard (2) deletes nothing on any shard, as one etcd
+// denies the whole request: the proxy asks every shard before it deletes. The check needs no
+// read permission: a write-only user deletes a range spanning shards 0 and 1.
+TEST_F(AuthTest, PartlyDeniedSpanningDeleteDeletesNothing) {
+  for (const char* command : {"role add writer", "role grant-permission writer write a k", "user add wanda:wpw",
+                              "user grant-role wanda writer", "put cd 1", "put id 1", "put ld 1", "put yd 1"}) {
     ASSERT_EQ(As(kRoot, command).exit_code, 0) << command;
   }
+  const auto revision = [] {  // shard 0's, where the check is permitted
+    std::smatch match;
+    const auto out = As(kRoot, "get cd -w fields", ShardAddress(0)).output;
+    return std::regex_search(out, match, std::regex("\"Revision\" : ([0-9]+)")) ? std::stol(match[1]) : -1L;
+  };
+  const long before = revision();
+  ASSERT_GT(before, 0);
   const auto del = As("wanda:wpw", "del a z");
   EXPECT_NE(del.output.find("etcdserver: permission denied"), std::string::npos) << del.output;
-  EXPECT_EQ(As(kRoot, "get y").output, "y\n1\n");  // shard 2 refused
-  EXPECT_EQ(As(kRoot, "get c").output, "");         // shard 0 deleted its piece
+  EXPECT_EQ(revision(), before);  // the check changed nothing there
+  const auto denied_within = As("wanda:wpw", "del id m");  // one shard, partly outside the role
+  EXPECT_NE(denied_within.output.find("etcdserver: permission denied"), std::string::npos) << denied_within.output;
+  for (const char* key : {"cd", "id", "ld", "yd"}) {
+    EXPECT_EQ(As(kRoot, std::string("get ") + key).output, std::string(key) + "\n1\n") << key;
+  }
+  EXPECT_EQ(As("wanda:wpw", "del cd ie").output, "2\n");  // cd on shard 0, id on shard 1
+  EXPECT_EQ(As(kRoot, "get cd").output, "");
+  EXPECT_EQ(As(kRoot, "get id").output, "");
+  EXPECT_EQ(As(kRoot, "get ld").output, "ld\n1\n");
   EXPECT_EQ(As(kRoot, "user delete wanda").exit_code, 0);
   EXPECT_EQ(As(kRoot, "role delete writer").exit_code, 0);
+  EXPECT_EQ(As(kRoot, "del ld").output, "1\n");
+  EXPECT_EQ(As(kRoot, "del yd").output, "1\n");
 }
 
 }  // namespace
