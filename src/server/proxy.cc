@@ -129,6 +129,9 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
     h2.loops = options_.data_plane_threads;
     h2.limits.max_pending_bytes_per_stream = options_.data_plane_stream_buffer;
     h2.limits.max_receive_bytes = static_cast<std::size_t>(options_.max_request_bytes + kGrpcOverheadBytes);
+    h2.limits.ping_policy.min_time = options_.grpc_keepalive_min_time;
+    h2.limits.keepalive_interval = options_.grpc_keepalive_interval;
+    h2.limits.keepalive_timeout = options_.grpc_keepalive_timeout;
     h2.tls = {options_.tls.cert_file, options_.tls.key_file, options_.tls.trusted_ca_file, options_.tls.client_cert_auth};
     h2_server_ = std::make_unique<H2Server>(router_, std::move(h2));
     return;
