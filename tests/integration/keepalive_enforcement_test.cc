@@ -16,6 +16,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include <grpcpp/grpcpp.h>
+
 #include "support/fixtures.h"
 
 namespace esp::test {
@@ -246,6 +248,31 @@ TEST_F(KeepaliveEnforcementTest, ServerPingsASilentClientAndDropsOneThatNeverAns
   close(silent);
   EXPECT_TRUE(closed) << "a client silent for 5 s is still connected";
   EXPECT_GE(std::chrono::steady_clock::now() - start, 400ms);  // not before interval + timeout
+}
+
+TEST_F(KeepaliveEnforcementTest, GrpcCoreClientPingingTooOftenIsSentAwayAndRecovers) {
+  // A real client misconfigured to ping every 100 ms, also without calls: gRPC core hears the
+  // GOAWAY too_many_pings, drops the connection (the channel leaves READY), and its next call
+  // reconnects (gRPC core then doubles its keepalive time).
+  const auto proxy = StartProxy({});
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 100);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetInt(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS, 100);
+  const auto channel = grpc::CreateCustomChannel(proxy->address(), grpc::InsecureChannelCredentials(), args);
+  ASSERT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() + 10s));
+  EXPECT_TRUE(channel->WaitForStateChange(GRPC_CHANNEL_READY, std::chrono::system_clock::now() + 10s))
+      << "still READY: no GOAWAY";
+  EXPECT_TRUE(WaitFor([&] { return proxy->process().Log().find("too_many_pings") != std::string::npos; }, 5s))
+      << proxy->process().Log();
+  const auto stub = etcdserverpb::KV::NewStub(channel);
+  etcdserverpb::RangeRequest request;
+  request.set_key("ka/after-goaway");
+  etcdserverpb::RangeResponse response;
+  const auto status = stub->Range(Ctx().get(), request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
 }
 
 TEST_F(KeepaliveEnforcementTest, BadDurationFlagIsRefused) {
