@@ -53,6 +53,10 @@ std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* met
 
 namespace {
 
+std::chrono::milliseconds Millis(std::chrono::nanoseconds d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d);
+}
+
 std::vector<std::string> AdvertisedUrls(const ProxyOptions& options) {
   if (!options.advertise_client_urls.empty()) return options.advertise_client_urls;
   return {(options.tls.enabled() ? "https://" : "http://") + options.listen_address};
@@ -139,7 +143,10 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
   server_ = std::make_unique<GrpcServer>(
       router_, GrpcServerOptions{.listen_address = options_.listen_address,
                                  .max_receive_bytes = options_.max_request_bytes + kGrpcOverheadBytes,
-                                 .credentials = ServerCredentials(options_.tls)});
+                                 .credentials = ServerCredentials(options_.tls),
+                                 .keepalive_min_time = Millis(options_.grpc_keepalive_min_time),
+                                 .keepalive_interval = Millis(options_.grpc_keepalive_interval),
+                                 .keepalive_timeout = Millis(options_.grpc_keepalive_timeout)});
 }
 
 Proxy::~Proxy() { Shutdown(); }
