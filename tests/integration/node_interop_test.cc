@@ -1,7 +1,8 @@
 // Interop with the Node etcd3 client (grpc-js, a third HTTP/2 and gRPC implementation after
 // grpc-go's etcdctl and gRPC core's python-etcd3): tests/interop/node/interop.js against the proxy
 // over three real etcd shards split inside the script's prefix, so its prefix range and its watch
-// span all three. The script asserts every answer; this test asserts it ran to the end.
+// span all three. The script asserts every answer; this test asserts it ran to the end, and that a
+// grpc-js client pinging too often was sent away with GOAWAY too_many_pings and recovered.
 //
 // The client comes from npm (tests/interop/node/package-lock.json, installed by
 // scripts/install-deps.sh). When it is missing and `npm ci` cannot fetch it either, the binary
@@ -69,9 +70,12 @@ TEST_F(NodeInteropTest, Etcd3ClientPutGetRangeTxnWatchLease) {
                               std::chrono::seconds(45));
   EXPECT_EQ(run.exit_code, 0) << run.output;
   for (const char* step : {"putGetAcrossShards: ok", "prefixRangeSpanningShards: ok", "txn: ok", "watch: ok",
-                           "lease: ok", "node-etcd3 ok"}) {
+                           "lease: ok", "keepaliveTooOften: ok", "node-etcd3 ok"}) {
     EXPECT_NE(run.output.find(step), std::string::npos) << step << " missing:\n" << run.output;
   }
+  // keepaliveTooOften's client pinged every 100 ms: the proxy must have sent it away (and the
+  // script checked that its calls went on working).
+  EXPECT_NE(proxy_->process().Log().find("GOAWAY too_many_pings"), std::string::npos) << proxy_->process().Log();
   // What the shards hold afterwards, read behind the proxy's back: the script's writes landed on
   // the shard that owns each key.
   EXPECT_NE(Etcdctl(shards_[0]->ClientAddresses().front(), "get node/a").output.find("on-shard-0"), std::string::npos);

@@ -108,8 +108,25 @@ async function lease() {
   assert.equal(await client.get(key('leased')).string(), null);
 }
 
+async function keepaliveTooOften() {
+  // A client misconfigured to ping every 100 ms even without calls: the proxy sends it away with
+  // GOAWAY too_many_pings (the test reads that in the proxy's log); grpc-js then doubles its
+  // keepalive time and reconnects, so its calls keep working.
+  const eager = new Etcd3({
+    hosts: `http://${address}`,
+    grpcOptions: { 'grpc.keepalive_time_ms': 100, 'grpc.keepalive_permit_without_calls': 1 },
+  });
+  try {
+    assert.equal(await eager.get(key('a')).string(), 'on-shard-0');
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    assert.equal(await eager.get(key('z')).string(), 'on-shard-2');
+  } finally {
+    eager.close();
+  }
+}
+
 async function main() {
-  const steps = { putGetAcrossShards, prefixRangeSpanningShards, txn, watch, lease };
+  const steps = { putGetAcrossShards, prefixRangeSpanningShards, txn, watch, lease, keepaliveTooOften };
   for (const [name, step] of Object.entries(steps)) {
     const started = Date.now();
     await step();
