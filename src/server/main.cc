@@ -64,11 +64,11 @@ int main(int argc, char** argv) {
                  "h2: response bytes one call may queue for a client that does not read before it is reset")
       ->capture_default_str();
   AddDurationOption(app, "--grpc-keepalive-min-time", options.grpc_keepalive_min_time, "5s",
-                    "h2: shortest interval between client PINGs; sooner ones get GOAWAY too_many_pings (as etcd's flag)");
+                    "shortest interval between client PINGs; sooner ones get GOAWAY too_many_pings (as etcd's flag)");
   AddDurationOption(app, "--grpc-keepalive-interval", options.grpc_keepalive_interval, "2h",
-                    "h2: PING a client silent this long (0 to disable; as etcd's flag)");
+                    "PING a client silent this long (0 to disable; as etcd's flag)");
   AddDurationOption(app, "--grpc-keepalive-timeout", options.grpc_keepalive_timeout, "20s",
-                    "h2: close a connection whose client stays silent this long after our PING (0 to disable)");
+                    "close a connection whose client stays silent this long after our PING (0 to disable)");
   app.add_option("--upstream-transport", options.upstream_transport,
                  "transport towards the shards: h2 (nghttp2 client on event loops) or grpc (gRPC C++ client)")
       ->check(CLI::IsMember({"grpc", "h2"}))
