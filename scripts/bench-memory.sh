@@ -12,12 +12,17 @@
 # warm-up: threads, channels, first arenas) and as the slope between N = 1,000 and N = HOLD_BIG.
 # The proxies sit in front of one etcd on tmpfs. tools/memory_report.py writes the table into OUT.
 #
-# Environment: HOLD_BIG (5000), WATCHES_PER_STREAM (100), OUT (docs/BENCHMARKS.md). Everything started here is stopped by pid.
+# `ours` runs with the proxy's defaults (our HTTP/2 layers on both sides); PROXY_ARGS adds flags,
+# e.g. PROXY_ARGS="--data-plane=grpc --upstream-transport=grpc" for gRPC C++ on both sides.
+#
+# Environment: HOLD_BIG (5000), WATCHES_PER_STREAM (100), OUT (docs/BENCHMARKS.md), PROXY_ARGS
+# (none). Everything started here is stopped by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT_DIR=$(pwd)
 HOLD_BIG=${HOLD_BIG:-5000}
 WATCHES_PER_STREAM=${WATCHES_PER_STREAM:-100}
+PROXY_ARGS=${PROXY_ARGS:-}
 OUT=${OUT:-docs/BENCHMARKS.md}
 BENCH=$ROOT_DIR/build/tools/esp-bench
 PROXY=$ROOT_DIR/build/etcd-sharding-proxy
@@ -60,7 +65,9 @@ start_target() {  # target name, run number
   port=$(free_port)
   case $1 in
     ours)
-      "$PROXY" --config "$WORK/ours.yaml" --listen-addr "127.0.0.1:$port" --log-level warn >"$WORK/ours.$2.log" 2>&1 & ;;
+      # shellcheck disable=SC2086
+      "$PROXY" --config "$WORK/ours.yaml" --listen-addr "127.0.0.1:$port" --log-level warn $PROXY_ARGS \
+        >"$WORK/ours.$2.log" 2>&1 & ;;
     grpc-proxy)
       etcd grpc-proxy start --endpoints="$BACKEND" --listen-addr="127.0.0.1:$port" \
         --data-dir "$WORK/grpc-proxy.$2" >"$WORK/grpc-proxy.$2.log" 2>&1 & ;;
@@ -106,7 +113,8 @@ done
 
 python3 "$ROOT_DIR/tools/memory_report.py" --results "$RESULTS" --out "$OUT" \
   --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" \
-  --meta "command=HOLD_BIG=$HOLD_BIG WATCHES_PER_STREAM=$WATCHES_PER_STREAM scripts/bench-memory.sh" \
+  --meta "command=HOLD_BIG=$HOLD_BIG WATCHES_PER_STREAM=$WATCHES_PER_STREAM PROXY_ARGS='$PROXY_ARGS' scripts/bench-memory.sh" \
+  --meta "ours_flags=${PROXY_ARGS:-(defaults: --data-plane=h2 --upstream-transport=h2)}" \
   --meta "watches_per_stream=$WATCHES_PER_STREAM" \
   --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "wrote $OUT" >&2

@@ -59,7 +59,10 @@ def main():
         "watches-shared": f"client watches, {meta.get('watches_per_stream', '?')} per stream",
         "leases": "kept-alive leases",
     }
-    out = [BEGIN, "", f"- date: {meta.get('date', '?')}, commit {meta.get('commit', '?')}", ""]
+    out = [BEGIN, "", f"- date: {meta.get('date', '?')}, commit {meta.get('commit', '?')}"]
+    if "ours_flags" in meta:
+        out.append(f"- ours: {meta['ours_flags']}")
+    out.append("")
     out.append(f"| process | holding | idle RSS MB | growth at {small:,} MB | growth at {big:,} MB | "
                f"MB per 1,000 (slope {small:,}->{big:,}) |")
     out.append("|---|---|---:|---:|---:|---:|")

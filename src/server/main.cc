@@ -3,12 +3,32 @@
 #include <absl/synchronization/mutex.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 
+#include "common/go_duration.h"
 #include "config/config.h"
 #include "observability/grpc_log.h"
 #include "server/proxy.h"
+
+namespace {
+
+// A duration flag written as etcd's are ("5s", "2h", "100ms").
+void AddDurationOption(CLI::App& app, const std::string& name, std::chrono::nanoseconds& target,
+                       const std::string& default_text, const std::string& help) {
+  app.add_option_function<std::string>(
+         name,
+         [&target, name](const std::string& text) {
+           const auto parsed = esp::ParseGoDuration(text);
+           if (!parsed) throw CLI::ValidationError(name, "not a duration (e.g. 5s, 2h, 100ms): " + text);
+           target = *parsed;
+         },
+         help)
+      ->default_str(default_text);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"etcd-sharding-proxy: one etcd v3 endpoint over several etcd clusters, split by key range"};
@@ -43,6 +63,12 @@ int main(int argc, char** argv) {
   app.add_option("--data-plane-stream-buffer", options.data_plane_stream_buffer,
                  "h2: response bytes one call may queue for a client that does not read before it is reset")
       ->capture_default_str();
+  AddDurationOption(app, "--grpc-keepalive-min-time", options.grpc_keepalive_min_time, "5s",
+                    "shortest interval between client PINGs; sooner ones get GOAWAY too_many_pings (as etcd's flag)");
+  AddDurationOption(app, "--grpc-keepalive-interval", options.grpc_keepalive_interval, "2h",
+                    "PING a client silent this long (0 to disable; as etcd's flag)");
+  AddDurationOption(app, "--grpc-keepalive-timeout", options.grpc_keepalive_timeout, "20s",
+                    "close a connection whose client stays silent this long after our PING (0 to disable)");
   app.add_option("--upstream-transport", options.upstream_transport,
                  "transport towards the shards: h2 (nghttp2 client on event loops) or grpc (gRPC C++ client)")
       ->check(CLI::IsMember({"grpc", "h2"}))

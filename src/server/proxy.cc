@@ -53,6 +53,10 @@ std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* met
 
 namespace {
 
+std::chrono::milliseconds Millis(std::chrono::nanoseconds d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d);
+}
+
 std::vector<std::string> AdvertisedUrls(const ProxyOptions& options) {
   if (!options.advertise_client_urls.empty()) return options.advertise_client_urls;
   return {(options.tls.enabled() ? "https://" : "http://") + options.listen_address};
@@ -135,6 +139,9 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
     h2.loops = options_.data_plane_threads;
     h2.limits.max_pending_bytes_per_stream = options_.data_plane_stream_buffer;
     h2.limits.max_receive_bytes = static_cast<std::size_t>(options_.max_request_bytes + kGrpcOverheadBytes);
+    h2.limits.ping_policy.min_time = options_.grpc_keepalive_min_time;
+    h2.limits.keepalive_interval = options_.grpc_keepalive_interval;
+    h2.limits.keepalive_timeout = options_.grpc_keepalive_timeout;
     h2.tls = {options_.tls.cert_file, options_.tls.key_file, options_.tls.trusted_ca_file, options_.tls.client_cert_auth};
     h2_server_ = std::make_unique<H2Server>(router_, std::move(h2));
     return;
@@ -142,7 +149,10 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
   server_ = std::make_unique<GrpcServer>(
       router_, GrpcServerOptions{.listen_address = options_.listen_address,
                                  .max_receive_bytes = options_.max_request_bytes + kGrpcOverheadBytes,
-                                 .credentials = ServerCredentials(options_.tls)});
+                                 .credentials = ServerCredentials(options_.tls),
+                                 .keepalive_min_time = Millis(options_.grpc_keepalive_min_time),
+                                 .keepalive_interval = Millis(options_.grpc_keepalive_interval),
+                                 .keepalive_timeout = Millis(options_.grpc_keepalive_timeout)});
 }
 
 Proxy::~Proxy() { Shutdown(); }

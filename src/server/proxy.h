@@ -1,5 +1,6 @@
 #pragma once
 // Assembles the proxy: topology from the config, the services, the router and the front end.
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,6 +48,11 @@ struct ProxyOptions {
   std::string data_plane = "h2";
   int data_plane_threads = 0;  // h2 event loops; 0: one per core
   std::size_t data_plane_stream_buffer = 32 * 1024 * 1024;  // h2: bytes queued per call for a slow reader
+  // etcd's --grpc-keepalive-min-time / -interval / -timeout, on either plane: client PINGs more
+  // often than the first get GOAWAY too_many_pings; silent clients are pinged, then dropped.
+  std::chrono::nanoseconds grpc_keepalive_min_time = std::chrono::seconds(5);
+  std::chrono::nanoseconds grpc_keepalive_interval = std::chrono::hours(2);
+  std::chrono::nanoseconds grpc_keepalive_timeout = std::chrono::seconds(20);
   // Responses a Watch stream may have queued for a client that does not read them.
   std::size_t watch_buffer_bytes = kDefaultWatchBufferBytes;
   // Towards the shards: "h2" (our nghttp2 client on event loops) or "grpc" (gRPC C++ client).

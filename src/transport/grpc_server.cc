@@ -7,9 +7,12 @@
 #include <grpcpp/server_builder.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cstdint>
 #include <deque>
+#include <limits>
 #include <mutex>
 #include <optional>
 
@@ -282,10 +285,20 @@ bool GrpcServer::Start() {
   builder.AddListeningPort(options_.listen_address, credentials, &port_);
   builder.SetMaxReceiveMessageSize(options_.max_receive_bytes);
   builder.SetMaxSendMessageSize(INT_MAX);
-  // Accept client keepalive pings as etcd does (no more often than every 5 s), also on idle
-  // connections: clientv3 pings without active streams.
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  // Accept client keepalive pings as etcd does (no more often than --grpc-keepalive-min-time),
+  // also on idle connections: clientv3 pings without active streams when told to.
+  const auto millis = [](std::chrono::milliseconds d) {
+    return static_cast<int>(std::min<std::int64_t>(d.count(), std::numeric_limits<int>::max()));
+  };
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, millis(options_.keepalive_min_time));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Our own pings to silent clients (gRPC's server default is the same 2 h).
+  if (options_.keepalive_interval.count() > 0) {
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, millis(options_.keepalive_interval));
+    if (options_.keepalive_timeout.count() > 0) {
+      builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, millis(options_.keepalive_timeout));
+    }
+  }
   builder.RegisterCallbackGenericService(service_.get());
   server_ = builder.BuildAndStart();
   if (!server_ || port_ == 0) {

@@ -1,6 +1,7 @@
 #pragma once
 // The gRPC front end: one generic callback service that hands every call to the Router.
 // Everything gRPC-specific on the client side of the proxy lives in grpc_server.cc.
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -19,6 +20,10 @@ struct GrpcServerOptions {
   // Largest request message accepted (etcd: --max-request-bytes plus 512 KiB of gRPC overhead).
   int max_receive_bytes = 2 * 1024 * 1024;
   std::shared_ptr<grpc::ServerCredentials> credentials;  // insecure when null
+  // etcd's --grpc-keepalive-min-time / -interval / -timeout, as on the h2 plane (zero: off).
+  std::chrono::milliseconds keepalive_min_time = std::chrono::seconds(5);
+  std::chrono::milliseconds keepalive_interval = std::chrono::hours(2);
+  std::chrono::milliseconds keepalive_timeout = std::chrono::seconds(20);
 };
 
 class GrpcServer {

@@ -185,12 +185,12 @@ nghttp2_session_callbacks* Callbacks() {
 H2Connection::H2Connection(std::shared_ptr<EventLoop> loop, int fd, SSL* ssl, const Router& router,
                            const H2Limits& limits, H2ConnectionOwner& owner)
     : loop_(std::move(loop)), fd_(fd), ssl_(ssl), router_(router), limits_(limits), owner_(owner),
-      peer_(PeerAddress(fd)) {}
+      peer_(PeerAddress(fd)), ping_policy_(limits.ping_policy) {}
 
 H2Connection::H2Connection(std::shared_ptr<EventLoop> loop, Output output, const Router& router,
                            const H2Limits& limits, H2ConnectionOwner& owner)
     : loop_(std::move(loop)), fd_(-1), ssl_(nullptr), output_(std::move(output)), router_(router), limits_(limits),
-      owner_(owner) {}
+      owner_(owner), ping_policy_(limits.ping_policy) {}
 
 H2Connection::~H2Connection() {
   Close();
@@ -208,8 +208,51 @@ bool H2Connection::Start() {
     return false;
   }
   if (fd_ >= 0) loop_->AddFd(fd_, EPOLLIN, [this](std::uint32_t events) { OnEvents(events); });
+  if (limits_.keepalive_interval > std::chrono::steady_clock::duration::zero()) {
+    ArmKeepalive(last_read_ + limits_.keepalive_interval);
+  }
   MarkDirty();
   return true;
+}
+
+void H2Connection::ArmKeepalive(std::chrono::steady_clock::time_point when) {
+  keepalive_timer_ = loop_->AddTimer(when, [this, alive = std::weak_ptr<bool>(alive_)] {
+    if (alive.expired() || closed()) return;
+    keepalive_timer_ = 0;
+    OnKeepaliveTimer();
+  });
+}
+
+// As grpc-go's server keepalive: silence for the interval earns a PING; any bytes from the client
+// answer it (the ACK or anything else); still nothing after the timeout closes the connection.
+void H2Connection::OnKeepaliveTimer() {
+  const auto now = std::chrono::steady_clock::now();
+  if (keepalive_ping_outstanding_) {
+    spdlog::info("h2: {} did not answer a keepalive PING within {} s: closing", peer_,
+                 std::chrono::duration_cast<std::chrono::seconds>(limits_.keepalive_timeout).count());
+    Close();
+    return;
+  }
+  if (now - last_read_ < limits_.keepalive_interval) return ArmKeepalive(last_read_ + limits_.keepalive_interval);
+  nghttp2_submit_ping(session_, NGHTTP2_FLAG_NONE, nullptr);
+  MarkDirty();
+  if (limits_.keepalive_timeout > std::chrono::steady_clock::duration::zero()) {
+    keepalive_ping_outstanding_ = true;
+    ArmKeepalive(now + limits_.keepalive_timeout);
+  } else {
+    ArmKeepalive(now + limits_.keepalive_interval);
+  }
+}
+
+void H2Connection::RefusePings() {
+  if (terminating_) return;
+  terminating_ = true;
+  spdlog::warn("h2: {} pings more often than every {} ms: GOAWAY too_many_pings", peer_,
+               std::chrono::duration_cast<std::chrono::milliseconds>(limits_.ping_policy.min_time).count());
+  static constexpr std::string_view kDebug = "too_many_pings";
+  nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(session_),
+                        NGHTTP2_ENHANCE_YOUR_CALM, reinterpret_cast<const std::uint8_t*>(kDebug.data()), kDebug.size());
+  MarkDirty();
 }
 
 void H2Connection::MarkDirty() {
@@ -274,7 +317,11 @@ void H2Connection::DoRead() {
 }
 
 void H2Connection::Receive(const std::uint8_t* data, std::size_t size) {
-  if (closed()) return;
+  if (closed() || terminating_) return;
+  if (keepalive_timer_ != 0 || keepalive_ping_outstanding_) {
+    last_read_ = std::chrono::steady_clock::now();
+    keepalive_ping_outstanding_ = false;
+  }
   const ssize_t used = nghttp2_session_mem_recv(session_, data, size);
   if (used < 0) {
     spdlog::debug("h2: protocol error from client: {}", nghttp2_strerror(static_cast<int>(used)));
@@ -307,6 +354,10 @@ void H2Connection::Flush() {
       return;
     }
     more = more && outbuf_.empty();
+  }
+  if (terminating_ && outbuf_.size() == outbuf_offset_) {
+    Close();  // the GOAWAY too_many_pings is out
+    return;
   }
   UpdateWriteInterest();
   const bool nothing_to_do = !nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_);
@@ -367,6 +418,8 @@ void H2Connection::Drain() {
 void H2Connection::Close() {
   if (closed()) return;
   closed_ = true;
+  if (keepalive_timer_ != 0) loop_->CancelTimer(keepalive_timer_);
+  keepalive_timer_ = 0;
   if (fd_ >= 0) loop_->RemoveFd(fd_);
   // Cancel every call still open: services see their clients go away.
   auto streams = std::move(streams_);
@@ -412,6 +465,11 @@ int H2Connection::OnHeader(const nghttp2_frame* frame, std::string_view name, st
 }
 
 int H2Connection::OnFrameRecv(const nghttp2_frame* frame) {
+  if (frame->hd.type == NGHTTP2_PING) {
+    // nghttp2 answers it; we only count how often it comes.
+    if ((frame->hd.flags & NGHTTP2_FLAG_ACK) == 0 && ping_policy_.OnPing(std::chrono::steady_clock::now())) RefusePings();
+    return 0;
+  }
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
   auto* stream = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
   if (stream == nullptr) return 0;
@@ -597,6 +655,7 @@ ssize_t H2Connection::ReadData(std::int32_t stream_id, std::uint8_t* buf, std::s
 }
 
 int H2Connection::OnFrameSend(const nghttp2_frame* frame) {
+  if (frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) ping_policy_.OnResponseSent();
   if (frame->hd.type != NGHTTP2_HEADERS || (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) return 0;
   auto* stream = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
   // The call is over but the client may still be sending: tell it to stop (as gRPC servers do).

@@ -15,6 +15,7 @@
 #include "transport/call_context.h"
 #include "transport/event_loop.h"
 #include "transport/grpc_framing.h"
+#include "transport/ping_policy.h"
 #include "transport/router.h"
 
 namespace esp {
@@ -26,6 +27,13 @@ struct H2Limits {
   // without bound. A single message is never refused for its size.
   std::size_t max_pending_bytes_per_stream = 32 * 1024 * 1024;
   std::uint32_t max_concurrent_streams = 65536;
+  // Client PINGs: how often they may come (etcd's --grpc-keepalive-min-time).
+  PingPolicyOptions ping_policy;
+  // Our own PINGs (etcd's --grpc-keepalive-interval / --grpc-keepalive-timeout): after this much
+  // silence from the client we ping it, and close the connection if it stays silent for the
+  // timeout after that. Zero interval: never.
+  std::chrono::steady_clock::duration keepalive_interval = std::chrono::hours(2);
+  std::chrono::steady_clock::duration keepalive_timeout = std::chrono::seconds(20);
 };
 
 class H2Connection;
@@ -132,6 +140,10 @@ class H2Connection {
   void CloseStream(H2Stream& stream, bool cancelled);
   void ArmDeadline(H2Stream& stream);
   void UpdateWriteInterest();
+  // GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings"); the connection closes once it is written.
+  void RefusePings();
+  void ArmKeepalive(std::chrono::steady_clock::time_point when);
+  void OnKeepaliveTimer();
 
   std::shared_ptr<EventLoop> loop_;
   int fd_;
@@ -152,6 +164,12 @@ class H2Connection {
   bool handshake_failure_logged_ = false;
   bool dirty_ = false;
   bool draining_ = false;
+  PingPolicy ping_policy_;
+  // Set by RefusePings: nothing more is read, and the connection closes after its last write.
+  bool terminating_ = false;
+  std::chrono::steady_clock::time_point last_read_ = std::chrono::steady_clock::now();
+  EventLoop::TimerId keepalive_timer_ = 0;
+  bool keepalive_ping_outstanding_ = false;
   // Expires with the connection: lets a posted task find out whether it still exists.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

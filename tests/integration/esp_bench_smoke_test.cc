@@ -2,7 +2,9 @@
 // of it, so CI keeps the load tool (and its answer checks) working.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <regex>
 #include <string>
 
@@ -79,12 +81,27 @@ TEST_F(EspBenchSmokeTest, AWrongAnswerIsAnError) {
 
 // Memory bounds stated in docs/BENCHMARKS.md ("Memory"): each test gets a freshly started proxy,
 // because freed memory stays in the allocator and would hide the growth of a second measurement.
-// The bounds are about twice what was measured, so they catch a leak or a per-watch blow-up
-// without failing on allocator noise.
-constexpr long long kIdleRssBoundKb = 48 * 1024;
-constexpr long long kRssPer1000WatchesBoundKb = 40 * 1024;
-constexpr long long kRssPer1000SharedStreamWatchesBoundKb = 8 * 1024;
-constexpr long long kRssPer1000LeasesBoundKb = 16 * 1024;
+// The bounds are 2-3x what scripts/bench-memory.sh measured on the default planes (our HTTP/2
+// layers on both sides: idle 18 MB; +4.6 MB for 1,000 watch streams, +1.7 MB for 1,000 watches
+// 100 per stream, +3.3 MB for 1,000 kept-alive leases), so a leak or a per-watch blow-up fails
+// while allocator noise does not. gRPC C++ on either side (ESP_DATA_PLANE / ESP_UPSTREAM=grpc)
+// costs more per stream and gets the looser bounds measured for it.
+struct MemoryBounds {
+  long long idle_kb;
+  long long per_1000_watches_kb;
+  long long per_1000_shared_stream_watches_kb;
+  long long per_1000_leases_kb;
+};
+constexpr MemoryBounds kH2Bounds{40 * 1024, 12 * 1024, 5 * 1024, 8 * 1024};
+constexpr MemoryBounds kGrpcStackBounds{48 * 1024, 40 * 1024, 8 * 1024, 16 * 1024};
+
+bool EnvIs(const char* name, const std::string& value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && value == v;
+}
+const MemoryBounds& Bounds() {
+  return EnvIs("ESP_DATA_PLANE", "grpc") || EnvIs("ESP_UPSTREAM", "grpc") ? kGrpcStackBounds : kH2Bounds;
+}
 
 long long RssKb(pid_t pid) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
@@ -122,6 +139,8 @@ class EspBenchMemoryTest : public ::testing::Test {
     const long long before = JsonInt(r.output, "rss_before_kb"), held = JsonInt(r.output, "rss_held_kb");
     EXPECT_GT(before, 0) << r.output;
     EXPECT_GT(held, 0) << r.output;
+    // The figure itself, for comparing against docs/BENCHMARKS.md when the test passes too.
+    std::cout << "[ MEMORY   ] " << args << ": +" << held - before << " kB while holding 1,000\n";
     return held - before;
   }
   static std::unique_ptr<EtcdCluster> etcd_;
@@ -132,24 +151,25 @@ std::unique_ptr<EtcdCluster> EspBenchMemoryTest::etcd_;
 TEST_F(EspBenchMemoryTest, IdleRssIsBounded) {
   const long long rss = RssKb(proxy_->process().pid());
   EXPECT_GT(rss, 0);
-  EXPECT_LT(rss, kIdleRssBoundKb);
+  std::cout << "[ MEMORY   ] idle: " << rss << " kB\n";
+  EXPECT_LT(rss, Bounds().idle_kb);
 }
 
 TEST_F(EspBenchMemoryTest, RssPer1000ClientWatchesIsBounded) {
   // One stream per watch, each on a key of its own; every watch must then deliver its key's put.
   const long long growth = HoldGrowthKb("--mode hold-watches --key-prefix hw/");
-  EXPECT_LT(growth, kRssPer1000WatchesBoundKb);
+  EXPECT_LT(growth, Bounds().per_1000_watches_kb);
 }
 
 TEST_F(EspBenchMemoryTest, RssPer1000ClientWatchesSharingStreamsIsBounded) {
   // 100 watches per stream, as clientv3 multiplexes one client's watches.
   const long long growth = HoldGrowthKb("--mode hold-watches --watches-per-stream 100 --key-prefix hs/");
-  EXPECT_LT(growth, kRssPer1000SharedStreamWatchesBoundKb);
+  EXPECT_LT(growth, Bounds().per_1000_shared_stream_watches_kb);
 }
 
 TEST_F(EspBenchMemoryTest, RssPer1000KeptAliveLeasesIsBounded) {
   const long long growth = HoldGrowthKb("--mode hold-leases");
-  EXPECT_LT(growth, kRssPer1000LeasesBoundKb);
+  EXPECT_LT(growth, Bounds().per_1000_leases_kb);
 }
 
 }  // namespace
