@@ -20,6 +20,10 @@ class Status;
 
 namespace esp {
 
+namespace auth {
+class IdentityIssuer;
+}
+
 struct UpstreamTuning {
   int keepalive_time_ms = 30000;   // etcd refuses pings more often than every 5 s
   int keepalive_timeout_ms = 10000;
@@ -31,6 +35,9 @@ struct UpstreamTuning {
   // carry one token per shard); empty: forwarded unchanged. Applied to every call and stream,
   // so services never see per-shard tokens.
   std::function<std::string(std::string_view token)> translate_token;
+  // Mints the certificates that carry a client-certificate identity (CN) to the shard; empty: calls
+  // carrying one go over the shard's usual connection (config `client_cert_identity`, h2 only).
+  std::shared_ptr<auth::IdentityIssuer> identity_issuer;
 };
 
 class GrpcShardTransport final : public ShardTransport,
