@@ -1,6 +1,7 @@
 #pragma once
 // ShardTransport over gRPC C++: one channel per member of the shard's etcd cluster.
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -38,6 +39,10 @@ struct UpstreamTuning {
   // Mints the certificates that carry a client-certificate identity (CN) to the shard; empty: calls
   // carrying one go over the shard's usual connection (config `client_cert_identity`, h2 only).
   std::shared_ptr<auth::IdentityIssuer> identity_issuer;
+  // Bounds on those identities' connections: identities kept per event loop (the least recently
+  // used idle one is closed to make room), and how long an identity's connections stay idle.
+  std::size_t max_identities_per_loop = 64;
+  std::chrono::milliseconds identity_idle{60000};
 };
 
 class GrpcShardTransport final : public ShardTransport,

@@ -208,7 +208,7 @@ H2ShardTransport::H2ShardTransport(const ShardConfig& shard, std::string descrip
   connections_.resize(loops_->size(), std::vector<std::shared_ptr<H2ClientConnection>>(members_.size()));
   retired_.resize(loops_->size());
   identity_rows_.resize(loops_->size());
-  last_prune_.resize(loops_->size());
+  prune_timers_.resize(loops_->size(), 0);
   if (issuer_ && ssl_ctx_ == nullptr) {
     throw ConfigError(description_ + ": client-certificate identities need TLS towards the shard ('tls')");
   }
@@ -325,7 +325,6 @@ std::shared_ptr<H2ClientConnection> H2ShardTransport::Connect(std::shared_ptr<H2
 H2ShardTransport::IdentityRow* H2ShardTransport::IdentityRowFor(std::size_t loop, const std::string& identity) {
   auto& rows = identity_rows_[loop];
   const auto now = std::chrono::steady_clock::now();
-  if (now - last_prune_[loop] > kIdentityIdle / 6) PruneIdentities(loop, false);
   if (const auto found = rows.find(identity); found != rows.end()) return found->second.get();
   PruneIdentities(loop, true);
   auto row = std::make_shared<IdentityRow>();
@@ -339,21 +338,36 @@ H2ShardTransport::IdentityRow* H2ShardTransport::IdentityRowFor(std::size_t loop
   row->connections.resize(members_.size());
   row->last_used = now;
   identity_rows_total_.fetch_add(1);
-  return rows.emplace(identity, std::move(row)).first->second.get();
+  IdentityRow* const added = rows.emplace(identity, std::move(row)).first->second.get();
+  ArmPruneTimer(loop);
+  return added;
 }
 
-// Bounds what many users can cost: identities idle for kIdentityIdle lose their connections, and
-// with `make_room` the least recently used idle ones go until a new one fits. Identities with
+void H2ShardTransport::ArmPruneTimer(std::size_t loop) {
+  if (prune_timers_[loop] != 0 || identity_rows_[loop].empty()) return;
+  const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
+  // Half the idle time: an idle identity is closed between 1 and 1.5 idle times after its last call.
+  prune_timers_[loop] = loops_->loop(loop).AddTimer(std::chrono::steady_clock::now() + tuning_.identity_idle / 2,
+                                                    [weak, loop] {
+                                                      const auto self = weak.lock();
+                                                      if (!self) return;
+                                                      self->prune_timers_[loop] = 0;
+                                                      self->PruneIdentities(loop, false);
+                                                      self->ArmPruneTimer(loop);
+                                                    });
+}
+
+// Bounds what many users can cost: identities idle for `identity_idle` lose their connections,
+// and with `make_room` the least recently used idle ones go until a new one fits. Identities with
 // calls in flight stay (those calls bound them); rows hold no call, so dropping one loses nothing.
 void H2ShardTransport::PruneIdentities(std::size_t loop, bool make_room) {
   auto& rows = identity_rows_[loop];
   const auto now = std::chrono::steady_clock::now();
-  last_prune_[loop] = now;
   const auto erased = std::erase_if(rows, [&](const auto& entry) {
-    return entry.second->idle() && now - entry.second->last_used >= kIdentityIdle;
+    return entry.second->idle() && now - entry.second->last_used >= tuning_.identity_idle;
   });
   identity_rows_total_.fetch_sub(erased);
-  while (make_room && rows.size() >= kMaxIdentitiesPerLoop) {
+  while (make_room && rows.size() >= std::max<std::size_t>(tuning_.max_identities_per_loop, 1)) {
     auto oldest = rows.end();
     for (auto it = rows.begin(); it != rows.end(); ++it) {
       if (it->second->idle() && (oldest == rows.end() || it->second->last_used < oldest->second->last_used)) oldest = it;

@@ -42,10 +42,7 @@ class H2ShardTransport final : public ShardTransport, public std::enable_shared_
   // with an identity issuer, and only without a token (etcd lets a token win over a certificate).
   std::string IdentityOf(const Metadata& metadata) const;
 
-  // Identities kept per loop (LRU); an identity's connections idle this long are closed.
-  static constexpr std::size_t kMaxIdentitiesPerLoop = 64;
-  static constexpr std::chrono::seconds kIdentityIdle{60};
-  // Identities with open connections, over every loop (tests, metrics). Any thread.
+  // Identities with connections, over every loop (bounded by UpstreamTuning). Any thread.
   std::size_t identity_connection_count() const { return identity_rows_total_.load(); }
   // Round robin over members not known to be down, avoiding `avoid`; any thread.
   std::size_t PickMember(std::size_t avoid);
@@ -68,6 +65,8 @@ class H2ShardTransport final : public ShardTransport, public std::enable_shared_
   // pruned) when missing; nullptr when no certificate can be had.
   IdentityRow* IdentityRowFor(std::size_t loop, const std::string& identity);
   void PruneIdentities(std::size_t loop, bool make_room);
+  // Loop thread only: a timer that closes idle identities while the loop has any.
+  void ArmPruneTimer(std::size_t loop);
 
   std::string description_;
   UpstreamTuning tuning_;
@@ -83,7 +82,7 @@ class H2ShardTransport final : public ShardTransport, public std::enable_shared_
   std::shared_ptr<auth::IdentityIssuer> issuer_;
   // Per loop: CN -> that identity's connections; touched only on the loop's thread.
   std::vector<std::unordered_map<std::string, std::shared_ptr<IdentityRow>>> identity_rows_;
-  std::vector<std::chrono::steady_clock::time_point> last_prune_;
+  std::vector<EventLoop::TimerId> prune_timers_;  // per loop; 0: none armed
   std::atomic<std::size_t> identity_rows_total_{0};
 };
 

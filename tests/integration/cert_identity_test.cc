@@ -8,9 +8,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <regex>
 
+#include "auth/cert_identity.h"
 #include "support/fixtures.h"
+#include "transport/peer_identity.h"
+#include "upstream/h2_shard_transport.h"
 
 namespace esp::test {
 namespace {
@@ -215,6 +219,45 @@ TEST_F(CertIdentityTest, GrpcDataPlaneCarriesTheIdentityToo) {
   const auto put = As("reader", "put b 7", proxy.get());
   EXPECT_NE(put.output.find(kDenied), std::string::npos) << put.output;
   EXPECT_EQ(As("root", "put b 7", proxy.get()).output, "OK\n");
+}
+
+// The upstream transport alone, on one event loop: each identity gets its own connection, and
+// their number stays bounded (least recently used idle one closed for a new one; idle ones closed).
+TEST_F(CertIdentityTest, IdentityConnectionsAreBoundedAndClosedWhenIdle) {
+  ShardConfig shard;
+  shard.name = "s0";
+  shard.endpoints = shards_[0]->ClientAddresses();
+  shard.tls = TlsClientConfig{certs_->ca(), certs_->cert(), certs_->key(), ""};
+  UpstreamTuning tuning;
+  tuning.identity_issuer =
+      std::make_shared<auth::IdentityIssuer>(ClientCertIdentityConfig{Path("id-ca.crt"), Path("id-ca.key")});
+  tuning.max_identities_per_loop = 2;
+  tuning.identity_idle = 600ms;
+  // One loop, alive until exit (as UpstreamLoops::Shared()): the transport may be released last on
+  // the loop's own thread, which must not be the one to stop it.
+  static const auto loops = std::make_shared<UpstreamLoops>(1);
+  const auto transport = std::make_shared<H2ShardTransport>(shard, "shard \"s0\"", tuning, loops);
+  const auto put_as = [&](const std::string& cn) {
+    auto ctx = std::make_shared<CallContext>(std::nullopt, Metadata{{std::string(kClientCertCnKey), cn}});
+    etcdserverpb::PutRequest request;
+    request.set_key("c");
+    request.set_value(cn);
+    std::promise<Status> done;
+    transport->Unary("/etcdserverpb.KV/Put", ctx, request.SerializeAsString(), kWrite,
+                     [&done](Status status, std::string) { done.set_value(std::move(status)); });
+    auto future = done.get_future();
+    EXPECT_EQ(future.wait_for(20s), std::future_status::ready);
+    return future.get();
+  };
+  EXPECT_TRUE(put_as("root").ok());
+  EXPECT_EQ(put_as("reader").message(), kDenied);
+  EXPECT_EQ(transport->identity_connection_count(), 2u);
+  EXPECT_FALSE(put_as("stranger").ok());  // no such etcd user; a third identity replaces the oldest
+  EXPECT_EQ(transport->identity_connection_count(), 2u);
+  EXPECT_TRUE(put_as("root").ok());  // made again after its eviction
+  EXPECT_EQ(transport->identity_connection_count(), 2u);
+  EXPECT_TRUE(WaitFor([&] { return transport->identity_connection_count() == 0; }, 10s));
+  EXPECT_TRUE(put_as("root").ok());
 }
 
 TEST_F(CertIdentityTest, TheGrpcUpstreamTransportIsRefusedWithIdentities) {
