@@ -37,6 +37,7 @@ struct H2ShardTransport::IdentityRow {
   std::shared_ptr<SSL_CTX> ssl_ctx;  // the shard's trust settings plus the identity's certificate
   std::vector<std::shared_ptr<H2ClientConnection>> connections;  // per member
   std::chrono::steady_clock::time_point last_used;
+  bool failure_logged = false;  // one log line per run of failed connection attempts
   bool idle() const {
     return std::ranges::all_of(connections, [](const auto& c) { return !c || c->idle(); });
   }
@@ -277,7 +278,12 @@ Status H2ShardTransport::BackoffStatus(std::size_t index) const {
 
 std::shared_ptr<H2ClientConnection> H2ShardTransport::ConnectionTo(std::size_t loop, std::size_t member,
                                                                     const std::string& identity) {
-  if (identity.empty()) return Connect(connections_[loop][member], loop, member, ssl_ctx_);
+  if (identity.empty()) {
+    const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
+    return Connect(connections_[loop][member], loop, member, ssl_ctx_, [weak, member](bool ok, const std::string& error) {
+      if (const auto self = weak.lock()) self->NoteConnectResult(member, ok, error);
+    });
+  }
   IdentityRow* row = IdentityRowFor(loop, identity);
   if (row == nullptr) return nullptr;
   row->last_used = std::chrono::steady_clock::now();
@@ -292,12 +298,26 @@ std::shared_ptr<H2ClientConnection> H2ShardTransport::ConnectionTo(std::size_t l
       spdlog::error("{}: {}", description_, e.what());
     }
   }
-  return Connect(slot, loop, member, row->ssl_ctx.get());
+  // A shard refusing this identity's certificate (say, not trusting the identity CA) is no member
+  // outage: the result stays out of the member's health and is logged here instead.
+  const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
+  const std::weak_ptr<IdentityRow> weak_row = identity_rows_[loop].at(identity);
+  return Connect(slot, loop, member, row->ssl_ctx.get(),
+                 [weak, weak_row, member, identity](bool ok, const std::string& error) {
+                   const auto self = weak.lock();
+                   const auto row = weak_row.lock();
+                   if (!self || !row) return;
+                   if (!ok && !row->failure_logged) {
+                     spdlog::warn("{}: member {}: connection as client-certificate user \"{}\" failed: {}",
+                                  self->description_, self->members_[member]->endpoint, identity, error);
+                   }
+                   row->failure_logged = !ok;
+                 });
 }
 
-std::shared_ptr<H2ClientConnection> H2ShardTransport::Connect(std::shared_ptr<H2ClientConnection>& slot,
-                                                              std::size_t loop, std::size_t member,
-                                                              SSL_CTX* ssl_ctx) {
+std::shared_ptr<H2ClientConnection> H2ShardTransport::Connect(
+    std::shared_ptr<H2ClientConnection>& slot, std::size_t loop, std::size_t member, SSL_CTX* ssl_ctx,
+    std::function<void(bool ok, const std::string& error)> on_connected) {
   if (slot && slot->usable()) return slot;
   auto& retired = retired_[loop];
   std::erase_if(retired, [](const auto& connection) { return connection->closed(); });
@@ -310,13 +330,10 @@ std::shared_ptr<H2ClientConnection> H2ShardTransport::Connect(std::shared_ptr<H2
   options.tls = ssl_ctx != nullptr;
   options.keepalive_time = std::chrono::milliseconds(tuning_.keepalive_time_ms);
   options.keepalive_timeout = std::chrono::milliseconds(tuning_.keepalive_timeout_ms);
-  const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
   slot = std::make_shared<H2ClientConnection>(
       // The certificate must name `server_name` when configured (SNI too), else the host dialled.
       *loops_, loop, m.address, m.address_len, ssl_ctx, server_name_.empty() ? m.host : server_name_, options,
-      [weak, member](bool ok, const std::string& error) {
-        if (const auto self = weak.lock()) self->NoteConnectResult(member, ok, error);
-      });
+      std::move(on_connected));
   const auto connection = slot;
   connection->Connect();
   return connection;

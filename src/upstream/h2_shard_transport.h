@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -57,9 +58,11 @@ class H2ShardTransport final : public ShardTransport, public std::enable_shared_
   Metadata Translated(const Metadata& metadata) const;
   void StartAttempt(const std::shared_ptr<Attempt>& attempt);
   void NoteConnectResult(std::size_t member, bool ok, const std::string& error);
-  // Loop thread only: (re)connects `slot` to `member` with `ssl_ctx` unless it is usable.
+  // Loop thread only: (re)connects `slot` to `member` with `ssl_ctx` unless it is usable;
+  // `on_connected` hears the attempt's outcome.
   std::shared_ptr<H2ClientConnection> Connect(std::shared_ptr<H2ClientConnection>& slot, std::size_t loop,
-                                              std::size_t member, SSL_CTX* ssl_ctx);
+                                              std::size_t member, SSL_CTX* ssl_ctx,
+                                              std::function<void(bool ok, const std::string& error)> on_connected);
   struct IdentityRow;
   // Loop thread only: the row of `identity`'s connections on `loop`, created (and the loop's rows
   // pruned) when missing; nullptr when no certificate can be had.

@@ -64,6 +64,8 @@ class CertIdentityTest : public ::testing::Test {
                          "; "
                          "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
                          "-subj /CN=identity-ca -keyout id-ca.key -out id-ca.crt; "
+                         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
+                         "-subj /CN=untrusted-ca -keyout untrusted-ca.key -out untrusted-ca.crt; "
                          "cat " + certs_->ca() + " id-ca.crt > shards-ca.crt; "
                          "printf 'extendedKeyUsage=clientAuth\\n' > client.cnf; ";
     // "nocn": a certificate without a CN (subject O=nocn).
@@ -104,6 +106,40 @@ class CertIdentityTest : public ::testing::Test {
     return Etcdctl((proxy != nullptr ? proxy : proxy_)->address(), "--command-timeout 5s --cacert " + tls.ca_file +
                                                                         " --cert " + tls.cert_file + " --key " +
                                                                         tls.key_file + " " + args);
+  }
+
+  // The upstream transport alone, on one event loop, towards shard 0, minting with `ca`.
+  static std::shared_ptr<H2ShardTransport> Transport(const std::string& ca, std::size_t max_identities,
+                                                     std::chrono::milliseconds idle) {
+    ShardConfig shard;
+    shard.name = "s0";
+    shard.endpoints = shards_[0]->ClientAddresses();
+    shard.tls = TlsClientConfig{certs_->ca(), certs_->cert(), certs_->key(), ""};
+    UpstreamTuning tuning;
+    tuning.identity_issuer =
+        std::make_shared<auth::IdentityIssuer>(ClientCertIdentityConfig{Path(ca + ".crt"), Path(ca + ".key")});
+    tuning.max_identities_per_loop = max_identities;
+    tuning.identity_idle = idle;
+    // One loop, alive until exit (as UpstreamLoops::Shared()): the transport may be released last
+    // on the loop's own thread, which must not be the one to stop it.
+    static const auto loops = std::make_shared<UpstreamLoops>(1);
+    return std::make_shared<H2ShardTransport>(shard, "shard \"s0\"", tuning, loops);
+  }
+
+  // A Put of "c" (shard 0) as `cn`; with "", no identity (the proxy's own certificate).
+  static Status PutAs(ShardTransport& transport, const std::string& cn) {
+    Metadata metadata;
+    if (!cn.empty()) metadata.emplace_back(kClientCertCnKey, cn);
+    auto ctx = std::make_shared<CallContext>(Clock::now() + 10s, std::move(metadata));
+    etcdserverpb::PutRequest request;
+    request.set_key("c");
+    request.set_value(cn);
+    std::promise<Status> done;
+    transport.Unary("/etcdserverpb.KV/Put", ctx, request.SerializeAsString(), kWrite,
+                    [&done](Status status, std::string) { done.set_value(std::move(status)); });
+    auto future = done.get_future();
+    EXPECT_EQ(future.wait_for(20s), std::future_status::ready);
+    return future.get();
   }
 
   static TestCertificates* certs_;
@@ -221,43 +257,39 @@ TEST_F(CertIdentityTest, GrpcDataPlaneCarriesTheIdentityToo) {
   EXPECT_EQ(As("root", "put b 7", proxy.get()).output, "OK\n");
 }
 
-// The upstream transport alone, on one event loop: each identity gets its own connection, and
-// their number stays bounded (least recently used idle one closed for a new one; idle ones closed).
-TEST_F(CertIdentityTest, IdentityConnectionsAreBoundedAndClosedWhenIdle) {
-  ShardConfig shard;
-  shard.name = "s0";
-  shard.endpoints = shards_[0]->ClientAddresses();
-  shard.tls = TlsClientConfig{certs_->ca(), certs_->cert(), certs_->key(), ""};
-  UpstreamTuning tuning;
-  tuning.identity_issuer =
-      std::make_shared<auth::IdentityIssuer>(ClientCertIdentityConfig{Path("id-ca.crt"), Path("id-ca.key")});
-  tuning.max_identities_per_loop = 2;
-  tuning.identity_idle = 600ms;
-  // One loop, alive until exit (as UpstreamLoops::Shared()): the transport may be released last on
-  // the loop's own thread, which must not be the one to stop it.
-  static const auto loops = std::make_shared<UpstreamLoops>(1);
-  const auto transport = std::make_shared<H2ShardTransport>(shard, "shard \"s0\"", tuning, loops);
-  const auto put_as = [&](const std::string& cn) {
-    auto ctx = std::make_shared<CallContext>(std::nullopt, Metadata{{std::string(kClientCertCnKey), cn}});
-    etcdserverpb::PutRequest request;
-    request.set_key("c");
-    request.set_value(cn);
-    std::promise<Status> done;
-    transport->Unary("/etcdserverpb.KV/Put", ctx, request.SerializeAsString(), kWrite,
-                     [&done](Status status, std::string) { done.set_value(std::move(status)); });
-    auto future = done.get_future();
-    EXPECT_EQ(future.wait_for(20s), std::future_status::ready);
-    return future.get();
-  };
-  EXPECT_TRUE(put_as("root").ok());
-  EXPECT_EQ(put_as("reader").message(), kDenied);
+// Each identity gets its own connection, and at most `max_identities_per_loop` of them are kept:
+// the least recently used idle one is closed for a new one.
+TEST_F(CertIdentityTest, IdentityConnectionsAreBounded) {
+  const auto transport = Transport("id-ca", 2, std::chrono::hours(1));
+  EXPECT_TRUE(PutAs(*transport, "root").ok());
+  EXPECT_EQ(PutAs(*transport, "reader").message(), kDenied);
   EXPECT_EQ(transport->identity_connection_count(), 2u);
-  EXPECT_FALSE(put_as("stranger").ok());  // no such etcd user; a third identity replaces the oldest
+  EXPECT_FALSE(PutAs(*transport, "stranger").ok());  // no such etcd user; replaces the oldest
   EXPECT_EQ(transport->identity_connection_count(), 2u);
-  EXPECT_TRUE(put_as("root").ok());  // made again after its eviction
+  EXPECT_TRUE(PutAs(*transport, "root").ok());  // made again after its eviction
   EXPECT_EQ(transport->identity_connection_count(), 2u);
+  EXPECT_EQ(PutAs(*transport, "reader").message(), kDenied);
+}
+
+TEST_F(CertIdentityTest, IdleIdentityConnectionsAreClosed) {
+  const auto transport = Transport("id-ca", 64, 300ms);
+  EXPECT_TRUE(PutAs(*transport, "root").ok());
   EXPECT_TRUE(WaitFor([&] { return transport->identity_connection_count() == 0; }, 10s));
-  EXPECT_TRUE(put_as("root").ok());
+  EXPECT_TRUE(PutAs(*transport, "root").ok());
+}
+
+// An identity CA the shard does not trust: the call fails with the shard's refusal, and the
+// member stays healthy for everyone else (the usual connection still serves at once).
+TEST_F(CertIdentityTest, AnUntrustedIdentityCaFailsTheCallNotTheMember) {
+  const auto transport = Transport("untrusted-ca", 64, std::chrono::hours(1));
+  const Status refused = PutAs(*transport, "root");
+  EXPECT_EQ(refused.code(), StatusCode::kUnavailable) << refused.message();
+  EXPECT_NE(refused.message().find("shard \"s0\""), std::string::npos) << refused.message();
+  // No token and no identity: the proxy's own certificate (CN 127.0.0.1, no etcd user), so etcd's
+  // own refusal, not a connection failure.
+  const Status usual = PutAs(*transport, "");
+  EXPECT_NE(usual.code(), StatusCode::kUnavailable) << usual.message();
+  EXPECT_NE(usual.message().find("etcdserver: "), std::string::npos) << usual.message();
 }
 
 TEST_F(CertIdentityTest, TheGrpcUpstreamTransportIsRefusedWithIdentities) {
