@@ -162,12 +162,20 @@ void AuthService::Stop() {
   if (startup_check_.joinable()) startup_check_.join();
 }
 
-void WarnAboutCertificateIdentity(const Config& config) {
+void WarnAboutCertificateIdentity(const Config& config, bool client_cert_auth) {
+  if (config.client_cert_identity) {
+    if (!client_cert_auth) {
+      spdlog::warn("'client_cert_identity' is configured but the proxy runs without --client-cert-auth: clients "
+                   "have no verified certificate, so no call runs as a certificate's CN");
+    }
+    return;
+  }
   for (const auto& shard : config.shards) {
     if (shard.tls && !shard.tls->cert_file.empty()) {
       spdlog::warn("shard \"{}\": the proxy presents its own client certificate; if the shard runs etcd with "
-                   "--client-cert-auth, requests without a token run as the certificate's CN there. Client "
-                   "certificate identities are not passed through (docs/semantics.md, Auth)",
+                   "--client-cert-auth, requests without a token run as that certificate's CN there, not as the "
+                   "client's. To run them as the client certificate's CN, configure 'client_cert_identity: "
+                   "{{ca_cert_file, ca_key_file}}' with a CA the shards trust (docs/semantics.md, Auth)",
                    shard.name);
     }
   }

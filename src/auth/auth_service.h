@@ -51,8 +51,9 @@ class AuthService {
 // line; a trailing newline is not part of it). Throws ConfigError when the file cannot be read.
 std::optional<auth::Credentials> LoadCredentials(const Config& config);
 
-// Client-certificate identities (etcd's --client-cert-auth, CN as user) do not pass through the
-// proxy: a shard sees the proxy's certificate. Says so once per shard the proxy presents one to.
-void WarnAboutCertificateIdentity(const Config& config);
+// Client-certificate identities (etcd's --client-cert-auth, CN as user) reach the shards only with
+// `client_cert_identity` configured; without it a shard sees the proxy's own certificate. Warns,
+// once per shard the proxy presents one to, naming what to configure.
+void WarnAboutCertificateIdentity(const Config& config, bool client_cert_auth);
 
 }  // namespace esp

@@ -109,6 +109,11 @@ void ValidateConfig(const Config& config) {
     for (const auto& endpoint : s.endpoints) {
       if (endpoint.empty()) throw ConfigError(label + ": empty endpoint address");
     }
+    // The identity is a client certificate: only a TLS connection can carry it to the shard.
+    if (config.client_cert_identity && !s.tls) {
+      throw ConfigError(label + ": 'client_cert_identity' needs a 'tls' block on every shard (the user's identity "
+                        "reaches the shard as a client certificate)");
+    }
     const bool last = i + 1 == shards.size();
     if (s.end.empty() && !last) {
       throw ConfigError(label + ": end is unbounded but more shards follow; shards overlap");
@@ -145,6 +150,22 @@ void ValidateConfig(const Config& config) {
   }
 }
 
+namespace {
+
+ClientCertIdentityConfig ReadCertIdentity(const YAML::Node& node) {
+  if (!node.IsMap() || !node["ca_cert_file"] || !node["ca_key_file"]) {
+    throw ConfigError("'client_cert_identity' needs 'ca_cert_file' and 'ca_key_file' (the CA the shards trust for "
+                      "client certificates)");
+  }
+  ClientCertIdentityConfig out{node["ca_cert_file"].as<std::string>(), node["ca_key_file"].as<std::string>()};
+  if (out.ca_cert_file.empty() || out.ca_key_file.empty()) {
+    throw ConfigError("'client_cert_identity': 'ca_cert_file' and 'ca_key_file' must not be empty");
+  }
+  return out;
+}
+
+}  // namespace
+
 Config ParseConfig(const std::string& yaml_text) {
   YAML::Node root;
   try {
@@ -169,6 +190,7 @@ Config ParseConfig(const std::string& yaml_text) {
       config.credentials = CredentialsConfig{credentials["user"].as<std::string>(),
                                              credentials["password_file"].as<std::string>()};
     }
+    if (const auto identity = root["client_cert_identity"]) config.client_cert_identity = ReadCertIdentity(identity);
   } catch (const YAML::Exception& e) {
     throw ConfigError(std::string("invalid shard entry: ") + e.what());
   }

@@ -38,11 +38,21 @@ struct CredentialsConfig {
   std::string password_file;
 };
 
+// A CA the shards trust for client certificates (etcd --trusted-ca-file), held by the proxy so it
+// can present, towards each shard, a certificate naming the same user (CN) as the verified client
+// certificate of a client that sent no token (etcd's --client-cert-auth identity).
+//   client_cert_identity: {ca_cert_file: /etc/esp/identity-ca.crt, ca_key_file: /etc/esp/identity-ca.key}
+struct ClientCertIdentityConfig {
+  std::string ca_cert_file;
+  std::string ca_key_file;
+};
+
 struct Config {
   std::vector<ShardConfig> shards;
   // Client URLs of the other proxies in front of the same shards (`proxies:`), for MemberList.
   std::vector<std::string> proxies;
   std::optional<CredentialsConfig> credentials;
+  std::optional<ClientCertIdentityConfig> client_cert_identity;
 };
 
 class ConfigError : public std::runtime_error {

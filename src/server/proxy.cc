@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "auth/cert_identity.h"
 #include "auth/token.h"
 #include "server/unimplemented.h"
 #include "upstream/grpc_shard_transport.h"
@@ -25,14 +26,27 @@ constexpr int kPendingFlushTicks = 5;
 // gRPC's framing and metadata on top of the largest request etcd accepts (etcd adds the same).
 constexpr int kGrpcOverheadBytes = 512 * 1024;
 
+// Client-certificate identities need a connection per identity, which only our HTTP/2 client
+// keeps (per member, per loop, bounded); with gRPC's client that would be a channel per user.
+std::shared_ptr<auth::IdentityIssuer> MakeIdentityIssuer(const Config& config, const std::string& upstream_transport) {
+  if (!config.client_cert_identity) return nullptr;
+  if (upstream_transport != "h2") {
+    throw ConfigError("'client_cert_identity' needs --upstream-transport=h2 (the gRPC upstream transport cannot "
+                      "present a certificate per client identity)");
+  }
+  return std::make_shared<auth::IdentityIssuer>(*config.client_cert_identity);
+}
+
 std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics,
                                               const std::string& upstream_transport) {
   std::vector<ShardBounds> bounds;
   for (const auto& shard : config.shards) bounds.push_back({shard.name, shard.start, shard.end});
   ShardMap map(std::move(bounds));
   std::vector<std::shared_ptr<ShardTransport>> transports;
+  const auto issuer = MakeIdentityIssuer(config, upstream_transport);
   for (std::size_t i = 0; i < config.shards.size(); ++i) {
     UpstreamTuning tuning;
+    tuning.identity_issuer = issuer;
     if (metrics != nullptr) {
       tuning.on_retry = [metrics, shard = map.shard(i).name](const std::string& method) {
         metrics->RecordRetry(shard, method);
@@ -125,7 +139,7 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
   housekeeper_.OnTick([pending = pending_leases_, ticks = 0]() mutable {
     if (++ticks % kPendingFlushTicks == 0) pending->Flush();
   });
-  WarnAboutCertificateIdentity(config);
+  WarnAboutCertificateIdentity(config, options_.tls.client_cert_auth);
   RegisterUnimplemented(router_);
   // Last: the wrapper must see every handler, the UNIMPLEMENTED ones included.
   metrics_.InstrumentRouter(router_);

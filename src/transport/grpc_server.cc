@@ -17,6 +17,7 @@
 #include <optional>
 
 #include "transport/grpc_bytes.h"
+#include "transport/peer_identity.h"
 
 namespace esp {
 namespace {
@@ -28,8 +29,19 @@ grpc::Status ToGrpc(const Status& status) {
 bool IsForwardedHeader(std::string_view key) {
   // Transport headers belong to the hop; everything else (token, hasleader, client-api-version,
   // custom headers) is the client's and goes on to the shards.
+  // The client-certificate identity key is set here from the TLS session, never by a client.
   return !(key.empty() || key.front() == ':' || key.starts_with("grpc-") || key == "user-agent" ||
-           key == "content-type" || key == "te" || key == "authority" || key == "host");
+           key == "content-type" || key == "te" || key == "authority" || key == "host" ||
+           key == kClientCertCnKey);
+}
+
+// gRPC verified the certificate (the server asks for one only with --client-cert-auth, and then
+// requires and verifies it); its CN is the user of calls without a token, as in etcd.
+std::string VerifiedClientCn(const grpc::GenericCallbackServerContext& ctx) {
+  const auto auth = ctx.auth_context();
+  if (!auth || !auth->IsPeerAuthenticated()) return {};
+  const auto names = auth->FindPropertyValues("x509_common_name");
+  return names.empty() ? std::string() : std::string(names.back().data(), names.back().size());
 }
 
 CallContextPtr MakeContext(const grpc::GenericCallbackServerContext& ctx) {
@@ -38,6 +50,7 @@ CallContextPtr MakeContext(const grpc::GenericCallbackServerContext& ctx) {
     const std::string_view k(key.data(), key.size());
     if (IsForwardedHeader(k)) metadata.emplace_back(std::string(k), std::string(value.data(), value.size()));
   }
+  if (std::string cn = VerifiedClientCn(ctx); !cn.empty()) metadata.emplace_back(kClientCertCnKey, std::move(cn));
   std::optional<Clock::time_point> deadline;
   const auto d = ctx.deadline();
   // gRPC reports "no deadline" as a point centuries away.

@@ -13,6 +13,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "transport/peer_identity.h"
+
 namespace esp {
 namespace {
 
@@ -35,9 +37,21 @@ nghttp2_nv Header(std::string_view name, std::string_view value) {
 }
 
 bool IsForwardedHeader(std::string_view key) {
-  // As grpc_server.cc: hop headers stay here, the client's own (token, hasleader, ...) go on.
+  // As grpc_server.cc: hop headers stay here, the client's own (token, hasleader, ...) go on. The
+  // client-certificate identity key is ours alone: a client sending it would pick its own user.
   return !(key.empty() || key.front() == ':' || key.starts_with("grpc-") || key == "user-agent" ||
-           key == "content-type" || key == "te" || key == "authority" || key == "host");
+           key == "content-type" || key == "te" || key == "authority" || key == "host" ||
+           key == kClientCertCnKey);
+}
+
+// The CN of a client certificate the handshake verified (the server asks for one only with
+// --client-cert-auth), as etcd's AuthInfoFromTLS takes it; "" without one.
+std::string VerifiedClientCn(SSL* ssl) {
+  if (ssl == nullptr || SSL_get_verify_result(ssl) != X509_V_OK) return {};
+  X509* cert = SSL_get1_peer_certificate(ssl);
+  std::string cn = CommonName(cert);
+  X509_free(cert);
+  return cn;
 }
 
 // Binary metadata ("-bin" keys) travels base64-encoded, padded or not; services get the bytes,
@@ -491,6 +505,8 @@ void H2Connection::BeginCall(H2Stream& stream) {
   if (!stream.content_type.starts_with("application/grpc")) return RefuseHttp(stream, "415");
   std::optional<Clock::time_point> deadline;
   if (stream.timeout) deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(*stream.timeout);
+  if (!client_cn_) client_cn_ = VerifiedClientCn(ssl_);
+  if (!client_cn_->empty()) stream.metadata.emplace_back(kClientCertCnKey, *client_cn_);
   stream.context = std::make_shared<CallContext>(deadline, std::move(stream.metadata));
   stream.deframer.emplace(limits_.max_receive_bytes);
   if (!stream.encoding.empty() && stream.encoding != "identity") {

@@ -161,6 +161,9 @@ class H2Connection {
   std::size_t outbuf_offset_ = 0;
   bool want_write_event_ = false;
   std::string peer_;  // "host:port", taken at accept: getpeername fails once the peer has gone
+  // The verified client certificate's CN (etcd's client-cert-auth user), read at the first call:
+  // by then the handshake is done. Empty: no verified certificate.
+  std::optional<std::string> client_cn_;
   bool handshake_failure_logged_ = false;
   bool dirty_ = false;
   bool draining_ = false;

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "transport/grpc_bytes.h"
+#include "transport/peer_identity.h"
 #include "upstream/retry_policy.h"
 
 namespace esp {
@@ -67,6 +68,9 @@ using TokenTranslator = std::function<std::string(std::string_view token)>;
 // etcd reads the auth token from the `token` metadata key (clientv3's TokenFieldNameGRPC).
 void AddMetadata(grpc::ClientContext& ctx, const Metadata& metadata, const TokenTranslator& translate) {
   for (const auto& [key, value] : metadata) {
+    // Client-certificate identities need the h2 upstream transport (the proxy refuses the config
+    // otherwise); the reserved key never leaves the proxy.
+    if (key == kClientCertCnKey) continue;
     if (translate && key == "token") {
       ctx.AddMetadata(key, translate(value));
     } else {

@@ -1,6 +1,7 @@
 #pragma once
 // ShardTransport over gRPC C++: one channel per member of the shard's etcd cluster.
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -20,6 +21,10 @@ class Status;
 
 namespace esp {
 
+namespace auth {
+class IdentityIssuer;
+}
+
 struct UpstreamTuning {
   int keepalive_time_ms = 30000;   // etcd refuses pings more often than every 5 s
   int keepalive_timeout_ms = 10000;
@@ -31,6 +36,13 @@ struct UpstreamTuning {
   // carry one token per shard); empty: forwarded unchanged. Applied to every call and stream,
   // so services never see per-shard tokens.
   std::function<std::string(std::string_view token)> translate_token;
+  // Mints the certificates that carry a client-certificate identity (CN) to the shard; empty: calls
+  // carrying one go over the shard's usual connection (config `client_cert_identity`, h2 only).
+  std::shared_ptr<auth::IdentityIssuer> identity_issuer;
+  // Bounds on those identities' connections: identities kept per event loop (the least recently
+  // used idle one is closed to make room), and how long an identity's connections stay idle.
+  std::size_t max_identities_per_loop = 64;
+  std::chrono::milliseconds identity_idle{60000};
 };
 
 class GrpcShardTransport final : public ShardTransport,

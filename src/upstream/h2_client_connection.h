@@ -100,6 +100,8 @@ class H2ClientConnection : public std::enable_shared_from_this<H2ClientConnectio
   // New calls may go here: not closed and no GOAWAY received.
   bool usable() const { return state_ != State::kClosed && !goaway_; }
   bool closed() const { return state_ == State::kClosed; }
+  // No call started or waiting: dropping the connection loses nothing.
+  bool idle() const { return calls_.empty() && waiting_.empty(); }
 
   void Start(const std::shared_ptr<H2ClientCall>& call);
   void Write(const std::shared_ptr<H2ClientCall>& call, std::string_view message);

@@ -4,12 +4,14 @@
 #include <openssl/err.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <deque>
 #include <mutex>
 #include <optional>
 
+#include "auth/cert_identity.h"
 #include "upstream/retry_policy.h"
 
 namespace esp {
@@ -30,6 +32,17 @@ struct H2ShardTransport::Member {
   std::string last_error;
 };
 
+struct H2ShardTransport::IdentityRow {
+  std::shared_ptr<const auth::IssuedIdentity> issued;
+  std::shared_ptr<SSL_CTX> ssl_ctx;  // the shard's trust settings plus the identity's certificate
+  std::vector<std::shared_ptr<H2ClientConnection>> connections;  // per member
+  std::chrono::steady_clock::time_point last_used;
+  bool failure_logged = false;  // one log line per run of failed connection attempts
+  bool idle() const {
+    return std::ranges::all_of(connections, [](const auto& c) { return !c || c->idle(); });
+  }
+};
+
 struct H2ShardTransport::Attempt {
   std::string method;
   CallContextPtr ctx;
@@ -41,6 +54,7 @@ struct H2ShardTransport::Attempt {
   std::size_t member = 0;
   std::optional<std::string> response;
   Cancellation::HookId cancel_hook = 0;
+  std::string identity;  // client-certificate CN to present on the shard, or ""
 };
 
 namespace {
@@ -77,6 +91,22 @@ SSL_CTX* MakeSslContext(const TlsClientConfig& tls) {
   return ctx;
 }
 
+// The shard's trust settings (the base context's CA store, shared) with `issued` as the client
+// certificate: what a connection carrying that identity presents.
+std::shared_ptr<SSL_CTX> MakeIdentityContext(SSL_CTX* base, const auth::IssuedIdentity& issued) {
+  std::shared_ptr<SSL_CTX> ctx(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  SSL_CTX_set1_cert_store(ctx.get(), SSL_CTX_get_cert_store(base));
+  static constexpr unsigned char kAlpn[] = {2, 'h', '2'};
+  SSL_CTX_set_alpn_protos(ctx.get(), kAlpn, sizeof(kAlpn));
+  if (SSL_CTX_use_certificate(ctx.get(), issued.cert.get()) != 1 ||
+      SSL_CTX_use_PrivateKey(ctx.get(), issued.key.get()) != 1) {
+    throw std::runtime_error(SslError("cannot use the minted certificate for \"" + issued.cn + "\""));
+  }
+  return ctx;
+}
+
 // Resolved once, at start-up: no name lookups on the request path.
 void Resolve(H2ShardTransport::Member& member) {
   const auto colon = member.endpoint.rfind(':');
@@ -104,7 +134,7 @@ class H2UpstreamStream final : public UpstreamStream, public std::enable_shared_
       : loop_(loop), observer_(std::move(observer)) {}
 
   void Open(std::shared_ptr<H2ShardTransport> transport, std::size_t loop_index, std::string method,
-            Metadata metadata) {
+            Metadata metadata, std::string identity) {
     call_ = std::make_shared<H2ClientCall>();
     call_->path = std::move(method);
     call_->metadata = std::move(metadata);
@@ -118,9 +148,10 @@ class H2UpstreamStream final : public UpstreamStream, public std::enable_shared_
       auto observer = std::move(self->observer_);
       if (observer) observer->OnClose(std::move(status));
     };
-    loop_.Post([self = shared_from_this(), transport = std::move(transport), loop_index] {
+    loop_.Post([self = shared_from_this(), transport = std::move(transport), loop_index,
+                identity = std::move(identity)] {
       const std::size_t member = transport->PickMember(SIZE_MAX);
-      self->connection_ = transport->ConnectionTo(loop_index, member);
+      self->connection_ = transport->ConnectionTo(loop_index, member, identity);
       if (self->connection_) return self->connection_->Start(self->call_);
       auto on_close = std::move(self->call_->on_close);
       on_close(transport->BackoffStatus(member), true);
@@ -161,7 +192,10 @@ class H2UpstreamStream final : public UpstreamStream, public std::enable_shared_
 
 H2ShardTransport::H2ShardTransport(const ShardConfig& shard, std::string description, UpstreamTuning tuning,
                                    std::shared_ptr<UpstreamLoops> loops)
-    : description_(std::move(description)), tuning_(std::move(tuning)), loops_(std::move(loops)) {
+    : description_(std::move(description)),
+      tuning_(std::move(tuning)),
+      loops_(std::move(loops)),
+      issuer_(tuning_.identity_issuer) {
   if (shard.tls) {
     ssl_ctx_ = MakeSslContext(*shard.tls);
     server_name_ = shard.tls->server_name;
@@ -174,12 +208,18 @@ H2ShardTransport::H2ShardTransport(const ShardConfig& shard, std::string descrip
   }
   connections_.resize(loops_->size(), std::vector<std::shared_ptr<H2ClientConnection>>(members_.size()));
   retired_.resize(loops_->size());
+  identity_rows_.resize(loops_->size());
+  prune_timers_.resize(loops_->size(), 0);
+  if (issuer_ && ssl_ctx_ == nullptr) {
+    throw ConfigError(description_ + ": client-certificate identities need TLS towards the shard ('tls')");
+  }
 }
 
 H2ShardTransport::~H2ShardTransport() {
   // Each connection belongs to its loop: hand it back to be dropped there.
   for (std::size_t loop = 0; loop < connections_.size(); ++loop) {
-    loops_->loop(loop).Post([row = std::move(connections_[loop]), retired = std::move(retired_[loop])] {});
+    loops_->loop(loop).Post([row = std::move(connections_[loop]), retired = std::move(retired_[loop]),
+                             identities = std::move(identity_rows_[loop])] {});
   }
   if (ssl_ctx_ != nullptr) SSL_CTX_free(ssl_ctx_);
 }
@@ -236,8 +276,48 @@ Status H2ShardTransport::BackoffStatus(std::size_t index) const {
   return Status(StatusCode::kUnavailable, std::move(message));
 }
 
-std::shared_ptr<H2ClientConnection> H2ShardTransport::ConnectionTo(std::size_t loop, std::size_t member) {
-  auto& slot = connections_[loop][member];
+std::shared_ptr<H2ClientConnection> H2ShardTransport::ConnectionTo(std::size_t loop, std::size_t member,
+                                                                    const std::string& identity) {
+  if (identity.empty()) {
+    const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
+    return Connect(connections_[loop][member], loop, member, ssl_ctx_, [weak, member](bool ok, const std::string& error) {
+      if (const auto self = weak.lock()) self->NoteConnectResult(member, ok, error);
+    });
+  }
+  IdentityRow* row = IdentityRowFor(loop, identity);
+  if (row == nullptr) return nullptr;
+  row->last_used = std::chrono::steady_clock::now();
+  auto& slot = row->connections[member];
+  if (!(slot && slot->usable()) && Clock::now() >= row->issued->renew_after) {
+    // New connections get a fresh certificate; open ones keep theirs (checked at handshake only).
+    try {
+      auto issued = issuer_->For(identity);
+      row->ssl_ctx = MakeIdentityContext(ssl_ctx_, *issued);
+      row->issued = std::move(issued);
+    } catch (const std::exception& e) {
+      spdlog::error("{}: {}", description_, e.what());
+    }
+  }
+  // A shard refusing this identity's certificate (say, not trusting the identity CA) is no member
+  // outage: the result stays out of the member's health and is logged here instead.
+  const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
+  const std::weak_ptr<IdentityRow> weak_row = identity_rows_[loop].at(identity);
+  return Connect(slot, loop, member, row->ssl_ctx.get(),
+                 [weak, weak_row, member, identity](bool ok, const std::string& error) {
+                   const auto self = weak.lock();
+                   const auto row = weak_row.lock();
+                   if (!self || !row) return;
+                   if (!ok && !row->failure_logged) {
+                     spdlog::warn("{}: member {}: connection as client-certificate user \"{}\" failed: {}",
+                                  self->description_, self->members_[member]->endpoint, identity, error);
+                   }
+                   row->failure_logged = !ok;
+                 });
+}
+
+std::shared_ptr<H2ClientConnection> H2ShardTransport::Connect(
+    std::shared_ptr<H2ClientConnection>& slot, std::size_t loop, std::size_t member, SSL_CTX* ssl_ctx,
+    std::function<void(bool ok, const std::string& error)> on_connected) {
   if (slot && slot->usable()) return slot;
   auto& retired = retired_[loop];
   std::erase_if(retired, [](const auto& connection) { return connection->closed(); });
@@ -247,19 +327,82 @@ std::shared_ptr<H2ClientConnection> H2ShardTransport::ConnectionTo(std::size_t l
   const Member& m = *members_[member];
   H2ClientOptions options;
   options.authority = m.endpoint;
-  options.tls = ssl_ctx_ != nullptr;
+  options.tls = ssl_ctx != nullptr;
   options.keepalive_time = std::chrono::milliseconds(tuning_.keepalive_time_ms);
   options.keepalive_timeout = std::chrono::milliseconds(tuning_.keepalive_timeout_ms);
-  const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
   slot = std::make_shared<H2ClientConnection>(
       // The certificate must name `server_name` when configured (SNI too), else the host dialled.
-      *loops_, loop, m.address, m.address_len, ssl_ctx_, server_name_.empty() ? m.host : server_name_, options,
-      [weak, member](bool ok, const std::string& error) {
-        if (const auto self = weak.lock()) self->NoteConnectResult(member, ok, error);
-      });
+      *loops_, loop, m.address, m.address_len, ssl_ctx, server_name_.empty() ? m.host : server_name_, options,
+      std::move(on_connected));
   const auto connection = slot;
   connection->Connect();
   return connection;
+}
+
+H2ShardTransport::IdentityRow* H2ShardTransport::IdentityRowFor(std::size_t loop, const std::string& identity) {
+  auto& rows = identity_rows_[loop];
+  const auto now = std::chrono::steady_clock::now();
+  if (const auto found = rows.find(identity); found != rows.end()) return found->second.get();
+  PruneIdentities(loop, true);
+  auto row = std::make_shared<IdentityRow>();
+  try {
+    row->issued = issuer_->For(identity);
+    row->ssl_ctx = MakeIdentityContext(ssl_ctx_, *row->issued);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: {}", description_, e.what());
+    return nullptr;
+  }
+  row->connections.resize(members_.size());
+  row->last_used = now;
+  identity_rows_total_.fetch_add(1);
+  IdentityRow* const added = rows.emplace(identity, std::move(row)).first->second.get();
+  ArmPruneTimer(loop);
+  return added;
+}
+
+void H2ShardTransport::ArmPruneTimer(std::size_t loop) {
+  if (prune_timers_[loop] != 0 || identity_rows_[loop].empty()) return;
+  const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
+  // Half the idle time: an idle identity is closed between 1 and 1.5 idle times after its last call.
+  prune_timers_[loop] = loops_->loop(loop).AddTimer(std::chrono::steady_clock::now() + tuning_.identity_idle / 2,
+                                                    [weak, loop] {
+                                                      const auto self = weak.lock();
+                                                      if (!self) return;
+                                                      self->prune_timers_[loop] = 0;
+                                                      self->PruneIdentities(loop, false);
+                                                      self->ArmPruneTimer(loop);
+                                                    });
+}
+
+// Bounds what many users can cost: identities idle for `identity_idle` lose their connections,
+// and with `make_room` the least recently used idle ones go until a new one fits. Identities with
+// calls in flight stay (those calls bound them); rows hold no call, so dropping one loses nothing.
+void H2ShardTransport::PruneIdentities(std::size_t loop, bool make_room) {
+  auto& rows = identity_rows_[loop];
+  const auto now = std::chrono::steady_clock::now();
+  const auto erased = std::erase_if(rows, [&](const auto& entry) {
+    return entry.second->idle() && now - entry.second->last_used >= tuning_.identity_idle;
+  });
+  identity_rows_total_.fetch_sub(erased);
+  while (make_room && rows.size() >= std::max<std::size_t>(tuning_.max_identities_per_loop, 1)) {
+    auto oldest = rows.end();
+    for (auto it = rows.begin(); it != rows.end(); ++it) {
+      if (it->second->idle() && (oldest == rows.end() || it->second->last_used < oldest->second->last_used)) oldest = it;
+    }
+    if (oldest == rows.end()) return;
+    rows.erase(oldest);
+    identity_rows_total_.fetch_sub(1);
+  }
+}
+
+std::string H2ShardTransport::IdentityOf(const Metadata& metadata) const {
+  if (!issuer_) return {};
+  std::string identity;
+  for (const auto& [key, value] : metadata) {
+    if (key == "token") return {};
+    if (key == kClientCertCnKey) identity = value;
+  }
+  return identity;
 }
 
 void H2ShardTransport::Unary(const std::string& method, const CallContextPtr& ctx, std::string request,
@@ -273,6 +416,7 @@ void H2ShardTransport::Unary(const std::string& method, const CallContextPtr& ct
   attempt->loop = loops_->Pick();
   attempt->tries_left = members_.size();  // writes only retry calls that were never sent
   attempt->member = members_.size();      // no member to avoid on the first try
+  attempt->identity = IdentityOf(ctx->metadata());
   // Always through the queue: a completion may start a call from inside nghttp2's callbacks.
   loops_->loop(attempt->loop).Post([self = shared_from_this(), attempt] { self->StartAttempt(attempt); });
 }
@@ -281,7 +425,7 @@ void H2ShardTransport::StartAttempt(const std::shared_ptr<Attempt>& attempt) {
   attempt->member = PickMember(attempt->member);
   attempt->tries_left--;
   attempt->response.reset();
-  const auto connection = ConnectionTo(attempt->loop, attempt->member);
+  const auto connection = ConnectionTo(attempt->loop, attempt->member, attempt->identity);
   auto call = std::make_shared<H2ClientCall>();
   call->path = attempt->method;
   call->metadata = Translated(attempt->ctx->metadata());
@@ -330,7 +474,7 @@ std::shared_ptr<UpstreamStream> H2ShardTransport::OpenStream(const std::string& 
                                                              std::shared_ptr<UpstreamStreamObserver> observer) {
   const std::size_t loop = loops_->Pick();
   auto stream = std::make_shared<H2UpstreamStream>(loops_->loop(loop), std::move(observer));
-  stream->Open(shared_from_this(), loop, method, Translated(metadata));
+  stream->Open(shared_from_this(), loop, method, Translated(metadata), IdentityOf(metadata));
   return stream;
 }
 
@@ -338,6 +482,8 @@ std::shared_ptr<UpstreamStream> H2ShardTransport::OpenStream(const std::string& 
 // composite token becomes this shard's own (src/auth/token.h).
 Metadata H2ShardTransport::Translated(const Metadata& metadata) const {
   Metadata out = metadata;
+  // The identity was chosen from it (IdentityOf); the shard reads it from the certificate.
+  std::erase_if(out, [](const auto& entry) { return entry.first == kClientCertCnKey; });
   if (!tuning_.translate_token) return out;
   for (auto& [key, value] : out) {
     if (key == "token") value = tuning_.translate_token(value);

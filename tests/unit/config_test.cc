@@ -33,6 +33,25 @@ proxies: [http://127.0.0.1:2379, http://127.0.0.1:3379]
   EXPECT_NE(ErrorOf("shards: [{start: \"\", end: \"\", address: a:1}]\nproxies: x"), "");
 }
 
+TEST(ConfigTest, ClientCertIdentityNeedsBothFilesAndTlsOnEveryShard) {
+  const Config c = ParseConfig(R"(
+shards: [{start: "", end: "", address: 127.0.0.1:1, tls: {ca_file: ca.crt}}]
+client_cert_identity: {ca_cert_file: id.crt, ca_key_file: id.key}
+)");
+  ASSERT_TRUE(c.client_cert_identity);
+  EXPECT_EQ(c.client_cert_identity->ca_cert_file, "id.crt");
+  EXPECT_EQ(c.client_cert_identity->ca_key_file, "id.key");
+  EXPECT_FALSE(ParseConfig("shards: [{start: \"\", end: \"\", address: a:1}]").client_cert_identity);
+  EXPECT_EQ(ErrorOf("shards: [{start: \"\", end: \"\", address: a:1, tls: {ca_file: c}}]\n"
+                    "client_cert_identity: {ca_cert_file: id.crt}"),
+            "'client_cert_identity' needs 'ca_cert_file' and 'ca_key_file' (the CA the shards trust for client "
+            "certificates)");
+  EXPECT_EQ(ErrorOf("shards: [{start: \"\", end: \"\", address: a:1}]\n"
+                    "client_cert_identity: {ca_cert_file: id.crt, ca_key_file: id.key}"),
+            "shard 0 (shard-0): 'client_cert_identity' needs a 'tls' block on every shard (the user's identity "
+            "reaches the shard as a client certificate)");
+}
+
 TEST(ConfigTest, EndpointsNamesAndTlsExtendTheFormat) {
   const Config c = ParseConfig(R"(
 shards:
