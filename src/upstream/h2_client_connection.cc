@@ -130,7 +130,7 @@ UpstreamLoops::UpstreamLoops(std::size_t count) {
     slot->loop = std::make_shared<EventLoop>();
     Slot* const raw = slot.get();
     // Coalescing: every connection that produced output this turn is written once, here.
-    slot->loop->SetEndOfTurn([raw] {
+    slot->loop->AddEndOfTurn([raw] {
       while (!raw->dirty.empty()) {
         auto dirty = std::move(raw->dirty);
         raw->dirty.clear();
@@ -151,6 +151,12 @@ std::shared_ptr<UpstreamLoops> UpstreamLoops::Shared() {
   // (from a completion), where stopping the pool would mean a thread joining itself.
   static const auto shared = std::make_shared<UpstreamLoops>(std::max(1u, std::thread::hardware_concurrency()));
   return shared;
+}
+
+std::vector<std::shared_ptr<EventLoop>> UpstreamLoops::loops() const {
+  std::vector<std::shared_ptr<EventLoop>> out;
+  for (const auto& slot : slots_) out.push_back(slot->loop);
+  return out;
 }
 
 std::size_t UpstreamLoops::Pick() {

@@ -39,6 +39,9 @@ class UpstreamLoops {
 
   std::size_t size() const { return slots_.size(); }
   EventLoop& loop(std::size_t index) { return *slots_[index]->loop; }
+  // The loops themselves, for the client-facing data plane to run its connections on too: a
+  // call started on loop i then uses loop i's upstream connections and completes on loop i.
+  std::vector<std::shared_ptr<EventLoop>> loops() const;
   // The calling thread's loop if it is one of ours (no hop), else the next one round robin.
   std::size_t Pick();
   // Loop thread only: flush `connection` at the end of this turn.
