@@ -132,14 +132,14 @@ void EventLoop::RunPosted() {
   // Bounded rounds: work posted while running posted work runs too, but a task that keeps
   // re-posting itself cannot starve I/O.
   for (int round = 0; round < 4; ++round) {
-    std::vector<Task> batch;
     {
       const std::lock_guard lock(mu_);
-      batch.swap(posted_);
+      running_.swap(posted_);
       wake_pending_ = false;
     }
-    if (batch.empty()) return;
-    for (auto& task : batch) task();
+    if (running_.empty()) return;
+    for (auto& task : running_) task();
+    running_.clear();
   }
 }
 

@@ -67,6 +67,8 @@ class EventLoop {
   // they were posted. (Two queues, one per origin, let a response posted from a shard's thread
   // overtake a `created` posted earlier from the loop thread.)
   std::vector<Task> posted_;   // guarded by mu_
+  std::vector<Task> running_;  // loop thread: the batch being run; swapped with posted_ so that
+                               // both keep their capacity (no allocation per turn)
   bool wake_pending_ = false;  // guarded by mu_: one eventfd write per batch of posts
 
   std::unordered_map<int, FdHandler> handlers_;

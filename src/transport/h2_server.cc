@@ -105,12 +105,12 @@ class H2Server::Loop final : public H2ConnectionOwner {
   // The write coalescing point: each connection that produced frames this turn writes them once.
   void FlushDirty() {
     for (int round = 0; round < 4 && !dirty_.empty(); ++round) {
-      std::vector<H2Connection*> dirty;
-      dirty.swap(dirty_);
-      for (H2Connection* c : dirty) {
+      flushing_.swap(dirty_);  // both keep their capacity: no allocation per turn
+      for (H2Connection* c : flushing_) {
         c->ClearDirty();
         c->Flush();
       }
+      flushing_.clear();
     }
     // Still more (frames queued while flushing): come back at once instead of sleeping in epoll.
     if (!dirty_.empty()) loop_->Post([] {});
@@ -123,6 +123,7 @@ class H2Server::Loop final : public H2ConnectionOwner {
   EventLoop::HookId hook_ = 0;  // shared loop: our FlushDirty
   std::unordered_map<H2Connection*, std::unique_ptr<H2Connection>> connections_;
   std::vector<H2Connection*> dirty_;
+  std::vector<H2Connection*> flushing_;
   std::vector<std::unique_ptr<H2Connection>> graveyard_;
   bool draining_ = false;
 };

@@ -51,6 +51,7 @@ class UpstreamLoops {
   struct Slot {
     std::shared_ptr<EventLoop> loop;
     std::vector<std::shared_ptr<H2ClientConnection>> dirty;
+    std::vector<std::shared_ptr<H2ClientConnection>> flushing;
   };
   std::vector<std::unique_ptr<Slot>> slots_;
   std::atomic<std::size_t> next_{0};
