@@ -5,6 +5,8 @@
 # here is stopped by pid on exit.
 # Environment: ROUNDS (5), DURATION (3 s), CONNS (4), INFLIGHT (50), WORKLOADS ("put get-ser get-lin"),
 # VARIANT_FLAG (--data-plane; --upstream-transport compares the two transports towards etcd instead).
+# PROXY_A and PROXY_B (two binaries, e.g. before/after a change): compares the two builds with
+# their default flags instead; they appear as the targets "grpc" (A) and "h2" (B) in the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
@@ -36,8 +38,13 @@ PID[etcd]=$!; ADDR[direct]=127.0.0.1:$cport
 printf 'shards:\n  - {name: only, start: "", end: "", address: %s}\n' "${ADDR[direct]}" >"$WORK/p.yaml"
 for plane in grpc h2; do
   port=$(free_port)
-  "$PROXY" --config "$WORK/p.yaml" --listen-addr "127.0.0.1:$port" "$VARIANT_FLAG" "$plane" --log-level warn \
-    >"$WORK/$plane.log" 2>&1 &
+  if [[ -n ${PROXY_A:-} ]]; then
+    binary=$PROXY_A; [[ $plane == h2 ]] && binary=$PROXY_B
+    "$binary" --config "$WORK/p.yaml" --listen-addr "127.0.0.1:$port" --log-level warn >"$WORK/$plane.log" 2>&1 &
+  else
+    "$PROXY" --config "$WORK/p.yaml" --listen-addr "127.0.0.1:$port" "$VARIANT_FLAG" "$plane" --log-level warn \
+      >"$WORK/$plane.log" 2>&1 &
+  fi
   PID[$plane]=$!; ADDR[$plane]=127.0.0.1:$port
 done
 for t in direct grpc h2; do

@@ -151,6 +151,12 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
     H2ServerOptions h2;
     h2.listen_address = options_.listen_address;
     h2.loops = options_.data_plane_threads;
+    // One set of loops for both sides (issue #4): a call read on loop i goes out on loop i's
+    // connection to the shard and its answer is written back from loop i, with no thread hop.
+    if (options_.upstream_transport == "h2") {
+      const auto upstream = UpstreamLoops::Shared();
+      if (h2.loops <= 0 || static_cast<std::size_t>(h2.loops) == upstream->size()) h2.shared_loops = upstream->loops();
+    }
     h2.limits.max_pending_bytes_per_stream = options_.data_plane_stream_buffer;
     h2.limits.max_receive_bytes = static_cast<std::size_t>(options_.max_request_bytes + kGrpcOverheadBytes);
     h2.limits.ping_policy.min_time = options_.grpc_keepalive_min_time;

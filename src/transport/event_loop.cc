@@ -79,6 +79,21 @@ void EventLoop::RemoveFd(int fd) {
   handlers_.erase(fd);
 }
 
+EventLoop::HookId EventLoop::AddEndOfTurn(Task task) {
+  const HookId id = next_hook_++;
+  end_of_turn_.emplace_back(id, std::move(task));
+  return id;
+}
+
+void EventLoop::RemoveEndOfTurn(HookId id) {
+  std::erase_if(end_of_turn_, [id](const auto& hook) { return hook.first == id; });
+}
+
+void EventLoop::SetEndOfTurn(Task task) {
+  end_of_turn_.clear();
+  AddEndOfTurn(std::move(task));
+}
+
 EventLoop::TimerId EventLoop::AddTimer(std::chrono::steady_clock::time_point when, Task task) {
   const TimerId id = next_timer_++;
   timer_index_.emplace(id, timers_.emplace(when, std::make_pair(id, std::move(task))));
@@ -117,14 +132,14 @@ void EventLoop::RunPosted() {
   // Bounded rounds: work posted while running posted work runs too, but a task that keeps
   // re-posting itself cannot starve I/O.
   for (int round = 0; round < 4; ++round) {
-    std::vector<Task> batch;
     {
       const std::lock_guard lock(mu_);
-      batch.swap(posted_);
+      running_.swap(posted_);
       wake_pending_ = false;
     }
-    if (batch.empty()) return;
-    for (auto& task : batch) task();
+    if (running_.empty()) return;
+    for (auto& task : running_) task();
+    running_.clear();
   }
 }
 
@@ -152,7 +167,8 @@ void EventLoop::Run() {
     }
     RunTimers();
     RunPosted();
-    if (end_of_turn_) end_of_turn_();
+    // By index: a hook may add or remove hooks (an owner leaving the loop).
+    for (std::size_t i = 0; i < end_of_turn_.size(); ++i) end_of_turn_[i].second();
   }
 }
 

@@ -40,7 +40,13 @@ class EventLoop {
   void ModifyFd(int fd, std::uint32_t events);
   void RemoveFd(int fd);
   // Runs `task` at the end of every turn (after I/O and posted work): where writes are flushed.
-  void SetEndOfTurn(Task task) { end_of_turn_ = std::move(task); }
+  // Several owners may share a loop (client connections and upstream connections): each adds
+  // its own hook; they run in the order added. Before Start() or on the loop thread.
+  using HookId = std::uint64_t;
+  HookId AddEndOfTurn(Task task);
+  void RemoveEndOfTurn(HookId id);
+  // The single-owner form (replaces the hooks added with it before).
+  void SetEndOfTurn(Task task);
   TimerId AddTimer(std::chrono::steady_clock::time_point when, Task task);
   void CancelTimer(TimerId id);
 
@@ -61,6 +67,8 @@ class EventLoop {
   // they were posted. (Two queues, one per origin, let a response posted from a shard's thread
   // overtake a `created` posted earlier from the loop thread.)
   std::vector<Task> posted_;   // guarded by mu_
+  std::vector<Task> running_;  // loop thread: the batch being run; swapped with posted_ so that
+                               // both keep their capacity (no allocation per turn)
   bool wake_pending_ = false;  // guarded by mu_: one eventfd write per batch of posts
 
   std::unordered_map<int, FdHandler> handlers_;
@@ -69,7 +77,8 @@ class EventLoop {
   // Cancelled timers leave at once: a deadline per call must not pile up until it would expire.
   std::unordered_map<TimerId, Timers::iterator> timer_index_;
   TimerId next_timer_ = 1;
-  Task end_of_turn_;
+  std::vector<std::pair<HookId, Task>> end_of_turn_;
+  HookId next_hook_ = 1;
 };
 
 }  // namespace esp

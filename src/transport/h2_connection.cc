@@ -467,7 +467,7 @@ int H2Connection::OnHeader(const nghttp2_frame* frame, std::string_view name, st
   } else if (name == ":method") {
     stream->method = value;
   } else if (name == "content-type") {
-    stream->content_type = value;
+    stream->grpc_content_type = value.starts_with("application/grpc");
   } else if (name == "grpc-encoding") {
     stream->encoding = value;
   } else if (name == "grpc-timeout") {
@@ -502,7 +502,7 @@ void H2Connection::RefuseHttp(H2Stream& stream, const char* status) {
 
 void H2Connection::BeginCall(H2Stream& stream) {
   if (stream.method != "POST") return RefuseHttp(stream, "405");
-  if (!stream.content_type.starts_with("application/grpc")) return RefuseHttp(stream, "415");
+  if (!stream.grpc_content_type) return RefuseHttp(stream, "415");
   std::optional<Clock::time_point> deadline;
   if (stream.timeout) deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(*stream.timeout);
   if (!client_cn_) client_cn_ = VerifiedClientCn(ssl_);

@@ -56,7 +56,7 @@ struct H2Stream {
   // Request, while headers arrive.
   std::string method;
   std::string path;
-  std::string content_type;
+  bool grpc_content_type = false;  // content-type application/grpc*
   std::string encoding;
   std::optional<std::chrono::nanoseconds> timeout;
   Metadata metadata;

@@ -22,13 +22,42 @@ namespace esp {
 // Post runs on the loop's thread.
 class H2Server::Loop final : public H2ConnectionOwner {
  public:
-  Loop(H2Server& server) : server_(server), loop_(std::make_shared<EventLoop>()) {
-    loop_->SetEndOfTurn([this] { FlushDirty(); });
+  // Our own loop (started and stopped with the server) or a shared one (`loop`, already running).
+  Loop(H2Server& server, std::shared_ptr<EventLoop> loop)
+      : server_(server), shared_(loop != nullptr), loop_(shared_ ? std::move(loop) : std::make_shared<EventLoop>()) {
+    if (!shared_) loop_->SetEndOfTurn([this] { FlushDirty(); });
   }
   ~Loop() override {
-    loop_->Stop();
-    connections_.clear();
-    graveyard_.clear();
+    if (!shared_) {
+      loop_->Stop();
+      connections_.clear();
+      graveyard_.clear();
+      return;
+    }
+    // A shared loop runs on: our connections and hook leave on its thread.
+    RunOnLoop([this] {
+      if (hook_ != 0) loop_->RemoveEndOfTurn(hook_);
+      hook_ = 0;
+      connections_.clear();
+      graveyard_.clear();
+    });
+  }
+
+  bool shared() const { return shared_; }
+  // Starts serving on the loop: our own thread, or our flush hook on the shared one.
+  void Start() {
+    if (!shared_) return loop_->Start();
+    RunOnLoop([this] { hook_ = loop_->AddEndOfTurn([this] { FlushDirty(); }); });
+  }
+  // Runs `task` on the loop's thread and waits for it (never called from that thread).
+  void RunOnLoop(const std::function<void()>& task) {
+    if (loop_->InLoopThread()) return task();
+    std::promise<void> done;
+    loop_->Post([&] {
+      task();
+      done.set_value();
+    });
+    done.get_future().wait();
   }
 
   EventLoop& loop() { return *loop_; }
@@ -76,12 +105,12 @@ class H2Server::Loop final : public H2ConnectionOwner {
   // The write coalescing point: each connection that produced frames this turn writes them once.
   void FlushDirty() {
     for (int round = 0; round < 4 && !dirty_.empty(); ++round) {
-      std::vector<H2Connection*> dirty;
-      dirty.swap(dirty_);
-      for (H2Connection* c : dirty) {
+      flushing_.swap(dirty_);  // both keep their capacity: no allocation per turn
+      for (H2Connection* c : flushing_) {
         c->ClearDirty();
         c->Flush();
       }
+      flushing_.clear();
     }
     // Still more (frames queued while flushing): come back at once instead of sleeping in epoll.
     if (!dirty_.empty()) loop_->Post([] {});
@@ -89,9 +118,12 @@ class H2Server::Loop final : public H2ConnectionOwner {
   }
 
   H2Server& server_;
+  const bool shared_;
   std::shared_ptr<EventLoop> loop_;
+  EventLoop::HookId hook_ = 0;  // shared loop: our FlushDirty
   std::unordered_map<H2Connection*, std::unique_ptr<H2Connection>> connections_;
   std::vector<H2Connection*> dirty_;
+  std::vector<H2Connection*> flushing_;
   std::vector<std::unique_ptr<H2Connection>> graveyard_;
   bool draining_ = false;
 };
@@ -144,8 +176,12 @@ SSL_CTX* MakeSslContext(const H2TlsFiles& tls) {
 }  // namespace
 
 H2Server::H2Server(const Router& router, H2ServerOptions options) : router_(router), options_(std::move(options)) {
+  if (!options_.shared_loops.empty()) {
+    for (const auto& loop : options_.shared_loops) loops_.push_back(std::make_unique<Loop>(*this, loop));
+    return;
+  }
   const int n = options_.loops > 0 ? options_.loops : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 0; i < n; ++i) loops_.push_back(std::make_unique<Loop>(*this));
+  for (int i = 0; i < n; ++i) loops_.push_back(std::make_unique<Loop>(*this, nullptr));
 }
 
 H2Server::~H2Server() {
@@ -194,7 +230,7 @@ bool H2Server::Listen() {
 bool H2Server::Start() {
   if (options_.tls.enabled() && (ssl_ctx_ = MakeSslContext(options_.tls)) == nullptr) return false;
   if (!Listen()) return false;
-  for (auto& loop : loops_) loop->loop().Start();
+  for (auto& loop : loops_) loop->Start();
   running_ = true;
   // One acceptor (on the first loop) deals connections round-robin: cheap next to the requests
   // they carry, and the port stays exclusively ours (no SO_REUSEPORT sharing with strangers).
@@ -244,6 +280,11 @@ void H2Server::Shutdown(std::chrono::milliseconds grace) {
     drained_.wait_for(lock, grace, [this] { return open_connections_ == 0; });
   }
   for (auto& loop : loops_) {
+    if (loop->shared()) {
+      // Closed connections are dropped at the end of the loop's turn (graveyard).
+      loop->RunOnLoop([l = loop.get()] { l->CloseAll(); });
+      continue;
+    }
     loop->loop().Post([l = loop.get()] { l->CloseAll(); });
     loop->loop().Stop();
   }

@@ -28,6 +28,9 @@ struct H2TlsFiles {
 struct H2ServerOptions {
   std::string listen_address;
   int loops = 0;  // 0: one per core
+  // Loops to run on instead of our own (already started, and left running by Shutdown): the
+  // upstream pool's, so a forwarded call stays on one thread from client read to client write.
+  std::vector<std::shared_ptr<EventLoop>> shared_loops;
   H2Limits limits;
   H2TlsFiles tls;
 };

@@ -40,12 +40,12 @@ void Router::WrapStreams(const std::function<StreamFactory(const std::string&, S
 }
 
 const UnaryHandler* Router::FindUnary(std::string_view method) const {
-  const auto it = unary_.find(std::string(method));
+  const auto it = unary_.find(method);
   return it == unary_.end() ? nullptr : &it->second;
 }
 
 const StreamFactory* Router::FindStream(std::string_view method) const {
-  const auto it = streams_.find(std::string(method));
+  const auto it = streams_.find(method);
   return it == streams_.end() ? nullptr : &it->second;
 }
 

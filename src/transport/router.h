@@ -49,6 +49,14 @@ UnaryHandler RefuseUnary(Status status);
 StreamFactory RefuseStream(Status status);
 
 class Router {
+  // Lookups by string_view without building a std::string per call (C++20 heterogeneous lookup).
+  struct Hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  template <class V>
+  using Table = std::unordered_map<std::string, V, Hash, std::equal_to<>>;
+
  public:
   void AddUnary(std::string method, UnaryHandler handler);
   void AddStream(std::string method, StreamFactory factory);
@@ -67,8 +75,8 @@ class Router {
   const StreamFactory* FindStream(std::string_view method) const;
 
  private:
-  std::unordered_map<std::string, UnaryHandler> unary_;
-  std::unordered_map<std::string, StreamFactory> streams_;
+  Table<UnaryHandler> unary_;
+  Table<StreamFactory> streams_;
 };
 
 template <class Req, class Resp>

@@ -39,6 +39,9 @@ class UpstreamLoops {
 
   std::size_t size() const { return slots_.size(); }
   EventLoop& loop(std::size_t index) { return *slots_[index]->loop; }
+  // The loops themselves, for the client-facing data plane to run its connections on too: a
+  // call started on loop i then uses loop i's upstream connections and completes on loop i.
+  std::vector<std::shared_ptr<EventLoop>> loops() const;
   // The calling thread's loop if it is one of ours (no hop), else the next one round robin.
   std::size_t Pick();
   // Loop thread only: flush `connection` at the end of this turn.
@@ -48,6 +51,7 @@ class UpstreamLoops {
   struct Slot {
     std::shared_ptr<EventLoop> loop;
     std::vector<std::shared_ptr<H2ClientConnection>> dirty;
+    std::vector<std::shared_ptr<H2ClientConnection>> flushing;
   };
   std::vector<std::unique_ptr<Slot>> slots_;
   std::atomic<std::size_t> next_{0};

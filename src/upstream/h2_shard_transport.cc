@@ -432,8 +432,10 @@ void H2ShardTransport::StartAttempt(const std::shared_ptr<Attempt>& attempt) {
   call->deadline = attempt->ctx->deadline();
   AppendGrpcMessage(call->out, attempt->request);
   call->half_closed = true;
-  call->on_message = [attempt](std::string message) {
-    if (!attempt->response) attempt->response = std::move(message);
+  // A plain pointer fits std::function's inline storage (no allocation per call); on_close,
+  // which always runs after the last on_message, holds the attempt alive.
+  call->on_message = [raw = attempt.get()](std::string message) {
+    if (!raw->response) raw->response = std::move(message);
   };
   call->on_close = [self = shared_from_this(), attempt](Status status, bool) {
     attempt->ctx->cancellation().Remove(attempt->cancel_hook);

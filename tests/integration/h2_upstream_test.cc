@@ -60,6 +60,46 @@ class H2UpstreamTest : public ::testing::Test {
 };
 EtcdCluster* H2UpstreamTest::etcd_ = nullptr;
 
+// Issue #4's shared loops: a call started on one of the pool's loops (as the h2 data plane does,
+// its client connections living on these loops) uses that loop's connection and completes on that
+// same thread, with no hop; a call from any other thread still works (round robin onto a loop).
+TEST_F(H2UpstreamTest, ACallStartedOnALoopCompletesOnThatLoop) {
+  const auto loops = std::make_shared<UpstreamLoops>(2);
+  ShardConfig shard;
+  shard.name = "s1";
+  shard.endpoints = {etcd_->member(0).client_address()};
+  const auto transport = std::make_shared<H2ShardTransport>(shard, "shard \"s1\"", UpstreamTuning{}, loops);
+  for (int round = 0; round < 2; ++round) {  // the second round reuses the connections
+    for (std::size_t i = 0; i < loops->size(); ++i) {
+      auto same_thread = std::make_shared<std::promise<std::pair<bool, Status>>>();
+      auto future = same_thread->get_future();
+      EventLoop& loop = loops->loop(i);
+      loop.Post([&loop, transport, same_thread, i] {
+        transport->Unary("/etcdserverpb.KV/Put", std::make_shared<CallContext>(),
+                         Put("loop" + std::to_string(i), "v").SerializeAsString(), kWrite,
+                         [&loop, same_thread](Status status, std::string) {
+                           same_thread->set_value({loop.InLoopThread(), std::move(status)});
+                         });
+      });
+      ASSERT_EQ(future.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+      const auto [on_loop, status] = future.get();
+      EXPECT_TRUE(status.ok()) << status.message();
+      EXPECT_TRUE(on_loop) << "loop " << i << " round " << round;
+    }
+  }
+  RangeRequest get;
+  get.set_key("loop1");
+  const Result result = Call(*transport, "/etcdserverpb.KV/Range", get, kRead);
+  ASSERT_TRUE(result.status.ok()) << result.status.message();
+  RangeResponse response;
+  ASSERT_TRUE(response.ParseFromString(result.bytes));
+  ASSERT_EQ(response.kvs_size(), 1);
+  EXPECT_EQ(response.kvs(0).value(), "v");
+  // The completions' last references to the transport go on the loop threads just after `done`:
+  // the transport (and with it the pool, which joins its threads) must be dropped here.
+  EXPECT_TRUE(WaitFor([&] { return transport.use_count() == 1; }, std::chrono::seconds(5)));
+}
+
 // A member nobody listens on is skipped: writes (never sent there) and reads all land.
 TEST_F(H2UpstreamTest, WritesAndReadsGoAroundAnUnreachableMember) {
   const auto transport = Transport({Dead(), etcd_->member(0).client_address()});
