@@ -250,6 +250,7 @@ std::shared_ptr<H2ClientConnection> H2ShardTransport::ConnectionTo(std::size_t l
   options.tls = ssl_ctx_ != nullptr;
   options.keepalive_time = std::chrono::milliseconds(tuning_.keepalive_time_ms);
   options.keepalive_timeout = std::chrono::milliseconds(tuning_.keepalive_timeout_ms);
+  options.connect_timeout = std::chrono::milliseconds(tuning_.connect_timeout_ms);
   const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
   slot = std::make_shared<H2ClientConnection>(
       // The certificate must name `server_name` when configured (SNI too), else the host dialled.
