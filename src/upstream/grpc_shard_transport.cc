@@ -47,7 +47,10 @@ grpc::ChannelArguments MakeChannelArgs(const ShardConfig& shard, const UpstreamT
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, tuning.keepalive_timeout_ms);
   // etcd answers pings on a connection without calls with GOAWAY too_many_pings.
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, tuning.min_reconnect_backoff_ms);
+  // Despite its name, gRPC core reads grpc.min_reconnect_backoff_ms as the minimum *connect
+  // timeout* (the backoff starts at grpc.initial_reconnect_backoff_ms). At 100 ms a TLS handshake
+  // on a busy machine was cut off ("Handshaker shutdown", "timed out before receiving SETTINGS").
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, tuning.connect_timeout_ms);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, tuning.min_reconnect_backoff_ms);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, tuning.max_reconnect_backoff_ms);
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);

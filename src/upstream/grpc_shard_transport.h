@@ -30,6 +30,8 @@ struct UpstreamTuning {
   int keepalive_timeout_ms = 10000;
   int min_reconnect_backoff_ms = 100;
   int max_reconnect_backoff_ms = 1000;
+  // How long one connection attempt (TCP, TLS handshake, the server's SETTINGS) may take.
+  int connect_timeout_ms = 5000;
   // Told of every retry on another member (metrics); may be empty.
   std::function<void(const std::string& method)> on_retry;
   // Rewrites the client's `token` metadata for this shard (the proxy's composite auth tokens

@@ -330,6 +330,7 @@ std::shared_ptr<H2ClientConnection> H2ShardTransport::Connect(
   options.tls = ssl_ctx != nullptr;
   options.keepalive_time = std::chrono::milliseconds(tuning_.keepalive_time_ms);
   options.keepalive_timeout = std::chrono::milliseconds(tuning_.keepalive_timeout_ms);
+  options.connect_timeout = std::chrono::milliseconds(tuning_.connect_timeout_ms);
   slot = std::make_shared<H2ClientConnection>(
       // The certificate must name `server_name` when configured (SNI too), else the host dialled.
       *loops_, loop, m.address, m.address_len, ssl_ctx, server_name_.empty() ? m.host : server_name_, options,
