@@ -1,11 +1,13 @@
 // The Auth service's pure parts: composite tokens, deciding one answer from every shard's, and
-// comparing shards' auth data.
+// comparing shards' auth data, and the side-effect-free permission probes.
 #include <gtest/gtest.h>
 
 #include "auth/consistency.h"
 #include "auth/outcomes.h"
 #include "auth/token.h"
 #include "config/config.h"
+#include "kv/delete_check.h"
+#include "lease/revoke_check.h"
 
 namespace esp::auth {
 namespace {
@@ -93,6 +95,41 @@ TEST(CredentialsConfig, PasswordOnlyFromAFile) {
   EXPECT_EQ(config.credentials->password_file, "/run/secret");
   EXPECT_THROW(ParseConfig(shards + "credentials: {user: root, password: hunter2}\n"), ConfigError);
   EXPECT_FALSE(ParseConfig(shards).credentials);
+}
+
+// The probes run their (empty) success branch: no compare, the operation only in the failure
+// branch, where etcd checks its permission but never runs it.
+TEST(PermissionProbes, DeleteProbeHoldsTheClippedDeleteInTheFailureBranchOnly) {
+  etcdserverpb::DeleteRangeRequest piece;
+  piece.set_key("a");
+  piece.set_range_end("i");
+  piece.set_prev_kv(true);  // etcd then also checks read permission, as for the delete itself
+  const auto probe = esp::DeletePermissionProbe(piece);
+  EXPECT_EQ(probe.compare_size(), 0);
+  EXPECT_EQ(probe.success_size(), 0);
+  ASSERT_EQ(probe.failure_size(), 1);
+  EXPECT_EQ(probe.failure(0).request_delete_range().SerializeAsString(), piece.SerializeAsString());
+}
+
+TEST(PermissionProbes, RevokeProbesCheckEveryKeyInTxnsOfBoundedSize) {
+  std::vector<std::string> keys;
+  for (std::size_t i = 0; i < esp::kRevokeProbeKeys + 1; ++i) keys.push_back("k" + std::to_string(i));
+  const auto probes = esp::RevokePermissionProbes(keys);
+  ASSERT_EQ(probes.size(), 2u);
+  EXPECT_EQ(probes[0].failure_size(), static_cast<int>(esp::kRevokeProbeKeys));
+  ASSERT_EQ(probes[1].failure_size(), 1);
+  EXPECT_EQ(probes[1].failure(0).request_delete_range().key(), keys.back());
+  EXPECT_TRUE(probes[1].failure(0).request_delete_range().range_end().empty());  // one key, not a range
+  for (const auto& probe : probes) {
+    EXPECT_EQ(probe.compare_size(), 0);
+    EXPECT_EQ(probe.success_size(), 0);
+  }
+  EXPECT_TRUE(esp::RevokePermissionProbes({}).empty());
+}
+
+TEST(PermissionProbes, OnlyCallsWithATokenAreChecked) {
+  EXPECT_FALSE(esp::CarriesToken(esp::CallContext({}, {{"require-leader", "true"}})));
+  EXPECT_TRUE(esp::CarriesToken(esp::CallContext({}, {{"require-leader", "true"}, {"token", "esp1.x"}})));
 }
 
 }  // namespace
