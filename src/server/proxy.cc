@@ -26,6 +26,8 @@ constexpr int kPendingFlushTicks = 5;
 // gRPC's framing and metadata on top of the largest request etcd accepts (etcd adds the same).
 constexpr int kGrpcOverheadBytes = 512 * 1024;
 
+namespace {
+
 // Client-certificate identities need a connection per identity, which only our HTTP/2 client
 // keeps (per member, per loop, bounded); with gRPC's client that would be a channel per user.
 std::shared_ptr<auth::IdentityIssuer> MakeIdentityIssuer(const Config& config, const std::string& upstream_transport) {
@@ -37,16 +39,18 @@ std::shared_ptr<auth::IdentityIssuer> MakeIdentityIssuer(const Config& config, c
   return std::make_shared<auth::IdentityIssuer>(*config.client_cert_identity);
 }
 
+}  // namespace
+
 std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics,
-                                              const std::string& upstream_transport) {
+                                              const std::string& upstream_transport,
+                                              std::shared_ptr<auth::IdentityIssuer> identity_issuer) {
   std::vector<ShardBounds> bounds;
   for (const auto& shard : config.shards) bounds.push_back({shard.name, shard.start, shard.end});
   ShardMap map(std::move(bounds));
   std::vector<std::shared_ptr<ShardTransport>> transports;
-  const auto issuer = MakeIdentityIssuer(config, upstream_transport);
   for (std::size_t i = 0; i < config.shards.size(); ++i) {
     UpstreamTuning tuning;
-    tuning.identity_issuer = issuer;
+    tuning.identity_issuer = identity_issuer;
     if (metrics != nullptr) {
       tuning.on_retry = [metrics, shard = map.shard(i).name](const std::string& method) {
         metrics->RecordRetry(shard, method);
@@ -96,7 +100,8 @@ std::vector<std::vector<std::string>> ShardEndpoints(const Config& config) {
 
 Proxy::Proxy(const Config& config, ProxyOptions options)
     : options_(std::move(options)),
-      topology_(BuildTopology(config, &metrics_, options_.upstream_transport)),
+      identity_issuer_(MakeIdentityIssuer(config, options_.upstream_transport)),
+      topology_(BuildTopology(config, &metrics_, options_.upstream_transport, identity_issuer_)),
       kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
       cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
       maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
@@ -111,8 +116,16 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       housekeeper_(kHousekeepingTick) {
   kv_.SetLeaseHook(lease_repair_);
   if (options_.upstream_transport == "h2") {
-    maintenance_.SetMemberTransportFactory([](const ShardConfig& member, std::string description) {
-      return std::make_shared<H2ShardTransport>(member, std::move(description));
+    // Per-member calls (Defragment) carry the caller's identity like any other: the shard's own
+    // token for a composite one, the client certificate's CN.
+    maintenance_.SetMemberTransportFactory([issuer = identity_issuer_](const ShardConfig& member,
+                                                                       std::string description) {
+      UpstreamTuning tuning;
+      tuning.translate_token = [shard = member.name](std::string_view token) {
+        return auth::TokenForShard(token, shard);
+      };
+      tuning.identity_issuer = issuer;
+      return std::make_shared<H2ShardTransport>(member, std::move(description), std::move(tuning));
     });
   }
   keepalive_->SetSplitHandler([repair = lease_repair_](const LeaseSplit& split) { repair->Resolve(split); });

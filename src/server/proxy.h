@@ -26,6 +26,10 @@
 
 namespace esp {
 
+namespace auth {
+class IdentityIssuer;
+}
+
 // TLS towards clients, with etcd's flag names.
 struct ClientTlsOptions {
   std::string cert_file;
@@ -61,8 +65,10 @@ struct ProxyOptions {
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.
 // With `metrics`, the transports count their calls and retries there.
+// `identity_issuer`: client-certificate identities towards the shards (config client_cert_identity).
 std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics = nullptr,
-                                              const std::string& upstream_transport = "h2");
+                                              const std::string& upstream_transport = "h2",
+                                              std::shared_ptr<auth::IdentityIssuer> identity_issuer = nullptr);
 
 class Proxy {
  public:
@@ -79,6 +85,7 @@ class Proxy {
 
   ProxyOptions options_;
   Metrics metrics_;
+  std::shared_ptr<auth::IdentityIssuer> identity_issuer_;  // before topology_: its transports use it
   TopologyHolder topology_;
   Router router_;
   KvService kv_;
