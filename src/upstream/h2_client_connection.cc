@@ -20,7 +20,11 @@ namespace esp {
 namespace {
 
 constexpr std::size_t kReadChunk = 64 * 1024;
-constexpr int kMaxReadsPerEvent = 16;
+// At most 128 KiB from one shard connection per loop turn: the loop is shared with client
+// connections, whose queued responses are written only at the end of the turn, so a big read
+// burst would look like a lagging client to the watch service's byte budget (and would hold
+// other connections on the loop up). The socket stays readable: the next turn reads on.
+constexpr int kMaxReadsPerEvent = 2;
 constexpr std::int32_t kStreamWindow = 1024 * 1024;
 constexpr std::int32_t kConnectionWindow = 16 * 1024 * 1024;
 
