@@ -89,6 +89,9 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // A peer that closed its connection must cost an EPIPE, not the process: OpenSSL writes TLS
+  // records with write(2), which raises SIGPIPE (plain sockets use send(MSG_NOSIGNAL)).
+  std::signal(SIGPIPE, SIG_IGN);
   // Block the stop signals in every thread (gRPC's included) and wait for them here.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);

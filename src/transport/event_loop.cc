@@ -6,12 +6,19 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 
 namespace esp {
 
 EventLoop::EventLoop() : epoll_fd_(epoll_create1(EPOLL_CLOEXEC)), wake_fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+  // Our TLS connections write through OpenSSL's socket BIO (write(2)), which raises SIGPIPE on a
+  // connection the peer closed; that must be an EPIPE for the connection, not the end of the
+  // process. main() does it too; this covers the loops used inside test binaries.
+  static std::once_flag ignore_sigpipe;
+  std::call_once(ignore_sigpipe, [] { std::signal(SIGPIPE, SIG_IGN); });
   if (epoll_fd_ < 0 || wake_fd_ < 0) throw std::runtime_error(std::string("event loop: ") + std::strerror(errno));
   epoll_event ev{};
   ev.events = EPOLLIN;

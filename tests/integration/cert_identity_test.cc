@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <iostream>
 #include <regex>
 
 #include "auth/cert_identity.h"
@@ -48,6 +49,9 @@ class CertIdentityTest : public ::testing::Test {
     }
   }
   static void TearDownTestSuite() {
+    if (::testing::UnitTest::GetInstance()->current_test_suite()->Failed() && proxy_ != nullptr) {
+      std::cerr << "proxy log:\n" << proxy_->process().Log() << std::endl;
+    }
     delete proxy_;
     for (auto*& shard : shards_) delete shard;
     delete dir_;

@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <cstdint>
 #include <fstream>
+#include <string>
 
 #include "support/fixtures.h"
 
@@ -22,6 +24,24 @@ TEST(CliTest, StopsCleanlyOnSigtermAndSigint) {
     EXPECT_EQ(proxy.process().exit_status(), 0) << "signal " << signal;
     EXPECT_NE(proxy.process().Log().find("shutting down"), std::string::npos) << proxy.process().Log();
   }
+}
+
+// A TLS peer that goes away while the proxy writes to it must not end the process: OpenSSL's
+// write(2) raises SIGPIPE (seen: a proxy vanished mid-suite without a log line). Checked on the
+// running process's signal disposition, which is what decides it.
+TEST(CliTest, TheProxyIgnoresSigpipe) {
+  EtcdCluster shard(1, "sigpipe");
+  shard.Start();
+  ProxyProcess proxy({{"", "", shard.ClientAddresses()}});
+  proxy.Start();
+  std::ifstream status("/proc/" + std::to_string(proxy.process().pid()) + "/status");
+  std::string line;
+  std::uint64_t ignored = 0;
+  while (std::getline(status, line)) {
+    if (line.starts_with("SigIgn:")) ignored = std::stoull(line.substr(7), nullptr, 16);
+  }
+  EXPECT_NE(ignored & (std::uint64_t{1} << (SIGPIPE - 1)), 0u) << "SigIgn mask " << std::hex << ignored;
+  EXPECT_EQ(Etcdctl(proxy.address(), "put k v").output, "OK\n");
 }
 
 TEST(CliTest, ABadLayoutIsRefusedWithExitStatus2NamingTheShard) {
