@@ -28,12 +28,11 @@ inline bool IsShardDown(const Status& status) {
          !status.message().starts_with("etcdserver:");
 }
 
-// Calls `method` with `request` on each shard in `shards`; `done` gets one outcome per shard, in
-// the order of `shards`, once all have completed.
-template <class Resp, class Req>
-void CallShards(const Topology& topology, const std::vector<std::size_t>& shards, const std::string& method,
-                const CallContextPtr& ctx, const Req& request, UnaryOptions options,
-                std::function<void(std::vector<ShardOutcome<Resp>>)> done) {
+// Starts one call per shard in `shards` through `call(shard, on_done)` and gathers the answers:
+// `done` gets one outcome per shard, in the order of `shards`, once all have completed.
+template <class Resp, class Call>
+void GatherShards(const std::vector<std::size_t>& shards, Call call,
+                  std::function<void(std::vector<ShardOutcome<Resp>>)> done) {
   struct State {
     std::vector<ShardOutcome<Resp>> outcomes;
     std::atomic<std::size_t> remaining;
@@ -46,15 +45,28 @@ void CallShards(const Topology& topology, const std::vector<std::size_t>& shards
   state->done = std::move(done);
   for (std::size_t i = 0; i < shards.size(); ++i) {
     state->outcomes[i].shard = shards[i];
-    CallShard<Resp>(*topology.shards[shards[i]], method, ctx, request, options,
-                    [state, i](Status status, Resp response) {
-                      state->outcomes[i].status = std::move(status);
-                      state->outcomes[i].response = std::move(response);
-                      if (state->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-                      auto finish = std::move(state->done);
-                      finish(std::move(state->outcomes));
-                    });
+    call(shards[i], [state, i](Status status, Resp response) {
+      state->outcomes[i].status = std::move(status);
+      state->outcomes[i].response = std::move(response);
+      if (state->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+      auto finish = std::move(state->done);
+      finish(std::move(state->outcomes));
+    });
   }
+}
+
+// Calls `method` with `request` on each shard in `shards`; `done` gets one outcome per shard, in
+// the order of `shards`, once all have completed.
+template <class Resp, class Req>
+void CallShards(const Topology& topology, const std::vector<std::size_t>& shards, const std::string& method,
+                const CallContextPtr& ctx, const Req& request, UnaryOptions options,
+                std::function<void(std::vector<ShardOutcome<Resp>>)> done) {
+  GatherShards<Resp>(
+      shards,
+      [&](std::size_t shard, std::function<void(Status, Resp)> on_done) {
+        CallShard<Resp>(*topology.shards[shard], method, ctx, request, options, std::move(on_done));
+      },
+      std::move(done));
 }
 
 inline std::vector<std::size_t> AllShards(const Topology& topology) {

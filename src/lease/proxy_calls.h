@@ -54,27 +54,12 @@ void CallShardsAsProxy(const ProxyCredentials& credentials, const std::shared_pt
                        const std::vector<std::size_t>& shards, const std::string& method,
                        std::chrono::seconds timeout, const Req& request, UnaryOptions options,
                        std::function<void(std::vector<ShardOutcome<Resp>>)> done) {
-  struct State {
-    std::vector<ShardOutcome<Resp>> outcomes;
-    std::atomic<std::size_t> remaining;
-    std::function<void(std::vector<ShardOutcome<Resp>>)> done;
-  };
-  if (shards.empty()) return done({});
-  auto state = std::make_shared<State>();
-  state->outcomes.resize(shards.size());
-  state->remaining.store(shards.size());
-  state->done = std::move(done);
-  for (std::size_t i = 0; i < shards.size(); ++i) {
-    state->outcomes[i].shard = shards[i];
-    CallShardAsProxy<Resp>(credentials, topology, shards[i], method, timeout, request, options,
-                           [state, i](Status status, Resp response) {
-                             state->outcomes[i].status = std::move(status);
-                             state->outcomes[i].response = std::move(response);
-                             if (state->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-                             auto finish = std::move(state->done);
-                             finish(std::move(state->outcomes));
-                           });
-  }
+  GatherShards<Resp>(
+      shards,
+      [&](std::size_t shard, std::function<void(Status, Resp)> on_done) {
+        CallShardAsProxy<Resp>(credentials, topology, shard, method, timeout, request, options, std::move(on_done));
+      },
+      std::move(done));
 }
 
 }  // namespace esp
