@@ -6,7 +6,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libyaml-cpp-dev libspdlog-dev libcli11-dev libssl-dev libgtest-dev libgmock-dev
-  prometheus-cpp-dev libnghttp2-dev libmicrohttpd-dev nlohmann-json3-dev
+  prometheus-cpp-dev libnghttp2-dev libmicrohttpd-dev nlohmann-json3-dev libjemalloc-dev
   etcd-server etcd-client openssl procps curl python3-etcd3
   clang libclang-rt-14-dev
 )
