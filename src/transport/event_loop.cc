@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -101,36 +102,93 @@ void EventLoop::SetEndOfTurn(Task task) {
   AddEndOfTurn(std::move(task));
 }
 
+namespace {
+
+// std::push_heap keeps the greatest on top: "greater" puts the earliest deadline there.
+struct LaterTimer {
+  template <class Entry>
+  bool operator()(const Entry& a, const Entry& b) const {
+    return a.when != b.when ? a.when > b.when : a.seq > b.seq;
+  }
+};
+
+}  // namespace
+
 EventLoop::TimerId EventLoop::AddTimer(std::chrono::steady_clock::time_point when, Task task) {
-  const TimerId id = next_timer_++;
-  timer_index_.emplace(id, timers_.emplace(when, std::make_pair(id, std::move(task))));
-  return id;
+  std::uint32_t index = 0;
+  if (free_timer_slots_.empty()) {
+    index = static_cast<std::uint32_t>(timer_slots_.size());
+    timer_slots_.emplace_back();
+  } else {
+    index = free_timer_slots_.back();
+    free_timer_slots_.pop_back();
+  }
+  TimerSlot& slot = timer_slots_[index];
+  if (++slot.generation == 0) slot.generation = 1;  // id 0 means "no timer"
+  slot.armed = true;
+  slot.task = std::move(task);
+  ++armed_timers_;
+  timer_heap_.push_back(TimerEntry{when, next_timer_seq_++, index, slot.generation});
+  std::push_heap(timer_heap_.begin(), timer_heap_.end(), LaterTimer{});
+  if (timer_heap_.size() > 2 * armed_timers_ + 64) CompactTimers();
+  return (static_cast<TimerId>(slot.generation) << 32) | index;
 }
 
 void EventLoop::CancelTimer(TimerId id) {
-  const auto it = timer_index_.find(id);
-  if (it == timer_index_.end()) return;
-  timers_.erase(it->second);
-  timer_index_.erase(it);
+  const auto index = static_cast<std::uint32_t>(id & 0xffffffffu);
+  const auto generation = static_cast<std::uint32_t>(id >> 32);
+  if (index >= timer_slots_.size()) return;
+  const TimerSlot& slot = timer_slots_[index];
+  if (!slot.armed || slot.generation != generation) return;
+  // Destroyed now, not when the stale heap entry surfaces: the task may hold a call's state.
+  TakeTimer(index);
 }
 
-int EventLoop::NextTimeoutMs() const {
+EventLoop::Task EventLoop::TakeTimer(std::uint32_t index) {
+  TimerSlot& slot = timer_slots_[index];
+  Task task = std::move(slot.task);
+  slot.task = nullptr;
+  slot.armed = false;
+  free_timer_slots_.push_back(index);
+  --armed_timers_;
+  return task;
+}
+
+void EventLoop::PopStaleTimers() {
+  while (!timer_heap_.empty() && !Live(timer_heap_.front())) {
+    std::pop_heap(timer_heap_.begin(), timer_heap_.end(), LaterTimer{});
+    timer_heap_.pop_back();
+  }
+}
+
+void EventLoop::CompactTimers() {
+  std::erase_if(timer_heap_, [this](const TimerEntry& entry) { return !Live(entry); });
+  std::make_heap(timer_heap_.begin(), timer_heap_.end(), LaterTimer{});
+}
+
+int EventLoop::NextTimeoutMs() {
   {
     const std::lock_guard lock(mu_);
     if (!posted_.empty()) return 0;  // left over by RunPosted's bounded rounds
   }
-  if (timers_.empty()) return -1;
-  const auto wait = timers_.begin()->first - std::chrono::steady_clock::now();
+  PopStaleTimers();
+  if (timer_heap_.empty()) return -1;
+  const auto wait = timer_heap_.front().when - std::chrono::steady_clock::now();
   const auto ms = std::chrono::ceil<std::chrono::milliseconds>(wait).count();
   return ms <= 0 ? 0 : static_cast<int>(std::min<long long>(ms, 60'000));
 }
 
 void EventLoop::RunTimers() {
+  PopStaleTimers();
+  if (timer_heap_.empty()) return;
   const auto now = std::chrono::steady_clock::now();
-  while (!timers_.empty() && timers_.begin()->first <= now) {
-    auto [id, task] = std::move(timers_.begin()->second);
-    timers_.erase(timers_.begin());
-    timer_index_.erase(id);
+  while (!timer_heap_.empty() && timer_heap_.front().when <= now) {
+    const TimerEntry entry = timer_heap_.front();
+    std::pop_heap(timer_heap_.begin(), timer_heap_.end(), LaterTimer{});
+    timer_heap_.pop_back();
+    if (!Live(entry)) continue;
+    // Taken out before it runs: it may add timers (reusing its slot) or cancel others.
+    const Task task = TakeTimer(entry.slot);
     task();
   }
 }

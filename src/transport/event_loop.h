@@ -6,7 +6,6 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -47,14 +46,20 @@ class EventLoop {
   void RemoveEndOfTurn(HookId id);
   // The single-owner form (replaces the hooks added with it before).
   void SetEndOfTurn(Task task);
+  // Never returns 0, so owners may use 0 for "no timer".
   TimerId AddTimer(std::chrono::steady_clock::time_point when, Task task);
+  // Drops the task at once; ids of timers that fired or were cancelled are ignored.
   void CancelTimer(TimerId id);
+  // Timers armed and not yet fired or cancelled. Loop thread only.
+  std::size_t armed_timers() const { return armed_timers_; }
+  // Heap entries, stale ones included: bounded by about twice the armed timers.
+  std::size_t timer_entries() const { return timer_heap_.size(); }
 
  private:
   void Run();
   void RunPosted();
   void RunTimers();
-  int NextTimeoutMs() const;
+  int NextTimeoutMs();
 
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
@@ -72,11 +77,36 @@ class EventLoop {
   bool wake_pending_ = false;  // guarded by mu_: one eventfd write per batch of posts
 
   std::unordered_map<int, FdHandler> handlers_;
-  using Timers = std::multimap<std::chrono::steady_clock::time_point, std::pair<TimerId, Task>>;
-  Timers timers_;
-  // Cancelled timers leave at once: a deadline per call must not pile up until it would expire.
-  std::unordered_map<TimerId, Timers::iterator> timer_index_;
-  TimerId next_timer_ = 1;
+
+  // Timers: nearly every one is a call's deadline, armed and cancelled within a millisecond, so
+  // both must be cheap. A task lives in a reused slot (a TimerId is slot and generation); the
+  // min-heap holds (when, slot, generation) and a cancelled timer's entry stays there, stale,
+  // until it reaches the top or the heap is compacted (when stale entries outnumber live ones), so
+  // cancelling is O(1) and far-off deadlines cannot pile up.
+  struct TimerSlot {
+    Task task;
+    std::uint32_t generation = 0;
+    bool armed = false;
+  };
+  struct TimerEntry {
+    std::chrono::steady_clock::time_point when;
+    std::uint64_t seq;  // equal deadlines fire in the order they were added
+    std::uint32_t slot;
+    std::uint32_t generation;
+  };
+  bool Live(const TimerEntry& entry) const {
+    const TimerSlot& slot = timer_slots_[entry.slot];
+    return slot.armed && slot.generation == entry.generation;
+  }
+  void PopStaleTimers();
+  void CompactTimers();
+  Task TakeTimer(std::uint32_t slot);
+
+  std::vector<TimerSlot> timer_slots_;
+  std::vector<std::uint32_t> free_timer_slots_;
+  std::vector<TimerEntry> timer_heap_;
+  std::size_t armed_timers_ = 0;
+  std::uint64_t next_timer_seq_ = 0;
   std::vector<std::pair<HookId, Task>> end_of_turn_;
   HookId next_hook_ = 1;
 };
