@@ -11,6 +11,7 @@
 #include "config/config.h"
 #include "observability/grpc_log.h"
 #include "server/proxy.h"
+#include "upstream/h2_client_connection.h"
 
 namespace {
 
@@ -58,7 +59,8 @@ int main(int argc, char** argv) {
   app.add_option("--data-plane", options.data_plane, "client-facing transport: h2 (event loops on nghttp2) or grpc (gRPC C++'s server)")
       ->check(CLI::IsMember({"grpc", "h2"}))
       ->capture_default_str();
-  app.add_option("--data-plane-threads", options.data_plane_threads, "event loops of the h2 data plane (0: one per core)")
+  app.add_option("--data-plane-threads", options.data_plane_threads,
+                 "event loops of the h2 data plane, shared by client and shard connections (0: one per core)")
       ->capture_default_str();
   app.add_option("--data-plane-stream-buffer", options.data_plane_stream_buffer,
                  "h2: response bytes one call may queue for a client that does not read before it is reset")
@@ -104,6 +106,9 @@ int main(int argc, char** argv) {
     spdlog::error("TLS needs --cert-file and --key-file together; --client-cert-auth needs --trusted-ca-file");
     return 2;
   }
+  // Both sides of the data plane run on the same loops (a call read on loop i goes to the shard
+  // from loop i), so the upstream pool takes the client side's size.
+  if (options.data_plane_threads > 0) esp::UpstreamLoops::SetSharedSize(static_cast<std::size_t>(options.data_plane_threads));
   try {
     esp::Proxy proxy(config, options);
     if (!proxy.Start()) return 1;

@@ -158,10 +158,17 @@ UpstreamLoops::~UpstreamLoops() {
   for (auto& slot : slots_) slot->loop->Stop();
 }
 
+namespace {
+std::atomic<std::size_t> shared_size{0};
+}  // namespace
+
+void UpstreamLoops::SetSharedSize(std::size_t count) { shared_size.store(count); }
+
 std::shared_ptr<UpstreamLoops> UpstreamLoops::Shared() {
   // Lives until exit: the last transport may well be dropped on one of these loops' threads
   // (from a completion), where stopping the pool would mean a thread joining itself.
-  static const auto shared = std::make_shared<UpstreamLoops>(std::max(1u, std::thread::hardware_concurrency()));
+  static const auto shared = std::make_shared<UpstreamLoops>(
+      shared_size.load() > 0 ? shared_size.load() : std::max(1u, std::thread::hardware_concurrency()));
   return shared;
 }
 

@@ -34,8 +34,11 @@ class UpstreamLoops {
   UpstreamLoops(const UpstreamLoops&) = delete;
   UpstreamLoops& operator=(const UpstreamLoops&) = delete;
 
-  // The process-wide pool (one loop per core), started on first use, stopped at exit.
+  // The process-wide pool (one loop per core unless SetSharedSize said otherwise), started on
+  // first use, stopped at exit.
   static std::shared_ptr<UpstreamLoops> Shared();
+  // Sizes the pool (0: one loop per core). Before the first Shared(); later calls change nothing.
+  static void SetSharedSize(std::size_t count);
 
   std::size_t size() const { return slots_.size(); }
   EventLoop& loop(std::size_t index) { return *slots_[index]->loop; }
