@@ -7,6 +7,7 @@
 #include "common/etcd_errors.h"
 #include "common/methods.h"
 #include "kv/delete_check.h"
+#include "kv/put_scan.h"
 #include "kv/range_merge.h"
 #include "kv/txn_routing.h"
 #include "kv/validation.h"
@@ -19,7 +20,6 @@ namespace {
 using etcdserverpb::CompactionRequest;
 using etcdserverpb::DeleteRangeRequest;
 using etcdserverpb::DeleteRangeResponse;
-using etcdserverpb::PutRequest;
 using etcdserverpb::RangeRequest;
 using etcdserverpb::RangeResponse;
 using etcdserverpb::TxnRequest;
@@ -127,14 +127,16 @@ void KvService::SpanningRange(const CallContextPtr& ctx, const Topology& topolog
 }
 
 void KvService::Put(CallContextPtr ctx, std::string bytes, UnaryDone done) {
-  PutRequest request;
-  if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
-  if (Status s = CheckPutRequest(request); !s.ok()) return done(std::move(s), {});
+  // Read from the wire, not parsed: the value is not copied just to be forwarded as it came.
+  const std::optional<PutFields> request = ScanPutRequest(bytes);
+  if (!request) return done(Unparsable(), {});
+  if (Status s = CheckPutFields(*request); !s.ok()) return done(std::move(s), {});
   const auto topology = topology_.Get();
+  const std::size_t shard = topology->map.ShardForKey(request->key);
   std::vector<int64_t> leases;
-  if (request.lease() != 0) leases.push_back(request.lease());
-  ForwardWithLeases(topology, topology->map.ShardForKey(request.key()), methods::kPut, std::move(ctx),
-                    std::move(bytes), std::move(leases), kWrite, std::move(done));
+  if (request->lease != 0) leases.push_back(request->lease);
+  ForwardWithLeases(topology, shard, methods::kPut, std::move(ctx), std::move(bytes), std::move(leases), kWrite,
+                    std::move(done));
 }
 
 void KvService::ForwardWithLeases(const std::shared_ptr<const Topology>& topology, std::size_t shard_index,

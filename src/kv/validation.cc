@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/etcd_errors.h"
+#include "kv/put_scan.h"
 
 namespace esp {
 namespace {
@@ -124,10 +125,12 @@ Status CheckRangeRequest(const etcdserverpb::RangeRequest& r) {
 }
 
 Status CheckPutRequest(const etcdserverpb::PutRequest& r) {
-  if (r.key().empty()) return etcd_errors::EmptyKey();
-  if (r.ignore_value() && !r.value().empty()) return etcd_errors::ValueProvided();
-  if (r.ignore_lease() && r.lease() != 0) return etcd_errors::LeaseProvided();
-  return Status::Ok();
+  return CheckPutFields({.key = r.key(),
+                         .has_value = !r.value().empty(),
+                         .lease = r.lease(),
+                         .prev_kv = r.prev_kv(),
+                         .ignore_value = r.ignore_value(),
+                         .ignore_lease = r.ignore_lease()});
 }
 
 Status CheckDeleteRequest(const etcdserverpb::DeleteRangeRequest& r) {

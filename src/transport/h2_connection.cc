@@ -221,9 +221,12 @@ bool H2Connection::Start() {
   nghttp2_option_set_no_http_messaging(option, 1);
   nghttp2_session_server_new2(&session_, Callbacks(), this, option);
   nghttp2_option_del(option);
-  const std::array<nghttp2_settings_entry, 2> settings = {{
+  // No RFC 7540 priority tree (RFC 9218 section 2.1): gRPC clients send no priorities, and
+  // without the tree nghttp2 schedules streams from a simple queue and keeps no closed streams.
+  const std::array<nghttp2_settings_entry, 3> settings = {{
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, limits_.max_concurrent_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<std::uint32_t>(kInitialWindow)},
+      {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
   }};
   if (nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings.data(), settings.size()) != 0 ||
       nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0) {
