@@ -1,6 +1,8 @@
 #include "transport/grpc_framing.h"
 
+#include <algorithm>
 #include <charconv>
+#include <cstring>
 
 namespace esp {
 namespace {
@@ -15,53 +17,68 @@ std::size_t ReadLength(std::string_view prefix) {
 
 Status MessageDeframer::Feed(std::string_view bytes) {
   if (failed_) return Status(StatusCode::kInternal, "grpc: message after a framing error");
-  buffer_.append(bytes);
-  return CheckPrefix();
-}
-
-// Walks the prefixes that became complete, so that a bad one is refused before its body arrives.
-Status MessageDeframer::CheckPrefix() {
-  while (buffer_.size() >= checked_ + kGrpcPrefixBytes) {
-    const std::string_view prefix(buffer_.data() + checked_, kGrpcPrefixBytes);
-    if (prefix[0] != 0) {
-      failed_ = true;
-      // What grpc-go says for a compressed message on a call without a known grpc-encoding.
-      return Status(StatusCode::kUnimplemented, "grpc: compressed messages are not supported by this server");
+  while (!bytes.empty()) {
+    if (!in_message_) {
+      const std::size_t take = std::min(bytes.size(), kGrpcPrefixBytes - prefix_fill_);
+      std::memcpy(prefix_.data() + prefix_fill_, bytes.data(), take);
+      prefix_fill_ += take;
+      bytes.remove_prefix(take);
+      if (prefix_fill_ < kGrpcPrefixBytes) break;
+      // Checked as soon as the prefix is complete, so a bad one is refused before its body arrives.
+      if (Status s = StartMessage(); !s.ok()) return s;
+      continue;
     }
-    const std::size_t length = ReadLength(prefix);
-    if (length > max_) {
-      failed_ = true;
-      return Status(StatusCode::kResourceExhausted, "grpc: received message larger than max (" +
-                                                        std::to_string(length) + " vs. " + std::to_string(max_) + ")");
-    }
-    checked_ += kGrpcPrefixBytes + length;
+    const std::size_t take = std::min(bytes.size(), expected_ - current_.size());
+    current_.append(bytes.data(), take);
+    bytes.remove_prefix(take);
+    if (current_.size() == expected_) EndMessage();
   }
   return Status::Ok();
 }
 
-std::optional<std::string> MessageDeframer::Next() {
-  if (failed_ || buffer_.size() < offset_ + kGrpcPrefixBytes) return std::nullopt;
-  const std::size_t length = ReadLength(std::string_view(buffer_.data() + offset_, kGrpcPrefixBytes));
-  if (buffer_.size() < offset_ + kGrpcPrefixBytes + length) return std::nullopt;
-  std::string message;
-  if (offset_ == 0 && buffer_.size() == kGrpcPrefixBytes + length) {
-    // The common case (one whole message buffered): move instead of copying.
-    message = std::move(buffer_);
-    message.erase(0, kGrpcPrefixBytes);
-    buffer_.clear();
-    checked_ = 0;
-    return message;
+Status MessageDeframer::StartMessage() {
+  const std::string_view prefix(prefix_.data(), kGrpcPrefixBytes);
+  prefix_fill_ = 0;
+  if (prefix[0] != 0) {
+    failed_ = true;
+    // What grpc-go says for a compressed message on a call without a known grpc-encoding.
+    return Status(StatusCode::kUnimplemented, "grpc: compressed messages are not supported by this server");
   }
-  message.assign(buffer_, offset_ + kGrpcPrefixBytes, length);
-  offset_ += kGrpcPrefixBytes + length;
-  if (offset_ == buffer_.size()) {
-    buffer_.clear();
-    checked_ = offset_ = 0;
-  } else if (offset_ > 64 * 1024 && offset_ * 2 > buffer_.size()) {
-    // Compact now and then so that a long stream does not keep every byte it ever received.
-    buffer_.erase(0, offset_);
-    checked_ -= offset_;
-    offset_ = 0;
+  const std::size_t length = ReadLength(prefix);
+  if (length > max_) {
+    failed_ = true;
+    return Status(StatusCode::kResourceExhausted, "grpc: received message larger than max (" +
+                                                      std::to_string(length) + " vs. " + std::to_string(max_) + ")");
+  }
+  // The body goes straight into the string handed out: one copy, no growth, no prefix to strip.
+  // Reserved up to 4 MiB only: a peer announcing 2 GiB must send it before it costs that much.
+  in_message_ = true;
+  expected_ = length;
+  current_.reserve(std::min<std::size_t>(length, 4 << 20));
+  if (length == 0) EndMessage();
+  return Status::Ok();
+}
+
+void MessageDeframer::EndMessage() {
+  in_message_ = false;
+  if (!has_first_) {
+    first_ = std::move(current_);
+    has_first_ = true;
+  } else {
+    more_.push_back(std::move(current_));
+  }
+  current_ = std::string();
+}
+
+std::optional<std::string> MessageDeframer::Next() {
+  if (!has_first_) return std::nullopt;
+  std::string message = std::move(first_);
+  if (next_more_ < more_.size()) {
+    first_ = std::move(more_[next_more_++]);
+  } else {
+    has_first_ = false;
+    more_.clear();
+    next_more_ = 0;
   }
   return message;
 }

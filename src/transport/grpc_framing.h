@@ -2,11 +2,13 @@
 // gRPC's framing over HTTP/2, done by hand for the event-loop data plane: the 5-byte message
 // prefix (compressed flag + big-endian length), grpc-timeout values and grpc-message escaping.
 // Pure functions and a small state machine: no sockets, no nghttp2, so they are unit-testable.
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "transport/status.h"
 
@@ -26,15 +28,23 @@ class MessageDeframer {
   // Takes the next complete message, if any.
   std::optional<std::string> Next();
   // True when bytes of an incomplete message are buffered (a half-close now is a broken call).
-  bool partial() const { return buffer_.size() > offset_; }
+  bool partial() const { return prefix_fill_ > 0 || in_message_; }
 
  private:
-  Status CheckPrefix();
+  Status StartMessage();
+  void EndMessage();
 
   std::size_t max_;
-  std::string buffer_;
-  std::size_t offset_ = 0;   // start of the first unconsumed message in buffer_
-  std::size_t checked_ = 0;  // prefixes before this offset have been checked
+  std::array<char, kGrpcPrefixBytes> prefix_{};
+  std::size_t prefix_fill_ = 0;
+  bool in_message_ = false;  // prefix read; current_ collects the body
+  std::size_t expected_ = 0;
+  std::string current_;
+  // Complete messages not taken yet: the first apart, since a unary call only ever has one.
+  std::string first_;
+  bool has_first_ = false;
+  std::vector<std::string> more_;
+  std::size_t next_more_ = 0;
   bool failed_ = false;
 };
 
