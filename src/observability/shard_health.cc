@@ -60,6 +60,15 @@ HealthVerdict Judge(const std::vector<ShardState>& shards, CountsAlarm counts) {
   return verdict;
 }
 
+// Another shard whose last answer came from the same etcd cluster as shard `i`'s, if any.
+std::optional<std::size_t> SameClusterAs(const std::vector<ShardState>& states, std::size_t i) {
+  if (states[i].cluster_id == 0) return std::nullopt;
+  for (std::size_t j = 0; j < states.size(); ++j) {
+    if (j != i && states[j].cluster_id == states[i].cluster_id) return j;
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 HealthVerdict JudgeHealth(const std::vector<ShardState>& shards, const std::set<std::string>& excluded_alarms) {
@@ -135,6 +144,10 @@ void ShardHealthMonitor::ProbeOnce() {
   std::vector<ShardState> snapshot;
   {
     const std::lock_guard lock(mu_);
+    // Every shard's cluster id first, so that a twin is seen from both sides in the same probe.
+    for (std::size_t i = 0; i < status_answers.size() && i < states_.size(); ++i) {
+      if (status_answers[i].status.ok()) states_[i].cluster_id = status_answers[i].response.header().cluster_id();
+    }
     for (std::size_t i = 0; i < status_answers.size() && i < states_.size(); ++i) {
       ShardState& s = states_[i];
       const auto& [status, response] = status_answers[i];
@@ -151,6 +164,13 @@ void ShardHealthMonitor::ProbeOnce() {
       }
       // An alarm list that could not be read keeps the last one known: a shard that is down says so already.
       if (i < alarm_answers.size() && alarm_answers[i].status.ok()) s.alarms = AlarmTypes(alarm_answers[i].response);
+      if (const auto twin = SameClusterAs(states_, i); status.ok() && twin) {
+        // Two entries of the config reach one etcd cluster: keys would be answered twice by a
+        // spanning range and leases granted twice on one cluster. The proxy leaves rotation.
+        s.healthy = false;
+        s.error = fmt::format("same etcd cluster (cluster id {:x}) as {}: each shard must be its own cluster",
+                              s.cluster_id, states_[*twin].description);
+      }
       metrics_.SetShardUp(s.name, s.healthy);
       if (!was_probed || was_healthy != s.healthy) {
         if (s.healthy) {
@@ -193,6 +213,7 @@ std::string ShardsJson(const std::vector<ShardState>& shards) {
                    {"alarms", s.alarms},
                    // As a string: member ids use all 64 bits, beyond what JSON numbers carry exactly.
                    {"leader", std::to_string(s.leader)},
+                   {"cluster_id", std::to_string(s.cluster_id)},
                    {"revision", s.revision},
                    {"db_size", s.db_size},
                    {"version", s.version}});

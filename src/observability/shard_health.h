@@ -29,6 +29,7 @@ struct ShardState {
   std::string error;     // why not healthy
   std::vector<std::string> alarms;  // active alarm types ("NOSPACE", "CORRUPT"), from the last probe
   std::uint64_t leader = 0;
+  std::uint64_t cluster_id = 0;  // from the last answer's header: two shards must be two clusters
   std::int64_t revision = 0;
   std::int64_t db_size = 0;
   std::string version;

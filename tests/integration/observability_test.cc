@@ -217,5 +217,28 @@ TEST_F(MultiMemberTest, ReadsRetryOnAnotherMemberAndAreCounted) {
   EXPECT_NE(defrag.output.find(shard_->member((leader + 1) % 3).client_address()), std::string::npos) << defrag.output;
 }
 
+// A config whose two shards reach one etcd cluster (a copy-paste slip) would answer a spanning
+// range with every key twice and grant leases twice on one cluster: the proxy names the slip in
+// /readyz, /health and /shards, and its log, and leaves rotation. The real shard's answers give
+// it away: one cluster id behind both entries.
+TEST(ShardConfigTest, TwoShardsOnOneEtcdClusterAreReportedAndNotReady) {
+  EtcdCluster etcd(1, "twin");
+  etcd.Start();
+  const int metrics_port = FreePort();
+  ProxyProcess proxy({{"", "m", etcd.ClientAddresses()}, {"m", "", etcd.ClientAddresses()}},
+                     {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port)});
+  proxy.Start();
+  ASSERT_TRUE(WaitFor([&] { return HttpGet(metrics_port, "/readyz").status == 503; }, std::chrono::seconds(10)))
+      << HttpGet(metrics_port, "/readyz").body;
+  const std::string reason = HttpGet(metrics_port, "/health").body;
+  EXPECT_NE(reason.find("same etcd cluster"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("shard-1"), std::string::npos) << reason;
+  const std::string shards = HttpGet(metrics_port, "/shards").body;
+  EXPECT_NE(shards.find("\"cluster_id\""), std::string::npos) << shards;
+  EXPECT_TRUE(WaitFor([&] { return proxy.process().Log().find("same etcd cluster") != std::string::npos; },
+                      std::chrono::seconds(5)))
+      << proxy.process().Log();
+}
+
 }  // namespace
 }  // namespace esp::test
