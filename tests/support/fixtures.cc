@@ -242,7 +242,6 @@ void EtcdCluster::StartMember(std::size_t i) {
                                 "--initial-cluster", InitialCluster(), "--initial-cluster-token", name_,
                                 "--initial-cluster-state", "new", "--heartbeat-interval", "50",
                                 "--election-timeout", "500", "--log-level", "warn", "--logger", "zap"};
-  argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
   if (tls_) {
     argv.insert(argv.end(), {"--cert-file", tls_->cert_file, "--key-file", tls_->key_file, "--trusted-ca-file",
                              tls_->ca_file, "--client-cert-auth"});
