@@ -304,34 +304,22 @@ void H2Connection::LogHandshakeFailure() {
 void H2Connection::DoRead() {
   std::array<std::uint8_t, kReadChunk> buffer;
   for (int i = 0; i < kMaxReadsPerEvent && !closed(); ++i) {
-    ssize_t n = 0;
-    if (ssl_ != nullptr) {
-      ERR_clear_error();
-      n = SSL_read(ssl_, buffer.data(), static_cast<int>(buffer.size()));
-      if (n <= 0) {
-        const int err = SSL_get_error(ssl_, static_cast<int>(n));
-        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
-        if (!SSL_is_init_finished(ssl_)) {
-          LogHandshakeFailure();
-        } else if (err != SSL_ERROR_ZERO_RETURN) {
-          spdlog::debug("h2: TLS read failed ({}): closing", err);
-        }
-        Close();
-        return;
+    const IoResult read = ReadSome(fd_, ssl_, buffer);
+    if (read.would_block()) return;
+    if (!read.done()) {
+      if (ssl_ != nullptr && !SSL_is_init_finished(ssl_)) {
+        LogHandshakeFailure();
+      } else if (read.kind == IoResult::Kind::kFailed) {
+        spdlog::debug("h2: read from {} failed ({}): closing", peer_, read.error);
       }
-    } else {
-      n = recv(fd_, buffer.data(), buffer.size(), 0);
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
-      if (n <= 0) {
-        Close();
-        return;
-      }
+      Close();
+      return;
     }
-    Receive(buffer.data(), static_cast<std::size_t>(n));
+    Receive(buffer.data(), read.bytes);
     if (closed()) return;
     // A short plain read drained the socket; TLS reads stop at record ends, so go on until
     // OpenSSL says it wants more.
-    if (ssl_ == nullptr && static_cast<std::size_t>(n) < buffer.size()) return;
+    if (ssl_ == nullptr && read.bytes < buffer.size()) return;
   }
   // Out of turns with decrypted bytes still inside OpenSSL: epoll will not report them.
   if (!closed() && ssl_ != nullptr && SSL_pending(ssl_) > 0) {
@@ -362,7 +350,7 @@ void H2Connection::Flush() {
   // write per turn in the common case, bounded memory for large answers.
   for (bool more = true; more;) {
     more = false;
-    while (outbuf_.size() - outbuf_offset_ < kOutbufHighWater) {
+    while (outbuf_.pending() < kOutbufHighWater) {
       const std::uint8_t* data = nullptr;
       const ssize_t n = nghttp2_session_mem_send(session_, &data);
       if (n < 0) {
@@ -371,62 +359,39 @@ void H2Connection::Flush() {
         return;
       }
       if (n == 0) break;
-      outbuf_.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
-      more = outbuf_.size() - outbuf_offset_ >= kOutbufHighWater;
+      outbuf_.Append(data, static_cast<std::size_t>(n));
+      more = outbuf_.pending() >= kOutbufHighWater;
     }
     if (!WriteOut()) {
       Close();
       return;
     }
-    more = more && outbuf_.empty();
+    more = more && outbuf_.pending() == 0;
   }
-  if (terminating_ && outbuf_.size() == outbuf_offset_) {
+  if (terminating_ && outbuf_.pending() == 0) {
     Close();  // the GOAWAY too_many_pings is out
     return;
   }
   UpdateWriteInterest();
   const bool nothing_to_do = !nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_);
-  if ((nothing_to_do || (draining_ && streams_.empty())) && outbuf_.size() == outbuf_offset_) Close();
+  if ((nothing_to_do || (draining_ && streams_.empty())) && outbuf_.pending() == 0) Close();
 }
 
 // One send (or one SSL_write run) for everything this turn produced. False on a dead peer.
 bool H2Connection::WriteOut() {
-  while (outbuf_offset_ < outbuf_.size()) {
-    const char* data = outbuf_.data() + outbuf_offset_;
-    const std::size_t size = outbuf_.size() - outbuf_offset_;
-    ssize_t n = 0;
-    if (output_) {
-      n = static_cast<ssize_t>(output_({data, size}));
-      if (n == 0) break;
-    } else if (ssl_ != nullptr) {
-      ERR_clear_error();
-      n = SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(size, 1 << 30)));
-      if (n <= 0) {
-        const int err = SSL_get_error(ssl_, static_cast<int>(n));
-        if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) break;
-        // The server's first frames go out before the handshake is done, so SSL_write is
-        // often where a refused client certificate shows.
-        if (!SSL_is_init_finished(ssl_)) LogHandshakeFailure();
-        return false;
-      }
-    } else {
-      n = send(fd_, data, size, MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
-        return false;
-      }
-    }
-    outbuf_offset_ += static_cast<std::size_t>(n);
-  }
-  if (outbuf_offset_ == outbuf_.size()) {
-    outbuf_.clear();
-    outbuf_offset_ = 0;
-  }
-  return true;
+  const IoResult written = output_ ? outbuf_.WriteWith([this](std::string_view data) {
+    return IoResult::Bytes(output_(data));
+  })
+                                   : outbuf_.WriteTo(fd_, ssl_);
+  if (written.done()) return true;
+  // The server's first frames go out before the handshake is done, so a write is often where a
+  // refused client certificate shows.
+  if (ssl_ != nullptr && !SSL_is_init_finished(ssl_)) LogHandshakeFailure();
+  return false;
 }
 
 void H2Connection::UpdateWriteInterest() {
-  const bool want = outbuf_.size() > outbuf_offset_;
+  const bool want = outbuf_.pending() > 0;
   if (want == want_write_event_ || fd_ < 0) return;
   want_write_event_ = want;
   loop_->ModifyFd(fd_, want ? (EPOLLIN | EPOLLOUT) : EPOLLIN);

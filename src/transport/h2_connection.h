@@ -15,6 +15,7 @@
 #include "transport/call_context.h"
 #include "transport/event_loop.h"
 #include "transport/grpc_framing.h"
+#include "transport/socket_io.h"
 #include "transport/ping_policy.h"
 #include "transport/router.h"
 
@@ -110,7 +111,7 @@ class H2Connection {
   // Hands bytes read from the peer to nghttp2 (and through it to the calls). On a protocol
   // error the GOAWAY nghttp2 queued is flushed and the connection closes.
   void Receive(const std::uint8_t* data, std::size_t size);
-  bool idle() const { return streams_.empty() && outbuf_.size() == outbuf_offset_; }
+  bool idle() const { return streams_.empty() && outbuf_.pending() == 0; }
   // The owner clears this when it flushes.
   void ClearDirty() { dirty_ = false; }
 
@@ -157,8 +158,7 @@ class H2Connection {
   H2ConnectionOwner& owner_;
   nghttp2_session* session_ = nullptr;
   std::map<std::int32_t, std::shared_ptr<H2Stream>> streams_;
-  std::string outbuf_;
-  std::size_t outbuf_offset_ = 0;
+  OutBuffer outbuf_;
   bool want_write_event_ = false;
   std::string peer_;  // "host:port", taken at accept: getpeername fails once the peer has gone
   // The verified client certificate's CN (etcd's client-cert-auth user), read at the first call:

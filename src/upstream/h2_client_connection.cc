@@ -598,27 +598,15 @@ ssize_t H2ClientConnection::ReadData(std::int32_t stream_id, std::uint8_t* buf, 
 void H2ClientConnection::DoRead() {
   std::array<std::uint8_t, kReadChunk> buffer;
   for (int i = 0; i < kMaxReadsPerEvent && state_ == State::kReady; ++i) {
-    ssize_t n = 0;
-    if (ssl_ != nullptr) {
-      ERR_clear_error();
-      n = SSL_read(ssl_, buffer.data(), static_cast<int>(buffer.size()));
-      if (n <= 0) {
-        const int err = SSL_get_error(ssl_, static_cast<int>(n));
-        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
-        return CloseWithError("TLS connection closed");
-      }
-    } else {
-      n = recv(fd_, buffer.data(), buffer.size(), 0);
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
-      if (n == 0) return CloseWithError("Socket closed");
-      if (n < 0) return CloseWithError(std::strerror(errno));
-    }
-    const ssize_t used = nghttp2_session_mem_recv(session_, buffer.data(), static_cast<std::size_t>(n));
+    const IoResult read = ReadSome(fd_, ssl_, buffer);
+    if (read.would_block()) return;
+    if (!read.done()) return CloseWithError(read.error);
+    const ssize_t used = nghttp2_session_mem_recv(session_, buffer.data(), read.bytes);
     if (used < 0) {
       Flush();
       return CloseWithError(std::string("HTTP/2 error from member: ") + nghttp2_strerror(static_cast<int>(used)));
     }
-    if (ssl_ == nullptr && static_cast<std::size_t>(n) < buffer.size()) return;
+    if (ssl_ == nullptr && read.bytes < buffer.size()) return;
   }
   if (state_ == State::kReady && ssl_ != nullptr && SSL_pending(ssl_) > 0) {
     const std::weak_ptr<H2ClientConnection> weak = shared_from_this();
@@ -637,44 +625,17 @@ void H2ClientConnection::Flush() {
     const ssize_t n = nghttp2_session_mem_send(session_, &data);
     if (n < 0) return CloseWithError(std::string("cannot serialize frames: ") + nghttp2_strerror(static_cast<int>(n)));
     if (n == 0) break;
-    outbuf_.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
+    outbuf_.Append(data, static_cast<std::size_t>(n));
   }
-  if (!WriteOut()) return CloseWithError("write failed");
+  if (const IoResult written = outbuf_.WriteTo(fd_, ssl_); !written.done()) {
+    return CloseWithError("write failed: " + written.error);
+  }
   UpdateInterest();
-  if (goaway_ && calls_.empty() && outbuf_offset_ == outbuf_.size()) CloseWithError("GOAWAY received");
-}
-
-bool H2ClientConnection::WriteOut() {
-  while (outbuf_offset_ < outbuf_.size()) {
-    const char* data = outbuf_.data() + outbuf_offset_;
-    const std::size_t size = outbuf_.size() - outbuf_offset_;
-    ssize_t n = 0;
-    if (ssl_ != nullptr) {
-      ERR_clear_error();
-      n = SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(size, 1 << 30)));
-      if (n <= 0) {
-        const int err = SSL_get_error(ssl_, static_cast<int>(n));
-        if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) break;
-        return false;
-      }
-    } else {
-      n = send(fd_, data, size, MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
-        return false;
-      }
-    }
-    outbuf_offset_ += static_cast<std::size_t>(n);
-  }
-  if (outbuf_offset_ == outbuf_.size()) {
-    outbuf_.clear();
-    outbuf_offset_ = 0;
-  }
-  return true;
+  if (goaway_ && calls_.empty() && outbuf_.pending() == 0) CloseWithError("GOAWAY received");
 }
 
 void H2ClientConnection::UpdateInterest() {
-  const std::uint32_t want = outbuf_.size() > outbuf_offset_ ? (EPOLLIN | EPOLLOUT) : EPOLLIN;
+  const std::uint32_t want = outbuf_.pending() > 0 ? (EPOLLIN | EPOLLOUT) : EPOLLIN;
   if (want == interest_) return;
   interest_ = want;
   loop_.ModifyFd(fd_, want);

@@ -20,6 +20,7 @@
 #include "transport/call_context.h"
 #include "transport/event_loop.h"
 #include "transport/grpc_framing.h"
+#include "transport/socket_io.h"
 #include "transport/status.h"
 
 namespace esp {
@@ -133,7 +134,6 @@ class H2ClientConnection : public std::enable_shared_from_this<H2ClientConnectio
   void BecomeReady();
   void FailConnect(const std::string& error);
   void DoRead();
-  bool WriteOut();
   void MarkDirty();
   void Submit(const std::shared_ptr<H2ClientCall>& call);
   void Complete(const std::shared_ptr<H2ClientCall>& call, Status status, bool never_sent);
@@ -159,8 +159,7 @@ class H2ClientConnection : public std::enable_shared_from_this<H2ClientConnectio
   bool goaway_ = false;
   bool dirty_ = false;
   std::uint32_t interest_ = 0;
-  std::string outbuf_;
-  std::size_t outbuf_offset_ = 0;
+  OutBuffer outbuf_;
   std::vector<std::shared_ptr<H2ClientCall>> waiting_;  // started before the connection was ready
   std::map<std::int32_t, std::shared_ptr<H2ClientCall>> calls_;
   EventLoop::TimerId connect_timer_ = 0;
