@@ -42,7 +42,7 @@ start_target() {  # target name, run number
 start_etcd backend
 BACKEND=$STARTED_ADDR
 wait_ready "$BACKEND"
-printf 'shards:\n  - {name: only, start: "", end: "", address: %s}\n' "$BACKEND" >"$WORK/ours.yaml"
+write_config "$WORK/ours.yaml" "only,,,$BACKEND"
 
 RESULTS=$WORK/memory.tsv
 : >"$RESULTS"

@@ -51,21 +51,10 @@ done
 for n in etcd-a etcd-b etcd-c; do wait_ready "${ADDR[$n]}"; done
 
 half=$(key $((KEY_SPACE / 2))); third=$(key $((KEY_SPACE / 3))); two_thirds=$(key $((2 * KEY_SPACE / 3)))
-cat >"$WORK/ours-1.yaml" <<EOF
-shards:
-  - {name: a, start: "", end: "", address: ${ADDR[etcd-a]}}
-EOF
-cat >"$WORK/ours-2.yaml" <<EOF
-shards:
-  - {name: a, start: "", end: "$half", address: ${ADDR[etcd-a]}}
-  - {name: b, start: "$half", end: "", address: ${ADDR[etcd-b]}}
-EOF
-cat >"$WORK/ours-3.yaml" <<EOF
-shards:
-  - {name: a, start: "", end: "$third", address: ${ADDR[etcd-a]}}
-  - {name: b, start: "$third", end: "$two_thirds", address: ${ADDR[etcd-b]}}
-  - {name: c, start: "$two_thirds", end: "", address: ${ADDR[etcd-c]}}
-EOF
+write_config "$WORK/ours-1.yaml" "a,,,${ADDR[etcd-a]}"
+write_config "$WORK/ours-2.yaml" "a,,$half,${ADDR[etcd-a]}" "b,$half,,${ADDR[etcd-b]}"
+write_config "$WORK/ours-3.yaml" "a,,$third,${ADDR[etcd-a]}" "b,$third,$two_thirds,${ADDR[etcd-b]}" \
+  "c,$two_thirds,,${ADDR[etcd-c]}"
 for p in ours-1 ours-2 ours-3; do start_ours "$p" "$WORK/$p.yaml"; done
 for p in ours-1 ours-2 ours-3; do wait_ready "${ADDR[$p]}"; done
 

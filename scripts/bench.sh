@@ -45,17 +45,10 @@ for n in etcd-1 etcd-s1 etcd-s2 etcd-s3; do wait_ready "${ADDR[$n]}"; done
 start_grpc_proxy grpc-proxy "${ADDR[etcd-1]}"
 start_nghttpx nghttpx "${ADDR[etcd-1]}" --pid-file="$WORK/nghttpx.pid"
 
-cat >"$WORK/ours-1.yaml" <<EOF
-shards:
-  - {name: only, start: "", end: "", address: ${ADDR[etcd-1]}}
-EOF
+write_config "$WORK/ours-1.yaml" "only,,,${ADDR[etcd-1]}"
 # The spanning row's 20 keys are span/00000000..span/00000019; the boundaries cut them 7/7/6.
-cat >"$WORK/ours-3.yaml" <<EOF
-shards:
-  - {name: s1, start: "", end: "span/00000007", address: ${ADDR[etcd-s1]}}
-  - {name: s2, start: "span/00000007", end: "span/00000014", address: ${ADDR[etcd-s2]}}
-  - {name: s3, start: "span/00000014", end: "", address: ${ADDR[etcd-s3]}}
-EOF
+write_config "$WORK/ours-3.yaml" "s1,,span/00000007,${ADDR[etcd-s1]}" \
+  "s2,span/00000007,span/00000014,${ADDR[etcd-s2]}" "s3,span/00000014,,${ADDR[etcd-s3]}"
 for p in ours-1 ours-3; do start_ours "$p" "$WORK/$p.yaml"; done
 for n in grpc-proxy nghttpx ours-1 ours-3; do wait_ready "${ADDR[$n]}"; done
 

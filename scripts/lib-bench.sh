@@ -45,7 +45,9 @@ free_port() {
 # Records the process just put in the background as $1 listening on port $2.
 started() {  # name port
   STARTED_PID=$!; STARTED_ADDR=127.0.0.1:$2
-  PID[$1]=$STARTED_PID; ADDR[$1]=$STARTED_ADDR
+  PID[$1]=$STARTED_PID
+  # shellcheck disable=SC2034  # ADDR is read by the scripts that source this
+  ADDR[$1]=$STARTED_ADDR
 }
 
 # A single-member etcd with its data in $WORK/NAME; further arguments are extra etcd flags.
@@ -83,6 +85,20 @@ start_nghttpx() {  # name backend-address [nghttpx flags...]
   nghttpx --frontend="127.0.0.1,$port;no-tls" --backend="127.0.0.1,${backend##*:};;proto=h2" $NGHTTPX_FLAGS \
     --errorlog-file="$WORK/$name.log" "$@" >/dev/null 2>&1 &
   started "$name" "$port"
+}
+
+# Our proxy's config file: one shard per further argument "name,start,end,address" (an empty
+# start or end: open).
+write_config() {  # file shard...
+  local file=$1 spec name start end address
+  shift
+  {
+    echo "shards:"
+    for spec in "$@"; do
+      IFS=, read -r name start end address <<<"$spec"
+      echo "  - {name: $name, start: \"$start\", end: \"$end\", address: $address}"
+    done
+  } >"$file"
 }
 
 wait_ready() {  # address
