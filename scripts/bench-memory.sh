@@ -19,74 +19,30 @@
 # (none). Everything started here is stopped by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT_DIR=$(pwd)
+source scripts/lib-bench.sh
 HOLD_BIG=${HOLD_BIG:-5000}
 WATCHES_PER_STREAM=${WATCHES_PER_STREAM:-100}
 PROXY_ARGS=${PROXY_ARGS:-}
 OUT=${OUT:-docs/BENCHMARKS.md}
-BENCH=$ROOT_DIR/build/tools/esp-bench
-PROXY=$ROOT_DIR/build/etcd-sharding-proxy
-[[ -x $BENCH && -x $PROXY ]] || { echo "build first: scripts/build.sh" >&2; exit 1; }
+bench_require_build
 command -v nghttpx >/dev/null || { echo "nghttpx missing: run scripts/bench.sh once (installs it)" >&2; exit 1; }
-NGHTTPX_FLAGS="--single-process --workers=1 --no-via --no-ocsp --no-server-push --frontend-http2-max-concurrent-streams=100000 --frontend-http2-read-timeout=0 --backend-read-timeout=0 --backend-write-timeout=0 --stream-write-timeout=0 --conf=/dev/null"
+bench_init /dev/shm/esp-memory.XXXXXX
 
-WORK=$(mktemp -d /dev/shm/esp-memory.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-wait_ready() {  # address
-  for _ in $(seq 200); do
-    ETCDCTL_API=3 etcdctl --endpoints "$1" --command-timeout=1s get probe >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "no answer from $1" >&2; exit 1
-}
-# Starts an etcd named $1 in the background; sets STARTED_PID and STARTED_ADDR.
-start_etcd() {
-  local cport pport
-  cport=$(free_port); pport=$(free_port)
-  etcd --name "$1" --data-dir "$WORK/$1" \
-    --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
-    --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-    --initial-cluster "$1=http://127.0.0.1:$pport" --log-level error >"$WORK/$1.log" 2>&1 &
-  STARTED_PID=$!; STARTED_ADDR=127.0.0.1:$cport
-  PIDS+=("$STARTED_PID")
-}
+# Starts target $1 for run $2 as the process named "$1.$2" (STARTED_PID, STARTED_ADDR).
 start_target() {  # target name, run number
-  local port
-  port=$(free_port)
+  # shellcheck disable=SC2086
   case $1 in
-    ours)
-      # shellcheck disable=SC2086
-      "$PROXY" --config "$WORK/ours.yaml" --listen-addr "127.0.0.1:$port" --log-level warn $PROXY_ARGS \
-        >"$WORK/ours.$2.log" 2>&1 & ;;
-    grpc-proxy)
-      etcd grpc-proxy start --endpoints="$BACKEND" --listen-addr="127.0.0.1:$port" \
-        --data-dir "$WORK/grpc-proxy.$2" >"$WORK/grpc-proxy.$2.log" 2>&1 & ;;
-    nghttpx)
-      # shellcheck disable=SC2086
-      nghttpx --frontend="127.0.0.1,$port;no-tls" --backend="127.0.0.1,${BACKEND##*:};;proto=h2" $NGHTTPX_FLAGS \
-        --errorlog-file="$WORK/nghttpx.$2.log" >/dev/null 2>&1 & ;;
-    etcd)
-      start_etcd "etcd-$2"; return ;;
+    ours) start_ours "ours.$2" "$WORK/ours.yaml" $PROXY_ARGS ;;
+    grpc-proxy) start_grpc_proxy "grpc-proxy.$2" "$BACKEND" ;;
+    nghttpx) start_nghttpx "nghttpx.$2" "$BACKEND" ;;
+    etcd) start_etcd "etcd.$2" ;;
   esac
-  STARTED_PID=$!; STARTED_ADDR=127.0.0.1:$port
-  PIDS+=("$STARTED_PID")
 }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 start_etcd backend
 BACKEND=$STARTED_ADDR
 wait_ready "$BACKEND"
-printf 'shards:\n  - {name: only, start: "", end: "", address: %s}\n' "$BACKEND" >"$WORK/ours.yaml"
+write_config "$WORK/ours.yaml" "only,,,$BACKEND"
 
 RESULTS=$WORK/memory.tsv
 : >"$RESULTS"
@@ -106,7 +62,7 @@ for target in ours grpc-proxy nghttpx etcd; do
         --key-prefix "mem$run/" --conns 4 --inflight 50 --timeout 30 --json 2>&1 | tail -1) || true
       printf '%s\t%s\t%s\t%s\t%s\n' "$target" "$what" "$n" "$idle" "$out" >>"$RESULTS"
       echo "$target hold-$what $n: idle $idle kB: $out" >&2
-      kill "$pid"; wait "$pid" 2>/dev/null || true
+      bench_stop "$target.$run"
     done
   done
 done

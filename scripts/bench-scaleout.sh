@@ -25,7 +25,7 @@
 # Everything started here is stopped by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT_DIR=$(pwd)
+source scripts/lib-bench.sh
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-3}
 INFLIGHTS=${INFLIGHTS:-"4 16 64"}
@@ -36,75 +36,28 @@ DATA_ROOT=${DATA_ROOT:-/var/tmp}
 OUT=${OUT:-docs/BENCHMARKS.md}
 ETCD_FLAGS=${ETCD_FLAGS:-}
 LABEL=${LABEL:-default}
-BENCH=$ROOT_DIR/build/tools/esp-bench
-PROXY=$ROOT_DIR/build/etcd-sharding-proxy
-[[ -x $BENCH && -x $PROXY ]] || { echo "build first: scripts/build.sh" >&2; exit 1; }
+bench_require_build
 if [[ $(stat -f -c %T "$DATA_ROOT") == tmpfs ]]; then
   echo "DATA_ROOT=$DATA_ROOT is tmpfs; the point is a real disk" >&2; exit 1
 fi
 
-WORK=$(mktemp -d "$DATA_ROOT/esp-scaleout.XXXXXX")
-declare -A PID=() ADDR=()
-cleanup() {
-  for name in "${!PID[@]}"; do kill "${PID[$name]}" 2>/dev/null || true; done
-  for name in "${!PID[@]}"; do wait "${PID[$name]}" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-start_etcd() {  # name
-  local name=$1 cport pport
-  cport=$(free_port); pport=$(free_port)
-  # shellcheck disable=SC2086
-  etcd $ETCD_FLAGS --name "$name" --data-dir "$WORK/$name" \
-    --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
-    --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-    --initial-cluster "$name=http://127.0.0.1:$pport" --log-level error \
-    --auto-compaction-mode revision --auto-compaction-retention 100000 >"$WORK/$name.log" 2>&1 &
-  PID[$name]=$!
-  ADDR[$name]=127.0.0.1:$cport
-}
-wait_ready() {  # address
-  for _ in $(seq 200); do
-    ETCDCTL_API=3 etcdctl --endpoints "$1" --command-timeout=1s get probe >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "no answer from $1" >&2; exit 1
-}
+bench_init "$DATA_ROOT/esp-scaleout.XXXXXX"
 key() { printf 'so/%08d' "$1"; }
 
-for n in etcd-a etcd-b etcd-c; do start_etcd "$n"; done
+# shellcheck disable=SC2086
+for n in etcd-a etcd-b etcd-c; do
+  start_etcd "$n" $ETCD_FLAGS --auto-compaction-mode revision --auto-compaction-retention 100000
+done
 for n in etcd-a etcd-b etcd-c; do wait_ready "${ADDR[$n]}"; done
 
 half=$(key $((KEY_SPACE / 2))); third=$(key $((KEY_SPACE / 3))); two_thirds=$(key $((2 * KEY_SPACE / 3)))
-cat >"$WORK/ours-1.yaml" <<EOF
-shards:
-  - {name: a, start: "", end: "", address: ${ADDR[etcd-a]}}
-EOF
-cat >"$WORK/ours-2.yaml" <<EOF
-shards:
-  - {name: a, start: "", end: "$half", address: ${ADDR[etcd-a]}}
-  - {name: b, start: "$half", end: "", address: ${ADDR[etcd-b]}}
-EOF
-cat >"$WORK/ours-3.yaml" <<EOF
-shards:
-  - {name: a, start: "", end: "$third", address: ${ADDR[etcd-a]}}
-  - {name: b, start: "$third", end: "$two_thirds", address: ${ADDR[etcd-b]}}
-  - {name: c, start: "$two_thirds", end: "", address: ${ADDR[etcd-c]}}
-EOF
-for p in ours-1 ours-2 ours-3; do
-  port=$(free_port)
-  "$PROXY" --config "$WORK/$p.yaml" --listen-addr "127.0.0.1:$port" --log-level warn >"$WORK/$p.log" 2>&1 &
-  PID[$p]=$!; ADDR[$p]=127.0.0.1:$port
-done
+write_config "$WORK/ours-1.yaml" "a,,,${ADDR[etcd-a]}"
+write_config "$WORK/ours-2.yaml" "a,,$half,${ADDR[etcd-a]}" "b,$half,,${ADDR[etcd-b]}"
+write_config "$WORK/ours-3.yaml" "a,,$third,${ADDR[etcd-a]}" "b,$third,$two_thirds,${ADDR[etcd-b]}" \
+  "c,$two_thirds,,${ADDR[etcd-c]}"
+for p in ours-1 ours-2 ours-3; do start_ours "$p" "$WORK/$p.yaml"; done
 for p in ours-1 ours-2 ours-3; do wait_ready "${ADDR[$p]}"; done
 
-cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12+$13+$14+$15}' "/proc/$1/stat"; }
-sum_ticks() { local t=0 n; for n in "$@"; do t=$((t + $(cpu_ticks "${PID[$n]}"))); done; echo $t; }
 # Whole machine: busy and total jiffies (all CPUs) from the first line of /proc/stat.
 machine() { awk '/^cpu / {t=0; for (i=2;i<=NF;i++) t+=$i; print t-$5-$6, t}' /proc/stat; }
 etcds_for() { case $1 in direct-1|ours-1) echo etcd-a ;; ours-2) echo "etcd-a etcd-b" ;; *) echo "etcd-a etcd-b etcd-c" ;; esac; }

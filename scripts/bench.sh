@@ -19,7 +19,7 @@
 # Everything started here is stopped by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT_DIR=$(pwd)
+source scripts/lib-bench.sh
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-3}
 CONNS=${CONNS:-4}
@@ -30,92 +30,30 @@ WATCHERS=${WATCHERS:-10}
 WATCH_INFLIGHT=${WATCH_INFLIGHT:-10}
 OUT=${OUT:-docs/BENCHMARKS.md}
 WORKLOADS=${WORKLOADS:-"put get-lin get-ser range20 txn lease-grant lease-keepalive watch span-range20"}
-BENCH=$ROOT_DIR/build/tools/esp-bench
-PROXY=$ROOT_DIR/build/etcd-sharding-proxy
-[[ -x $BENCH && -x $PROXY ]] || { echo "build first: cmake -S . -B build -G Ninja && ninja -C build" >&2; exit 1; }
+bench_require_build
 if ! command -v nghttpx >/dev/null; then
   echo "bench: installing nghttp2-proxy (nghttpx) for the pass-through target" >&2
   sudo_=(); [[ $(id -u) == 0 ]] || sudo_=(sudo)
   DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y nghttp2-proxy >&2
 fi
-# One worker thread, one process; no access log; long-lived watch and keep-alive streams must not
-# be cut by nghttpx's idle timeouts; streams per client connection as many as gRPC opens.
-NGHTTPX_FLAGS="--single-process --workers=1 --no-via --no-ocsp --no-server-push --frontend-http2-max-concurrent-streams=100000 --frontend-http2-read-timeout=0 --backend-read-timeout=0 --backend-write-timeout=0 --stream-write-timeout=0 --conf=/dev/null"
+bench_init /dev/shm/esp-bench.XXXXXX
+COMPACTION=(--auto-compaction-mode revision --auto-compaction-retention 100000)
 
-WORK=$(mktemp -d /dev/shm/esp-bench.XXXXXX)
-declare -A PID=()
-cleanup() {
-  for name in "${!PID[@]}"; do kill "${PID[$name]}" 2>/dev/null || true; done
-  for name in "${!PID[@]}"; do wait "${PID[$name]}" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-declare -A ADDR=()
-start_etcd() {  # name
-  local name=$1 cport pport
-  cport=$(free_port); pport=$(free_port)
-  etcd --name "$name" --data-dir "$WORK/$name" \
-    --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
-    --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-    --initial-cluster "$name=http://127.0.0.1:$pport" --log-level error \
-    --auto-compaction-mode revision --auto-compaction-retention 100000 >"$WORK/$name.log" 2>&1 &
-  PID[$name]=$!
-  ADDR[$name]=127.0.0.1:$cport
-}
-wait_ready() {  # address
-  for _ in $(seq 200); do
-    ETCDCTL_API=3 etcdctl --endpoints "$1" --command-timeout=1s get probe >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "no answer from $1" >&2; exit 1
-}
-
-start_etcd etcd-1
-start_etcd etcd-s1; start_etcd etcd-s2; start_etcd etcd-s3
+for n in etcd-1 etcd-s1 etcd-s2 etcd-s3; do start_etcd "$n" "${COMPACTION[@]}"; done
 for n in etcd-1 etcd-s1 etcd-s2 etcd-s3; do wait_ready "${ADDR[$n]}"; done
 
-port=$(free_port)
-etcd grpc-proxy start --endpoints="${ADDR[etcd-1]}" --listen-addr="127.0.0.1:$port" \
-  --data-dir "$WORK/grpc-proxy.data" >"$WORK/grpc-proxy.log" 2>&1 &
-PID[grpc-proxy]=$!; ADDR[grpc-proxy]=127.0.0.1:$port
+start_grpc_proxy grpc-proxy "${ADDR[etcd-1]}"
+start_nghttpx nghttpx "${ADDR[etcd-1]}" --pid-file="$WORK/nghttpx.pid"
 
-port=$(free_port)
-# shellcheck disable=SC2086
-nghttpx --frontend="127.0.0.1,$port;no-tls" --backend="127.0.0.1,${ADDR[etcd-1]##*:};;proto=h2" $NGHTTPX_FLAGS \
-  --errorlog-file="$WORK/nghttpx.log" --pid-file="$WORK/nghttpx.pid" >/dev/null 2>&1 &
-PID[nghttpx]=$!; ADDR[nghttpx]=127.0.0.1:$port
-
-cat >"$WORK/ours-1.yaml" <<EOF
-shards:
-  - {name: only, start: "", end: "", address: ${ADDR[etcd-1]}}
-EOF
+write_config "$WORK/ours-1.yaml" "only,,,${ADDR[etcd-1]}"
 # The spanning row's 20 keys are span/00000000..span/00000019; the boundaries cut them 7/7/6.
-cat >"$WORK/ours-3.yaml" <<EOF
-shards:
-  - {name: s1, start: "", end: "span/00000007", address: ${ADDR[etcd-s1]}}
-  - {name: s2, start: "span/00000007", end: "span/00000014", address: ${ADDR[etcd-s2]}}
-  - {name: s3, start: "span/00000014", end: "", address: ${ADDR[etcd-s3]}}
-EOF
-for p in ours-1 ours-3; do
-  port=$(free_port)
-  "$PROXY" --config "$WORK/$p.yaml" --listen-addr "127.0.0.1:$port" --log-level warn >"$WORK/$p.log" 2>&1 &
-  PID[$p]=$!; ADDR[$p]=127.0.0.1:$port
-done
+write_config "$WORK/ours-3.yaml" "s1,,span/00000007,${ADDR[etcd-s1]}" \
+  "s2,span/00000007,span/00000014,${ADDR[etcd-s2]}" "s3,span/00000014,,${ADDR[etcd-s3]}"
+for p in ours-1 ours-3; do start_ours "$p" "$WORK/$p.yaml"; done
 for n in grpc-proxy nghttpx ours-1 ours-3; do wait_ready "${ADDR[$n]}"; done
 
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 sleep 1
 IDLE_RSS="ours-1=$(rss_kb "${PID[ours-1]}") ours-3=$(rss_kb "${PID[ours-3]}") grpc-proxy=$(rss_kb "${PID[grpc-proxy]}") nghttpx=$(rss_kb "${PID[nghttpx]}") etcd-1=$(rss_kb "${PID[etcd-1]}")"
-
-# CPU ticks (utime+stime+cutime+cstime: every thread, and reaped children) of one process.
-cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12+$13+$14+$15}' "/proc/$1/stat"; }
 
 # Preload: every key once, so that get/range/txn can check values.
 "$BENCH" --endpoints "${ADDR[etcd-1]}" --mode preload --key-space "$KEY_SPACE" --value-size "$VALUE_SIZE" --json >/dev/null
@@ -153,8 +91,6 @@ targets_for() {  # workload -> target names
 etcds_for() { [[ $1 == ours-3 ]] && echo "etcd-s1 etcd-s2 etcd-s3" || echo "etcd-1"; }
 proxy_for() { case $1 in grpc-proxy|nghttpx|ours-1|ours-3) echo "$1" ;; *) echo "" ;; esac; }
 endpoint_for() { [[ $1 == direct ]] && echo "${ADDR[etcd-1]}" || echo "${ADDR[$1]}"; }
-
-sum_ticks() { local t=0 n; for n in "$@"; do t=$((t + $(cpu_ticks "${PID[$n]}"))); done; echo $t; }
 
 RESULTS=$WORK/results.tsv
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -1,5 +1,6 @@
 // Differential test: the same random operations go to one plain etcd and to the proxy over three
 // etcd shards (split at "i" and "s"); every answer must agree, modulo revisions and headers.
+// The setup, keys and helpers shared with differential_watch_lease_test: support/differential.h.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -15,85 +16,21 @@
 #include <tuple>
 #include <vector>
 
-#include "support/fixtures.h"
+#include "support/differential.h"
 
 namespace esp::test {
 namespace {
 
 using etcdserverpb::Compare;
-using etcdserverpb::DeleteRangeRequest;
-using etcdserverpb::DeleteRangeResponse;
-using etcdserverpb::KV;
-using etcdserverpb::PutRequest;
-using etcdserverpb::PutResponse;
-using etcdserverpb::RangeRequest;
-using etcdserverpb::RangeResponse;
 using etcdserverpb::RequestOp;
 using etcdserverpb::ResponseOp;
-using etcdserverpb::TxnRequest;
-using etcdserverpb::TxnResponse;
-using mvccpb::KeyValue;
 
-// Keys on both sides of the shard boundaries "i" and "s", binary ones included.
-const std::vector<std::string> kKeys = {
-    std::string(1, '\0'), "\x01", "a", "ab", "b", "h", "h\xff", "i", std::string("i\0", 2), "ia",
-    "j", "r", "r\xff", "s", std::string("s\0", 2), "sa", "t", "z", "\xff", "\xff\xff"};
 const std::vector<std::string> kValues = {"", "v0", "v1", "v2", "v3", "zz", std::string("\0\xff", 2)};
-
-int ShardOf(const std::string& key) { return key < "i" ? 0 : key < "s" ? 1 : 2; }
-
-std::string PrefixEnd(const std::string& prefix) {
-  std::string end = prefix;
-  while (!end.empty()) {
-    if (static_cast<unsigned char>(end.back()) < 0xff) {
-      end.back() = static_cast<char>(static_cast<unsigned char>(end.back()) + 1);
-      return end;
-    }
-    end.pop_back();
-  }
-  return std::string(1, '\0');
-}
-
-// Shards touched by [key, range_end) under etcd's conventions.
-std::pair<int, int> ShardSpan(const std::string& key, const std::string& end) {
-  const int first = ShardOf(key);
-  if (end.empty()) return {first, first};
-  if (end == std::string(1, '\0')) return {first, 2};
-  if (end <= key) return {first, first};
-  const int last = end > "s" ? 2 : end > "i" ? 1 : 0;
-  return {first, last};
-}
-
-std::string Printable(const std::string& s) {
-  std::ostringstream os;
-  for (const unsigned char c : s) {
-    if (c < 0x20 || c >= 0x7f || c == '"') {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
-      os << buf;
-    } else {
-      os << c;
-    }
-  }
-  return os.str();
-}
-
-std::string Describe(const KeyValue& kv) {
-  return "{" + Printable(kv.key()) + "=" + Printable(kv.value()) + " v" + std::to_string(kv.version()) + " l" +
-         std::to_string(kv.lease()) + "}";
-}
 
 template <class Kvs>
 std::string DescribeKvs(const Kvs& kvs) {
   std::string out;
   for (const auto& kv : kvs) out += Describe(kv);
-  return out;
-}
-
-template <class Kvs>
-std::vector<std::string> KvStrings(const Kvs& kvs) {
-  std::vector<std::string> out;
-  for (const auto& kv : kvs) out.push_back(Describe(kv));
   return out;
 }
 
@@ -193,59 +130,12 @@ void CompareTxn(const TxnRequest& req, const TxnResponse& a, const TxnResponse& 
   for (int i = 0; i < a.responses_size(); ++i) CompareResponseOp(ops[i], a.responses(i), b.responses(i), where);
 }
 
-void CompareStatus(const grpc::Status& a, const grpc::Status& b, const std::string& where) {
-  EXPECT_EQ(a.error_code(), b.error_code()) << where << ": plain '" << a.error_message() << "' proxy '"
-                                            << b.error_message() << "'";
-  EXPECT_EQ(a.error_message(), b.error_message()) << where;
-}
-
-class DifferentialTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    plain_ = new EtcdCluster(1, "plain");
-    plain_->Start();
-    sharded_ = new ShardedSetup();
-  }
-  static void TearDownTestSuite() {
-    delete sharded_;
-    delete plain_;
-    sharded_ = nullptr;
-    plain_ = nullptr;
-  }
-  void SetUp() override {
-    plain_kv_ = KV::NewStub(Connect(plain_->member(0).client_address()));
-    proxy_kv_ = KV::NewStub(Connect(sharded_->proxy().address()));
-    // Start every test from an empty keyspace on both sides.
-    for (auto* kv : {plain_kv_.get(), proxy_kv_.get()}) {
-      DeleteRangeRequest req;
-      req.set_key(std::string(1, '\0'));
-      req.set_range_end(std::string(1, '\0'));
-      DeleteRangeResponse resp;
-      ASSERT_TRUE(kv->DeleteRange(Ctx().get(), req, &resp).ok());
-    }
-  }
-
-  static EtcdCluster* plain_;
-  static ShardedSetup* sharded_;
-  std::unique_ptr<KV::Stub> plain_kv_;
-  std::unique_ptr<KV::Stub> proxy_kv_;
-};
-EtcdCluster* DifferentialTest::plain_ = nullptr;
-ShardedSetup* DifferentialTest::sharded_ = nullptr;
+class DifferentialTest : public DifferentialFixture {};
 
 // Generates random requests.
-class Gen {
+class Gen : public RandomGen {
  public:
-  explicit Gen(uint32_t seed) : rng_(seed) {}
-  int Int(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
-  bool Chance(int percent) { return Int(0, 99) < percent; }
-  const std::string& Key() { return kKeys[Int(0, static_cast<int>(kKeys.size()) - 1)]; }
-  std::string KeyIn(int shard) {
-    while (true) {
-      const auto& k = Key();
-      if (ShardOf(k) == shard) return k;
-    }
-  }
+  using RandomGen::RandomGen;
   std::string Value() {
     if (Chance(10)) return "bin" + std::string(1, static_cast<char>(Int(0, 255)));
     return kValues[Int(0, static_cast<int>(kValues.size()) - 1)];
@@ -263,8 +153,7 @@ class Gen {
           break;
         case 2:
         case 3: {
-          static const std::vector<std::string> prefixes = {"a", "h", "i", "r", "s", "\xff", "h\xff", "\x01"};
-          const auto& p = prefixes[Int(0, static_cast<int>(prefixes.size()) - 1)];
+          const auto& p = kDiffPrefixes[Int(0, static_cast<int>(kDiffPrefixes.size()) - 1)];
           r = {p, PrefixEnd(p)};
           break;
         }
@@ -306,17 +195,11 @@ class Gen {
     req.set_serializable(Chance(30));
     return req;
   }
-
-  std::mt19937& rng() { return rng_; }
-
- private:
-  std::mt19937 rng_;
 };
 
 TEST_F(DifferentialTest, RandomOperationsAgreeWithOneEtcd) {
-  uint32_t seed = static_cast<uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  if (const char* env = std::getenv("ESP_DIFF_SEED")) seed = static_cast<uint32_t>(std::stoul(env));
-  SCOPED_TRACE("seed " + std::to_string(seed) + " (rerun with ESP_DIFF_SEED=" + std::to_string(seed) + ")");
+  const uint32_t seed = Seed();
+  SCOPED_TRACE(SeedTrace(seed));
   Gen gen(seed);
   const int kOps = 3000;
   int cross_shard_txns = 0;
@@ -658,9 +541,8 @@ TEST_F(DifferentialTest, InvalidSortOptionIsRefusedByTheProxy) {
 // The proxy's filtered, sorted, limited spanning answer equals that filter, sort and limit
 // applied to the proxy's own unfiltered spanning read.
 TEST_F(DifferentialTest, RevisionFiltersMatchAModelOfTheProxysOwnRead) {
-  uint32_t seed = static_cast<uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  if (const char* env = std::getenv("ESP_DIFF_SEED")) seed = static_cast<uint32_t>(std::stoul(env));
-  SCOPED_TRACE("seed " + std::to_string(seed) + " (rerun with ESP_DIFF_SEED=" + std::to_string(seed) + ")");
+  const uint32_t seed = Seed();
+  SCOPED_TRACE(SeedTrace(seed));
   Gen gen(seed);
   // History: creations and rewrites spread over all shards.
   for (int i = 0; i < 120; ++i) {

@@ -2,7 +2,8 @@
 // to one plain etcd and to the proxy over three etcd shards (split at "i" and "s"); answers must
 // agree modulo revisions and lease ids the servers picked. Watch events are compared per shard
 // (a spanning watch may interleave shards differently from one etcd). Every run prints its seed;
-// ESP_DIFF_SEED=<seed> replays one.
+// ESP_DIFF_SEED=<seed> replays one. The setup, keys and helpers shared with differential_test:
+// support/differential.h; the Watch streams are support/watch_client.h's.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -10,14 +11,10 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
 #include <functional>
-#include <iostream>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <set>
@@ -26,75 +23,18 @@
 #include <thread>
 #include <vector>
 
-#include "support/fixtures.h"
+#include "support/differential.h"
+#include "support/watch_client.h"
 
 namespace esp::test {
 namespace {
 
-using etcdserverpb::DeleteRangeRequest;
-using etcdserverpb::DeleteRangeResponse;
-using etcdserverpb::KV;
-using etcdserverpb::PutRequest;
-using etcdserverpb::PutResponse;
-using etcdserverpb::RangeRequest;
-using etcdserverpb::RangeResponse;
-using etcdserverpb::TxnRequest;
-using etcdserverpb::TxnResponse;
-using etcdserverpb::WatchCreateRequest;
-using etcdserverpb::WatchRequest;
-using etcdserverpb::WatchResponse;
 using mvccpb::Event;
-using mvccpb::KeyValue;
-using namespace std::chrono_literals;
-
-const std::string kAll("\0", 1);
-
-// Keys on both sides of the shard boundaries "i" and "s", binary ones included.
-const std::vector<std::string> kKeys = {
-    std::string(1, '\0'), "\x01", "a", "ab", "b", "h", "h\xff", "i", std::string("i\0", 2), "ia",
-    "j", "r", "r\xff", "s", std::string("s\0", 2), "sa", "t", "z", "\xff", "\xff\xff"};
-const std::vector<std::string> kPrefixes = {"a", "h", "i", "r", "s", "\xff", "h\xff", "\x01"};
-
-int ShardOf(const std::string& key) { return key < "i" ? 0 : key < "s" ? 1 : 2; }
-
-std::string PrefixEnd(const std::string& prefix) {
-  std::string end = prefix;
-  while (!end.empty()) {
-    if (static_cast<unsigned char>(end.back()) < 0xff) {
-      end.back() = static_cast<char>(static_cast<unsigned char>(end.back()) + 1);
-      return end;
-    }
-    end.pop_back();
-  }
-  return kAll;
-}
 
 bool InRange(const std::string& key, const std::string& begin, const std::string& end) {
   if (end.empty()) return key == begin;
   if (end == kAll) return key >= begin;
   return key >= begin && key < end;
-}
-
-std::string Printable(const std::string& s) {
-  std::ostringstream os;
-  for (const unsigned char c : s) {
-    if (c < 0x20 || c >= 0x7f || c == '"') {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
-      os << buf;
-    } else {
-      os << c;
-    }
-  }
-  return os.str();
-}
-
-// A key-value without its revisions (they differ between the setups); the lease id is mapped
-// by `lease` so that ids the two sides picked themselves compare equal.
-std::string Describe(const KeyValue& kv, const std::function<int64_t(int64_t)>& lease = {}) {
-  const int64_t l = lease && kv.lease() ? lease(kv.lease()) : kv.lease();
-  return "{" + Printable(kv.key()) + "=" + Printable(kv.value()) + " v" + std::to_string(kv.version()) + " l" +
-         std::to_string(l) + "}";
 }
 
 // An event as both sides must agree on it: type, key, value, version, lease, prev_kv, and
@@ -107,151 +47,59 @@ std::string DescribeEvent(const Event& e) {
   return out;
 }
 
-std::uint32_t Seed() {
-  auto seed = static_cast<std::uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  if (const char* env = std::getenv("ESP_DIFF_SEED")) seed = static_cast<std::uint32_t>(std::stoul(env));
-  return seed;
-}
-
-class Gen {
+class Gen : public RandomGen {
  public:
-  explicit Gen(std::uint32_t seed) : rng_(seed) {}
-  int Int(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
-  int64_t Int64(int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng_); }
-  bool Chance(int percent) { return Int(0, 99) < percent; }
-  const std::string& Key() { return kKeys[Int(0, static_cast<int>(kKeys.size()) - 1)]; }
-  std::string KeyIn(int shard) {
-    for (;;) {
-      const auto& k = Key();
-      if (ShardOf(k) == shard) return k;
-    }
-  }
+  using RandomGen::RandomGen;
   std::string Value() { return "v" + std::to_string(Int(0, 99)) + (Chance(10) ? std::string(1, '\0') : ""); }
-
- private:
-  std::mt19937 rng_;
 };
 
-// One Watch stream read by a background thread. Event responses are kept per watch id; other
-// responses (created, canceled, progress) go to a queue the test awaits in order.
+// One Watch stream (a WatchClient) whose event responses are kept per watch id; the others
+// (created, canceled) go to the queue the test awaits in order with NextControl.
 class WatchStream {
  public:
-  explicit WatchStream(const std::string& address) : stub_(etcdserverpb::Watch::NewStub(Connect(address))) {
-    ctx_.set_deadline(std::chrono::system_clock::now() + 120s);
-    stream_ = stub_->Watch(&ctx_);
-    reader_ = std::thread([this] { ReadLoop(); });
-  }
-  ~WatchStream() {
-    ctx_.TryCancel();
-    reader_.join();
-    stream_->Finish();
-  }
-  WatchStream(const WatchStream&) = delete;
-  WatchStream& operator=(const WatchStream&) = delete;
+  explicit WatchStream(const std::string& address)
+      : client_(address, "", [this](const WatchResponse& response) { return Keep(response); }) {}
 
-  void Write(const WatchRequest& request) { EXPECT_TRUE(stream_->Write(request)) << "watch stream broken"; }
-  std::optional<WatchResponse> NextControl(std::chrono::milliseconds timeout = 10s) {
-    std::unique_lock lock(mu_);
-    if (!cv_.wait_for(lock, timeout, [this] { return !control_.empty() || ended_; })) return std::nullopt;
-    if (control_.empty()) return std::nullopt;
-    WatchResponse r = std::move(control_.front());
-    control_.pop_front();
-    return r;
-  }
+  void Write(const WatchRequest& request) { EXPECT_TRUE(client_.Write(request)) << "watch stream broken"; }
+  std::optional<WatchResponse> NextControl(std::chrono::milliseconds timeout = 10s) { return client_.Next(timeout); }
   // Waits until watch `id` has received at least `count` events; returns them all.
   std::vector<WatchResponse> AwaitEvents(int64_t id, std::size_t count, std::chrono::milliseconds timeout = 10s) {
-    std::unique_lock lock(mu_);
-    cv_.wait_for(lock, timeout, [&] { return ended_ || event_count_[id] >= count; });
-    return events_[id];
+    return client_.AwaitThen([&] { return event_count_[id] >= count; }, timeout, [&] { return events_[id]; });
   }
   // Waits until the event responses of watch `id` satisfy `done`; returns them all.
   std::vector<WatchResponse> AwaitUntil(int64_t id, const std::function<bool(const std::vector<WatchResponse>&)>& done,
                                         std::chrono::milliseconds timeout = 10s) {
-    std::unique_lock lock(mu_);
-    cv_.wait_for(lock, timeout, [&] { return ended_ || done(events_[id]); });
-    return events_[id];
+    return client_.AwaitThen([&] { return done(events_[id]); }, timeout, [&] { return events_[id]; });
   }
   // Event responses that arrived for a watch after its `canceled` (etcd never sends one).
   int EventsAfterCancel() {
-    const std::lock_guard lock(mu_);
-    return after_cancel_;
+    return client_.Locked([&] { return after_cancel_; });
   }
   std::vector<WatchResponse> Events(int64_t id) {
-    const std::lock_guard lock(mu_);
-    return events_[id];
+    return client_.Locked([&] { return events_[id]; });
   }
 
  private:
-  void ReadLoop() {
-    WatchResponse response;
-    while (stream_->Read(&response)) {
-      const std::lock_guard lock(mu_);
-      if (response.events_size() > 0) {
-        event_count_[response.watch_id()] += static_cast<std::size_t>(response.events_size());
-        events_[response.watch_id()].push_back(response);
-        if (canceled_.count(response.watch_id())) ++after_cancel_;
-      } else if (response.created() || response.canceled()) {
-        if (response.canceled()) canceled_.insert(response.watch_id());
-        control_.push_back(response);
-      }  // progress notifications carry nothing to compare here
-      cv_.notify_all();
+  // On the client's reader thread, under its lock.
+  bool Keep(const WatchResponse& response) {
+    if (response.events_size() > 0) {
+      event_count_[response.watch_id()] += static_cast<std::size_t>(response.events_size());
+      events_[response.watch_id()].push_back(response);
+      if (canceled_.count(response.watch_id())) ++after_cancel_;
+      return false;
     }
-    const std::lock_guard lock(mu_);
-    ended_ = true;
-    cv_.notify_all();
+    if (response.canceled()) canceled_.insert(response.watch_id());
+    return response.created() || response.canceled();  // progress notifications carry nothing to compare
   }
 
-  std::unique_ptr<etcdserverpb::Watch::Stub> stub_;
-  grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientReaderWriter<WatchRequest, WatchResponse>> stream_;
-  std::thread reader_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<WatchResponse> control_;
   std::map<int64_t, std::vector<WatchResponse>> events_;
   std::map<int64_t, std::size_t> event_count_;
   std::set<int64_t> canceled_;
   int after_cancel_ = 0;
-  bool ended_ = false;
+  WatchClient client_;  // last: its reader thread starts once the state above exists, and ends first
 };
 
-class DifferentialWatchLeaseTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    plain_ = new EtcdCluster(1, "plain");
-    plain_->Start();
-    sharded_ = new ShardedSetup();
-  }
-  static void TearDownTestSuite() {
-    if (::testing::UnitTest::GetInstance()->failed_test_count() > 0) {
-      std::cerr << "proxy log:\n" << sharded_->proxy().process().Log() << std::endl;
-    }
-    delete sharded_;
-    delete plain_;
-    sharded_ = nullptr;
-    plain_ = nullptr;
-  }
-  void SetUp() override {
-    plain_kv_ = KV::NewStub(Connect(plain_address()));
-    proxy_kv_ = KV::NewStub(Connect(proxy_address()));
-    for (auto* kv : {plain_kv_.get(), proxy_kv_.get()}) {
-      DeleteRangeRequest req;
-      req.set_key(kAll);
-      req.set_range_end(kAll);
-      DeleteRangeResponse resp;
-      ASSERT_TRUE(kv->DeleteRange(Ctx().get(), req, &resp).ok());
-    }
-  }
-  static std::string plain_address() { return plain_->member(0).client_address(); }
-  static std::string proxy_address() { return sharded_->proxy().address(); }
-
-  static EtcdCluster* plain_;
-  static ShardedSetup* sharded_;
-  std::unique_ptr<KV::Stub> plain_kv_;
-  std::unique_ptr<KV::Stub> proxy_kv_;
-};
-EtcdCluster* DifferentialWatchLeaseTest::plain_ = nullptr;
-ShardedSetup* DifferentialWatchLeaseTest::sharded_ = nullptr;
+class DifferentialWatchLeaseTest : public DifferentialFixture {};
 
 // ---------------------------------------------------------------------------------------------
 // Watch
@@ -267,15 +115,24 @@ struct WatchSpec {
            (no_delete ? " NODELETE" : "") + (prev_kv ? " prev_kv" : "");
   }
   bool Empty() const { return !end.empty() && end != kAll && end <= key; }
-  // Whether [key, end) lies in one shard (the last shard holds keys >= "s", so an end of "s"
-  // still ends in shard 1).
+  // Whether [key, end) lies in one shard (asked of non-empty ranges only).
   bool SingleShard() const {
-    const int last = end.empty() ? ShardOf(key) : end == kAll ? 2 : end > "s" ? 2 : end > "i" ? 1 : 0;
-    return last == ShardOf(key);
+    const auto [first, last] = ShardSpan(key, end);
+    return first == last;
   }
   bool Matches(const Event& e) const {
     if (!InRange(e.kv().key(), key, end)) return false;
     return e.type() == Event::PUT ? !no_put : !no_delete;
+  }
+  WatchRequest Request() const {
+    WatchRequest req;
+    auto* c = req.mutable_create_request();
+    c->set_key(key);
+    c->set_range_end(end);
+    c->set_prev_kv(prev_kv);
+    if (no_put) c->add_filters(WatchCreateRequest::NOPUT);
+    if (no_delete) c->add_filters(WatchCreateRequest::NODELETE);
+    return req;
   }
 };
 
@@ -288,7 +145,7 @@ WatchSpec RandomWatchSpec(Gen& gen) {
       break;
     case 2:
     case 3: {
-      const auto& p = kPrefixes[gen.Int(0, static_cast<int>(kPrefixes.size()) - 1)];
+      const auto& p = kDiffPrefixes[gen.Int(0, static_cast<int>(kDiffPrefixes.size()) - 1)];
       s.key = p;
       s.end = PrefixEnd(p);
       break;
@@ -338,6 +195,61 @@ int64_t CurrentRevision(const std::string& address) {
   EXPECT_TRUE(kv->Range(Ctx().get(), req, &resp).ok());
   return resp.header().revision();
 }
+
+// A watch of every key with prev_kv (watch id 0) on a new stream to `address`; null (and a test
+// failure) when it is not created.
+std::unique_ptr<WatchStream> OpenReference(const std::string& address, int64_t* created_revision = nullptr) {
+  auto stream = std::make_unique<WatchStream>(address);
+  WatchRequest req;
+  req.mutable_create_request()->set_key(kAll);
+  req.mutable_create_request()->set_range_end(kAll);
+  req.mutable_create_request()->set_prev_kv(true);
+  stream->Write(req);
+  const auto created = stream->NextControl();
+  EXPECT_TRUE(created && created->created() && created->watch_id() == 0) << "reference watch on " << address;
+  if (!created || !created->created()) return nullptr;
+  if (created_revision) *created_revision = created->header().revision();
+  return stream;
+}
+
+// Watch streams side by side: stream i to the plain etcd and stream i to the proxy carry the
+// same watches.
+struct StreamPairs {
+  using Answers = std::pair<std::optional<WatchResponse>, std::optional<WatchResponse>>;
+
+  StreamPairs(const std::string& plain_address, const std::string& proxy_address, int n) {
+    for (int i = 0; i < n; ++i) {
+      plain.push_back(std::make_unique<WatchStream>(plain_address));
+      proxy.push_back(std::make_unique<WatchStream>(proxy_address));
+    }
+  }
+  int size() const { return static_cast<int>(plain.size()); }
+  // Sends one request on stream `i` of each side; returns the next control answer of each.
+  Answers Send(int i, const WatchRequest& to_plain, const WatchRequest& to_proxy) {
+    plain[static_cast<std::size_t>(i)]->Write(to_plain);
+    proxy[static_cast<std::size_t>(i)]->Write(to_proxy);
+    auto a = plain[static_cast<std::size_t>(i)]->NextControl();
+    auto b = proxy[static_cast<std::size_t>(i)]->NextControl();
+    return {std::move(a), std::move(b)};
+  }
+  Answers Cancel(int i, int64_t plain_id, int64_t proxy_id) {
+    WatchRequest a;
+    a.mutable_cancel_request()->set_watch_id(plain_id);
+    WatchRequest b;
+    b.mutable_cancel_request()->set_watch_id(proxy_id);
+    return Send(i, a, b);
+  }
+  void ExpectNoEventsAfterCancel() {
+    for (int i = 0; i < size(); ++i) {
+      EXPECT_EQ(plain[static_cast<std::size_t>(i)]->EventsAfterCancel(), 0) << "plain stream " << i;
+      EXPECT_EQ(proxy[static_cast<std::size_t>(i)]->EventsAfterCancel(), 0)
+          << "proxy stream " << i << ": events after `canceled`";
+    }
+  }
+
+  std::vector<std::unique_ptr<WatchStream>> plain;
+  std::vector<std::unique_ptr<WatchStream>> proxy;
+};
 
 // A few leases with client-chosen ids, the same on both sides, so that keys attached to them
 // (and the deletes their revoke causes on every shard) show up in the watches identically.
@@ -471,25 +383,15 @@ struct WatchState {
 };
 
 TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
-  const std::uint32_t seed = Seed();
-  SCOPED_TRACE("seed " + std::to_string(seed) + " (rerun with ESP_DIFF_SEED=" + std::to_string(seed) + ")");
-  std::printf("watch seed %u\n", seed);
+  const std::uint32_t seed = Seed("watch");
+  SCOPED_TRACE(SeedTrace(seed));
   Gen gen(seed);
   const auto deadline = std::chrono::steady_clock::now() + 25s;
 
   // The reference: every event of the plain etcd, with prev_kv, in revision order.
-  WatchStream reference(plain_address());
   int64_t reference_start = 0;
-  {
-    WatchRequest req;
-    req.mutable_create_request()->set_key(kAll);
-    req.mutable_create_request()->set_range_end(kAll);
-    req.mutable_create_request()->set_prev_kv(true);
-    reference.Write(req);
-    const auto created = reference.NextControl();
-    ASSERT_TRUE(created && created->created());
-    reference_start = created->header().revision();
-  }
+  const auto reference = OpenReference(plain_address(), &reference_start);
+  ASSERT_TRUE(reference);
   const int64_t kReferenceId = 0;
   std::vector<Event> history;  // the plain etcd's events
   std::vector<int64_t> history_rev;
@@ -499,7 +401,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
     for (;;) {
       std::size_t have = history.size();
       if (std::max(reference_start, history_rev.empty() ? 0 : history_rev.back()) >= plain_rev) return;
-      const auto responses = reference.AwaitEvents(kReferenceId, have + 1);
+      const auto responses = reference->AwaitEvents(kReferenceId, have + 1);
       std::size_t seen = 0;
       for (const auto& r : responses) {
         for (const auto& e : r.events()) {
@@ -516,12 +418,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
   };
 
   const int kStreams = 3;
-  std::vector<std::unique_ptr<WatchStream>> plain_streams;
-  std::vector<std::unique_ptr<WatchStream>> proxy_streams;
-  for (int i = 0; i < kStreams; ++i) {
-    plain_streams.push_back(std::make_unique<WatchStream>(plain_address()));
-    proxy_streams.push_back(std::make_unique<WatchStream>(proxy_address()));
-  }
+  StreamPairs streams(plain_address(), proxy_address(), kStreams);
   LeasePool lease_pool(gen, plain_address(), proxy_address());
   std::vector<WatchState> watches;
   int empty_ranges = 0;
@@ -553,17 +450,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
       w.spec = RandomWatchSpec(gen);
     }
     w.stream = gen.Int(0, kStreams - 1);
-    WatchRequest req;
-    auto* c = req.mutable_create_request();
-    c->set_key(w.spec.key);
-    c->set_range_end(w.spec.end);
-    c->set_prev_kv(w.spec.prev_kv);
-    if (w.spec.no_put) c->add_filters(WatchCreateRequest::NOPUT);
-    if (w.spec.no_delete) c->add_filters(WatchCreateRequest::NODELETE);
-    plain_streams[w.stream]->Write(req);
-    proxy_streams[w.stream]->Write(req);
-    const auto a = plain_streams[w.stream]->NextControl();
-    const auto b = proxy_streams[w.stream]->NextControl();
+    const auto [a, b] = streams.Send(w.stream, w.spec.Request(), w.spec.Request());
     const std::string where = what + " create " + w.spec.Text() + " on stream " + std::to_string(w.stream);
     if (!a || !b) {
       ADD_FAILURE() << where << ": no created answer (plain " << a.has_value() << ", proxy " << b.has_value()
@@ -608,8 +495,8 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
     auto ends_with = [](const std::vector<std::string>& v, const std::vector<std::string>& tail) {
       return v.size() >= tail.size() && std::equal(tail.rbegin(), tail.rend(), v.rbegin());
     };
-    const auto plain = plain_streams[w.stream]->AwaitEvents(w.plain_id, expected.size());
-    const auto proxy = proxy_streams[w.stream]->AwaitUntil(w.proxy_id, [&](const std::vector<WatchResponse>& rs) {
+    const auto plain = streams.plain[w.stream]->AwaitEvents(w.plain_id, expected.size());
+    const auto proxy = streams.proxy[w.stream]->AwaitUntil(w.proxy_id, [&](const std::vector<WatchResponse>& rs) {
       std::vector<Event> got;
       for (const auto& r : rs) got.insert(got.end(), r.events().begin(), r.events().end());
       for (int shard = 0; shard < 3; ++shard) {
@@ -701,14 +588,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
       sync_reference();
       w.end_rev = plain_rev;
       check_watch(w, where + " before cancel");
-      WatchRequest a;
-      a.mutable_cancel_request()->set_watch_id(w.plain_id);
-      WatchRequest b;
-      b.mutable_cancel_request()->set_watch_id(w.proxy_id);
-      plain_streams[w.stream]->Write(a);
-      proxy_streams[w.stream]->Write(b);
-      const auto ra = plain_streams[w.stream]->NextControl();
-      const auto rb = proxy_streams[w.stream]->NextControl();
+      const auto [ra, rb] = streams.Cancel(w.stream, w.plain_id, w.proxy_id);
       ASSERT_TRUE(ra && rb) << where << " no cancel answer";
       EXPECT_TRUE(ra->canceled() && rb->canceled()) << where;
       EXPECT_EQ(ra->watch_id(), w.plain_id);
@@ -724,10 +604,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomWatchesSeeTheSameEventsPerShard) {
   }
   sync_reference();
   for (const auto& w : watches) check_watch(w, "final");
-  for (int i = 0; i < kStreams; ++i) {
-    EXPECT_EQ(plain_streams[i]->EventsAfterCancel(), 0) << "plain stream " << i;
-    EXPECT_EQ(proxy_streams[i]->EventsAfterCancel(), 0) << "proxy stream " << i << ": events after `canceled`";
-  }
+  streams.ExpectNoEventsAfterCancel();
   std::printf(
       "watch seed %u: %d ops (%d writes, %zu events), %zu watches (%d spanning, %d repeated specs, %d empty "
       "ranges), %d cancels\n",
@@ -873,36 +750,22 @@ struct LiveWatch {
 };
 
 TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMissNothing) {
-  const std::uint32_t seed = Seed();
-  SCOPED_TRACE("seed " + std::to_string(seed) + " (rerun with ESP_DIFF_SEED=" + std::to_string(seed) +
-               "; the interleaving with the writer is not replayed)");
-  std::printf("concurrent watch seed %u\n", seed);
+  const std::uint32_t seed = Seed("concurrent watch");
+  SCOPED_TRACE(SeedTrace(seed, "; the interleaving with the writer is not replayed"));
   Gen gen(seed);
   auto shard_address = [](int s) { return sharded_->shard(static_cast<std::size_t>(s)).member(0).client_address(); };
 
   // References: every event of the plain etcd, and of each shard asked directly.
-  auto open_reference = [](const std::string& address) {
-    auto stream = std::make_unique<WatchStream>(address);
-    WatchRequest req;
-    req.mutable_create_request()->set_key(kAll);
-    req.mutable_create_request()->set_range_end(kAll);
-    req.mutable_create_request()->set_prev_kv(true);
-    stream->Write(req);
-    const auto created = stream->NextControl();
-    EXPECT_TRUE(created && created->created() && created->watch_id() == 0);
-    return stream;
-  };
-  auto plain_ref = open_reference(plain_address());
+  const auto plain_ref = OpenReference(plain_address());
+  ASSERT_TRUE(plain_ref);
   std::vector<std::unique_ptr<WatchStream>> shard_refs;
-  for (int s = 0; s < 3; ++s) shard_refs.push_back(open_reference(shard_address(s)));
+  for (int s = 0; s < 3; ++s) {
+    shard_refs.push_back(OpenReference(shard_address(s)));
+    ASSERT_TRUE(shard_refs.back());
+  }
 
   const int kStreams = 3;
-  std::vector<std::unique_ptr<WatchStream>> plain_streams;
-  std::vector<std::unique_ptr<WatchStream>> proxy_streams;
-  for (int i = 0; i < kStreams; ++i) {
-    plain_streams.push_back(std::make_unique<WatchStream>(plain_address()));
-    proxy_streams.push_back(std::make_unique<WatchStream>(proxy_address()));
-  }
+  StreamPairs streams(plain_address(), proxy_address(), kStreams);
   auto shard_revisions = [&] {
     std::array<int64_t, 3> out{};
     for (int s = 0; s < 3; ++s) out[static_cast<std::size_t>(s)] = CurrentRevision(shard_address(s));
@@ -934,13 +797,7 @@ TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMiss
     }
     if (!live.empty() && gen.Chance(25)) {  // cancel one
       LiveWatch& w = watches[live[static_cast<std::size_t>(gen.Int(0, static_cast<int>(live.size()) - 1))]];
-      WatchRequest a, b;
-      a.mutable_cancel_request()->set_watch_id(w.plain_id);
-      b.mutable_cancel_request()->set_watch_id(w.proxy_id);
-      plain_streams[w.stream]->Write(a);
-      proxy_streams[w.stream]->Write(b);
-      const auto ra = plain_streams[w.stream]->NextControl();
-      const auto rb = proxy_streams[w.stream]->NextControl();
+      const auto [ra, rb] = streams.Cancel(w.stream, w.plain_id, w.proxy_id);
       ASSERT_TRUE(ra && rb && ra->canceled() && rb->canceled()) << "cancel " << w.spec.Text();
       EXPECT_EQ(rb->watch_id(), w.proxy_id);
       const auto hi = shard_revisions();
@@ -964,18 +821,9 @@ TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMiss
       } while (w.spec.Empty());
     }
     w.stream = gen.Int(0, kStreams - 1);
-    WatchRequest req;
-    auto* c = req.mutable_create_request();
-    c->set_key(w.spec.key);
-    c->set_range_end(w.spec.end);
-    c->set_prev_kv(w.spec.prev_kv);
-    if (w.spec.no_put) c->add_filters(WatchCreateRequest::NOPUT);
-    if (w.spec.no_delete) c->add_filters(WatchCreateRequest::NODELETE);
+    const WatchRequest req = w.spec.Request();
     const auto lo = shard_revisions();
-    plain_streams[w.stream]->Write(req);
-    proxy_streams[w.stream]->Write(req);
-    const auto a = plain_streams[w.stream]->NextControl();
-    const auto b = proxy_streams[w.stream]->NextControl();
+    const auto [a, b] = streams.Send(w.stream, req, req);
     const auto hi = shard_revisions();
     ASSERT_TRUE(a && b && a->created() && b->created() && !a->canceled() && !b->canceled())
         << "create " << w.spec.Text();
@@ -993,7 +841,7 @@ TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMiss
   writer.join();
 
   // A fence every watch sees: a put and a delete of every key, after the writer stopped.
-  for (const auto& k : kKeys) {
+  for (const auto& k : kDiffKeys) {
     PutRequest put;
     put.set_key(k);
     put.set_value("fence");
@@ -1001,7 +849,7 @@ TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMiss
     ASSERT_TRUE(plain_kv_->Put(Ctx().get(), put, &pa).ok());
     ASSERT_TRUE(proxy_kv_->Put(Ctx().get(), put, &pb).ok());
   }
-  for (const auto& k : kKeys) {
+  for (const auto& k : kDiffKeys) {
     DeleteRangeRequest del;
     del.set_key(k);
     DeleteRangeResponse da, db;
@@ -1047,15 +895,15 @@ TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMiss
       }
       return rev == 0;
     };
-    std::vector<WatchResponse> plain_got = plain_streams[w.stream]->Events(w.plain_id);
-    std::vector<WatchResponse> proxy_got = proxy_streams[w.stream]->Events(w.proxy_id);
+    std::vector<WatchResponse> plain_got = streams.plain[w.stream]->Events(w.plain_id);
+    std::vector<WatchResponse> proxy_got = streams.proxy[w.stream]->Events(w.proxy_id);
     if (live) {
       const int64_t want = last_rev(plain_history, -1);
-      plain_got = plain_streams[w.stream]->AwaitUntil(
+      plain_got = streams.plain[w.stream]->AwaitUntil(
           w.plain_id, [&](const auto& rs) { return reached(rs, [](const Event&) { return true; }, want); });
       for (int s = 0; s < 3; ++s) {
         const int64_t want_s = last_rev(shard_history[static_cast<std::size_t>(s)], s);
-        proxy_got = proxy_streams[w.stream]->AwaitUntil(w.proxy_id, [&](const auto& rs) {
+        proxy_got = streams.proxy[w.stream]->AwaitUntil(w.proxy_id, [&](const auto& rs) {
           return reached(rs, [&](const Event& e) { return ShardOf(e.kv().key()) == s; }, want_s);
         });
       }
@@ -1099,10 +947,7 @@ TEST_F(DifferentialWatchLeaseTest, WatchesCreatedAndCanceledWhileAWriterRunsMiss
     }
     ++coalesced_checked;
   }
-  for (int i = 0; i < kStreams; ++i) {
-    EXPECT_EQ(plain_streams[i]->EventsAfterCancel(), 0) << "plain stream " << i;
-    EXPECT_EQ(proxy_streams[i]->EventsAfterCancel(), 0) << "proxy stream " << i << ": events after `canceled`";
-  }
+  streams.ExpectNoEventsAfterCancel();
   std::printf(
       "concurrent watch seed %u: %d writes during %zu watch creations (%d repeated specs), %d cancels; %d created "
       "revisions behind the shard, %d watch parts saw writes from before their create\n",
@@ -1124,9 +969,8 @@ struct LeaseState {
 };
 
 TEST_F(DifferentialWatchLeaseTest, RandomLeaseOperationsAgreeWithOneEtcd) {
-  const std::uint32_t seed = Seed();
-  SCOPED_TRACE("seed " + std::to_string(seed) + " (rerun with ESP_DIFF_SEED=" + std::to_string(seed) + ")");
-  std::printf("lease seed %u\n", seed);
+  const std::uint32_t seed = Seed("lease");
+  SCOPED_TRACE(SeedTrace(seed));
   Gen gen(seed);
   const auto deadline = std::chrono::steady_clock::now() + 25s;
   auto plain = etcdserverpb::Lease::NewStub(Connect(plain_address()));
@@ -1150,11 +994,6 @@ TEST_F(DifferentialWatchLeaseTest, RandomLeaseOperationsAgreeWithOneEtcd) {
     const auto it = proxy_to_plain.find(proxy_id);
     return it == proxy_to_plain.end() ? -proxy_id : it->second;  // unknown ids show up negated
   };
-  auto compare_status = [](const grpc::Status& a, const grpc::Status& b, const std::string& where) {
-    EXPECT_EQ(a.error_code(), b.error_code()) << where << ": plain '" << a.error_message() << "' proxy '"
-                                              << b.error_message() << "'";
-    EXPECT_EQ(a.error_message(), b.error_message()) << where;
-  };
   auto compare_keyspace = [&](const std::string& where) {
     RangeRequest all;
     all.set_key(kAll);
@@ -1162,10 +1001,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomLeaseOperationsAgreeWithOneEtcd) {
     RangeResponse a, b;
     ASSERT_TRUE(plain_kv_->Range(Ctx().get(), all, &a).ok());
     ASSERT_TRUE(proxy_kv_->Range(Ctx().get(), all, &b).ok());
-    std::vector<std::string> sa, sb;
-    for (const auto& kv : a.kvs()) sa.push_back(Describe(kv));
-    for (const auto& kv : b.kvs()) sb.push_back(Describe(kv, to_plain));
-    EXPECT_EQ(sa, sb) << where << " keyspace";
+    EXPECT_EQ(KvStrings(a.kvs()), KvStrings(b.kvs(), to_plain)) << where << " keyspace";
   };
   // A lease from the table (live or revoked), or an id neither side knows.
   auto pick = [&]() -> LeaseState {
@@ -1203,7 +1039,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomLeaseOperationsAgreeWithOneEtcd) {
       const auto sa = plain->LeaseGrant(Ctx().get(), req, &a);
       const auto sb = proxy->LeaseGrant(Ctx().get(), req, &b);
       const std::string what = where + " grant " + req.ShortDebugString();
-      compare_status(sa, sb, what);
+      CompareStatus(sa, sb, what);
       EXPECT_EQ(a.error(), b.error()) << what;
       if (!sa.ok() || !sb.ok()) {
         ++counts["grant refused"];
@@ -1241,7 +1077,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomLeaseOperationsAgreeWithOneEtcd) {
         PutResponse a, b;
         const auto sa = plain_kv_->Put(Ctx().get(), ra, &a);
         const auto sb = proxy_kv_->Put(Ctx().get(), rb, &b);
-        compare_status(sa, sb, where + " put " + Printable(ra.key()) + " lease " + std::to_string(rb.lease()));
+        CompareStatus(sa, sb, where + " put " + Printable(ra.key()) + " lease " + std::to_string(rb.lease()));
         ++counts[sa.ok() ? "put" : "put refused"];
       }
     } else if (kind < 62) {  // LeaseRevoke
@@ -1252,7 +1088,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomLeaseOperationsAgreeWithOneEtcd) {
       etcdserverpb::LeaseRevokeResponse a, b;
       const auto sa = plain->LeaseRevoke(Ctx().get(), ra, &a);
       const auto sb = proxy->LeaseRevoke(Ctx().get(), rb, &b);
-      compare_status(sa, sb, where + " revoke " + std::to_string(l.proxy_id) + (l.revoked ? " (revoked)" : ""));
+      CompareStatus(sa, sb, where + " revoke " + std::to_string(l.proxy_id) + (l.revoked ? " (revoked)" : ""));
       for (auto& s : leases) {
         if (s.proxy_id == l.proxy_id) s.revoked = true;
       }
@@ -1268,7 +1104,7 @@ TEST_F(DifferentialWatchLeaseTest, RandomLeaseOperationsAgreeWithOneEtcd) {
       const auto sa = plain->LeaseTimeToLive(Ctx().get(), ra, &a);
       const auto sb = proxy->LeaseTimeToLive(Ctx().get(), rb, &b);
       const std::string what = where + " timetolive " + std::to_string(l.proxy_id) + (l.revoked ? " (revoked)" : "");
-      compare_status(sa, sb, what);
+      CompareStatus(sa, sb, what);
       if (sa.ok() && sb.ok()) {
         EXPECT_EQ(a.id(), l.plain_id) << what;
         EXPECT_EQ(b.id(), l.proxy_id) << what;

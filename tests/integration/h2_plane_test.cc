@@ -1,22 +1,19 @@
 // The event-loop HTTP/2 data plane (--data-plane=h2) against three real etcd shards: real
 // clients (etcdctl = grpc-go, python3-etcd3 = gRPC core) and HTTP/2 edge cases driven by a raw
-// nghttp2 client, which can cut messages into any DATA frames, reset streams and stop reading.
+// nghttp2 client (support/raw_h2_client.h), which can cut messages into any DATA frames, reset
+// streams and stop reading.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <nghttp2/nghttp2.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <csignal>
-#include <deque>
 #include <fstream>
-#include <map>
 #include <random>
 #include <sstream>
 
 #include "support/fixtures.h"
+#include "support/raw_h2_client.h"
 #include "transport/grpc_framing.h"
 
 namespace esp::test {
@@ -27,161 +24,6 @@ using etcdserverpb::RangeRequest;
 using etcdserverpb::RangeResponse;
 using etcdserverpb::WatchRequest;
 using etcdserverpb::WatchResponse;
-
-std::string Framed(const std::string& message) {
-  std::string out;
-  AppendGrpcMessage(out, message);
-  return out;
-}
-
-// What the raw client saw of one stream.
-struct RawStream {
-  std::deque<std::string> chunks;  // request DATA frames still to send, one frame each
-  bool end_stream = true;
-  std::map<std::string, std::string> headers;  // response headers and trailers together
-  std::string data;
-  bool closed = false;
-  std::uint32_t close_error = 0;
-  std::string grpc_status() const {
-    const auto it = headers.find("grpc-status");
-    return it == headers.end() ? "" : it->second;
-  }
-};
-
-// A deliberately simple blocking HTTP/2 client on nghttp2 (prior knowledge, like gRPC's h2c).
-class RawH2Client {
- public:
-  explicit RawH2Client(int port, int receive_buffer = 0) {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    if (receive_buffer > 0) setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<std::uint16_t>(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) throw std::runtime_error("connect");
-    const int one = 1;
-    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    nghttp2_session_callbacks* cb = nullptr;
-    nghttp2_session_callbacks_new(&cb);
-    nghttp2_session_callbacks_set_on_header_callback(
-        cb, [](nghttp2_session*, const nghttp2_frame* frame, const std::uint8_t* name, std::size_t namelen,
-               const std::uint8_t* value, std::size_t valuelen, std::uint8_t, void* user) {
-          auto* self = static_cast<RawH2Client*>(user);
-          self->streams_[frame->hd.stream_id].headers[std::string(reinterpret_cast<const char*>(name), namelen)] =
-              std::string(reinterpret_cast<const char*>(value), valuelen);
-          return 0;
-        });
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
-        cb, [](nghttp2_session*, std::uint8_t, std::int32_t id, const std::uint8_t* data, std::size_t len, void* user) {
-          static_cast<RawH2Client*>(user)->streams_[id].data.append(reinterpret_cast<const char*>(data), len);
-          return 0;
-        });
-    nghttp2_session_callbacks_set_on_stream_close_callback(
-        cb, [](nghttp2_session*, std::int32_t id, std::uint32_t error, void* user) {
-          auto& s = static_cast<RawH2Client*>(user)->streams_[id];
-          s.closed = true;
-          s.close_error = error;
-          return 0;
-        });
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, [](nghttp2_session*, const nghttp2_frame* frame, void* user) {
-      if (frame->hd.type == NGHTTP2_GOAWAY) static_cast<RawH2Client*>(user)->goaway_ = true;
-      return 0;
-    });
-    nghttp2_session_client_new(&session_, cb, this);
-    nghttp2_session_callbacks_del(cb);
-    nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, nullptr, 0);
-  }
-  ~RawH2Client() {
-    nghttp2_session_del(session_);
-    close(fd_);
-  }
-
-  // A gRPC request whose body goes out as the given DATA frames; `end_stream` half-closes after.
-  std::int32_t Submit(const std::string& path, std::vector<std::string> chunks, bool end_stream = true,
-                      std::vector<std::pair<std::string, std::string>> extra = {}) {
-    std::vector<std::pair<std::string, std::string>> h = {{":method", "POST"},
-                                                          {":scheme", "http"},
-                                                          {":path", path},
-                                                          {":authority", "localhost"},
-                                                          {"content-type", "application/grpc"},
-                                                          {"te", "trailers"}};
-    h.insert(h.end(), extra.begin(), extra.end());
-    std::vector<nghttp2_nv> nv;
-    for (auto& [k, v] : h) {
-      nv.push_back({reinterpret_cast<std::uint8_t*>(k.data()), reinterpret_cast<std::uint8_t*>(v.data()), k.size(),
-                    v.size(), NGHTTP2_NV_FLAG_NONE});
-    }
-    nghttp2_data_provider provider{};
-    provider.read_callback = [](nghttp2_session*, std::int32_t id, std::uint8_t* buf, std::size_t length,
-                                std::uint32_t* flags, nghttp2_data_source*, void* user) -> ssize_t {
-      auto& s = static_cast<RawH2Client*>(user)->streams_[id];
-      if (s.chunks.empty()) {
-        if (!s.end_stream) return NGHTTP2_ERR_DEFERRED;
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-        return 0;
-      }
-      std::string& chunk = s.chunks.front();
-      const std::size_t n = std::min(length, chunk.size());
-      std::memcpy(buf, chunk.data(), n);
-      chunk.erase(0, n);
-      if (chunk.empty()) s.chunks.pop_front();
-      if (s.chunks.empty() && s.end_stream) *flags |= NGHTTP2_DATA_FLAG_EOF;
-      return static_cast<ssize_t>(n);
-    };
-    const std::int32_t id = nghttp2_submit_request(session_, nullptr, nv.data(), nv.size(), &provider, nullptr);
-    streams_[id].chunks.assign(chunks.begin(), chunks.end());
-    streams_[id].end_stream = end_stream;
-    return id;
-  }
-
-  // Queues more DATA for a stream left open by Submit(..., end_stream = false).
-  void Continue(std::int32_t id, std::string chunk, bool end_stream) {
-    streams_[id].chunks.push_back(std::move(chunk));
-    streams_[id].end_stream = end_stream;
-    nghttp2_session_resume_data(session_, id);
-  }
-
-  void Reset(std::int32_t id) { nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL); }
-
-  // Sends everything pending (blocking).
-  void Send() {
-    for (;;) {
-      const std::uint8_t* data = nullptr;
-      const ssize_t n = nghttp2_session_mem_send(session_, &data);
-      if (n <= 0) return;
-      for (ssize_t off = 0; off < n;) {
-        const ssize_t w = send(fd_, data + off, static_cast<std::size_t>(n - off), MSG_NOSIGNAL);
-        if (w <= 0) return;
-        off += w;
-      }
-    }
-  }
-
-  // Sends and receives until `done` holds, the peer closes, or `timeout` passes.
-  bool RunUntil(const std::function<bool()>& done, std::chrono::milliseconds timeout = std::chrono::seconds(15)) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!done()) {
-      Send();
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      pollfd p{fd_, POLLIN, 0};
-      if (poll(&p, 1, 50) <= 0) continue;
-      std::uint8_t buf[65536];
-      const ssize_t n = recv(fd_, buf, sizeof buf, 0);
-      if (n <= 0) return done();
-      if (nghttp2_session_mem_recv(session_, buf, static_cast<std::size_t>(n)) < 0) return false;
-    }
-    return true;
-  }
-
-  RawStream& stream(std::int32_t id) { return streams_[id]; }
-  bool goaway() const { return goaway_; }
-
- private:
-  int fd_ = -1;
-  nghttp2_session* session_ = nullptr;
-  std::map<std::int32_t, RawStream> streams_;
-  bool goaway_ = false;
-};
 
 std::string PutBytes(const std::string& key, const std::string& value) {
   PutRequest put;
@@ -231,7 +73,7 @@ class H2PlaneTest : public ::testing::Test {
     delete setup_;
     setup_ = nullptr;
   }
-  static int port() { return std::stoi(setup_->proxy().address().substr(10)); }
+  static int port() { return PortOf(setup_->proxy().address()); }
 
   // The proxy's count of open client streams of `method`, from its /metrics.
   static double OpenStreams(const std::string& method) {
@@ -449,12 +291,7 @@ TEST_F(H2PlaneTest, GarbageClosesOnlyThatConnection) {
       std::string("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") + junk,  // a valid preface, then noise
       junk};
   for (const auto& input : inputs) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<std::uint16_t>(port()));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    const int fd = ConnectLoopback(port());
     ASSERT_EQ(send(fd, input.data(), input.size(), MSG_NOSIGNAL), static_cast<ssize_t>(input.size()));
     // The proxy ends the connection: recv reaches end of file (or a reset) within the bound.
     bool ended = false;
@@ -499,7 +336,7 @@ TEST_F(H2PlaneTest, OneAnswerLargerThanTheQueueCapGoesThrough) {
 TEST_F(H2PlaneTest, SigtermSendsGoawayAndLetsTheCallInFlightFinish) {
   ProxyProcess stopped({{"", "", setup_->shard(0).ClientAddresses()}}, {"--data-plane=h2"});
   stopped.Start();
-  RawH2Client client(std::stoi(stopped.address().substr(10)));
+  RawH2Client client(PortOf(stopped.address()));
   const auto first = client.Submit(kRange, {Framed(RangeBytes("k"))});
   ASSERT_TRUE(client.RunUntil([&] { return client.stream(first).closed; }));
   // A call the proxy has begun (headers and half its message) when the signal arrives.

@@ -16,7 +16,7 @@
 #include <tuple>
 #include <vector>
 
-#include "integration/watch_client.h"
+#include "support/watch_client.h"
 #include "support/fixtures.h"
 
 namespace esp::test {

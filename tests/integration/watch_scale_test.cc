@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "integration/watch_client.h"
+#include "support/watch_client.h"
 #include "support/fixtures.h"
 
 namespace esp::test {

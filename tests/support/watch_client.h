@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <regex>
@@ -27,9 +28,14 @@ inline const std::string kAll("\0", 1);
 // One Watch stream read by a background thread, so tests await responses with deadlines.
 class WatchClient {
  public:
+  // Sees each response on the reader thread, under the client's lock, before Next() may: a test
+  // can keep its own state of the stream there (guarded by that lock: see Locked, AwaitThen).
+  // Returns whether Next() hands the response out as well.
+  using Sink = std::function<bool(const WatchResponse&)>;
+
   // `token`: an etcd auth token, sent as the "token" metadata clientv3 sends.
-  explicit WatchClient(const std::string& address, const std::string& token = "")
-      : stub_(etcdserverpb::Watch::NewStub(Connect(address))) {
+  explicit WatchClient(const std::string& address, const std::string& token = "", Sink sink = {})
+      : stub_(etcdserverpb::Watch::NewStub(Connect(address))), sink_(std::move(sink)) {
     ctx_.set_deadline(std::chrono::system_clock::now() + 300s);
     if (!token.empty()) ctx_.AddMetadata("token", token);
     stream_ = stub_->Watch(&ctx_);
@@ -40,6 +46,11 @@ class WatchClient {
     reader_.join();
     stream_->Finish();
   }
+  WatchClient(const WatchClient&) = delete;
+  WatchClient& operator=(const WatchClient&) = delete;
+
+  // False when the stream is broken.
+  bool Write(const WatchRequest& request) { return stream_->Write(request); }
 
   void Create(WatchCreateRequest create) {
     WatchRequest request;
@@ -83,12 +94,27 @@ class WatchClient {
     return response.value_or(WatchResponse());
   }
 
+  // Runs `read` under the client's lock (the sink's state).
+  template <class Read>
+  auto Locked(Read read) {
+    const std::lock_guard lock(mu_);
+    return read();
+  }
+  // Waits until `done` holds (checked under the lock after each response), the stream ends or
+  // `timeout` passes; then runs `read`, still under the lock, and returns what it returns.
+  template <class Read>
+  auto AwaitThen(const std::function<bool()>& done, std::chrono::milliseconds timeout, Read read) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return ended_ || done(); });
+    return read();
+  }
+
  private:
   void ReadLoop() {
     WatchResponse response;
     while (stream_->Read(&response)) {
       const std::lock_guard lock(mu_);
-      queue_.push_back(response);
+      if (!sink_ || sink_(response)) queue_.push_back(response);
       cv_.notify_all();
     }
     const std::lock_guard lock(mu_);
@@ -97,6 +123,7 @@ class WatchClient {
   }
 
   std::unique_ptr<etcdserverpb::Watch::Stub> stub_;
+  const Sink sink_;
   grpc::ClientContext ctx_;
   std::unique_ptr<grpc::ClientReaderWriter<WatchRequest, WatchResponse>> stream_;
   std::thread reader_;
@@ -120,6 +147,5 @@ inline int WatcherGauge(const std::string& member_address) {
 inline int WatchStreamGauge(const std::string& member_address) {
   return Gauge(member_address, "etcd_debugging_mvcc_watch_stream_total");
 }
-
 
 }  // namespace esp::test
