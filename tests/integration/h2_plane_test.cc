@@ -206,6 +206,27 @@ TEST_F(H2PlaneTest, ProtocolRefusalsAreCleanGrpcStatuses) {
   EXPECT_EQ(client.stream(ok).grpc_status(), "0");
 }
 
+// The plane skips nghttp2's per-header HTTP checks and validates what it forwards to a shard
+// itself: a malformed forwarded header resets that stream (nothing reaches etcd), while headers
+// the proxy reads or drops never cost a check, and the connection goes on.
+TEST_F(H2PlaneTest, MalformedForwardedHeadersResetTheStream) {
+  RawH2Client client(port());
+  const auto bad_value = client.Submit(kRange, {Framed(RangeBytes("k"))}, true, {{"token", "a\nb"}});
+  const auto bad_name = client.Submit(kRange, {Framed(RangeBytes("k"))}, true, {{"To ken", "x"}});
+  const auto dropped = client.Submit(kRange, {Framed(RangeBytes("k"))}, true, {{"user-agent", "raw\x01client"}});
+  ASSERT_TRUE(client.RunUntil([&] {
+    return client.stream(bad_value).closed && client.stream(bad_name).closed && client.stream(dropped).closed;
+  }));
+  for (const auto id : {bad_value, bad_name}) {
+    EXPECT_NE(client.stream(id).close_error, 0u) << id;
+    EXPECT_EQ(client.stream(id).grpc_status(), "") << id;
+  }
+  EXPECT_EQ(client.stream(dropped).grpc_status(), "0");
+  const auto ok = client.Submit(kRange, {Framed(RangeBytes("k"))}, true, {{"hasleader", "true"}});
+  ASSERT_TRUE(client.RunUntil([&] { return client.stream(ok).closed; }));
+  EXPECT_EQ(client.stream(ok).grpc_status(), "0");
+}
+
 TEST_F(H2PlaneTest, AThousandConcurrentStreamsOnOneConnection) {
   RawH2Client client(port());
   std::vector<std::int32_t> ids;
