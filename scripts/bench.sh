@@ -9,6 +9,8 @@
 #                     pass-through on an event loop that parses and routes nothing (the yardstick
 #                     of issue 4). Installed on demand (Debian nghttp2-proxy); not a CI dependency.
 #   ours-1            build/etcd-sharding-proxy with one shard (etcd-1) -> the ratio rows
+#   ours-1-1loop      the same with --data-plane-threads=1: one event loop, as nghttpx runs here
+#                     (--workers=1); on this 2-core box the client and etcd share the cores too
 #   etcd-s1..s3       three single-member shards, and ours-3 in front of them -> spanning-range row
 # Runs every workload against every target, ROUNDS times, rotating the target order each round;
 # reads utime+stime+cutime+cstime of every process from /proc/PID/stat around each run; then
@@ -50,7 +52,8 @@ write_config "$WORK/ours-1.yaml" "only,,,${ADDR[etcd-1]}"
 write_config "$WORK/ours-3.yaml" "s1,,span/00000007,${ADDR[etcd-s1]}" \
   "s2,span/00000007,span/00000014,${ADDR[etcd-s2]}" "s3,span/00000014,,${ADDR[etcd-s3]}"
 for p in ours-1 ours-3; do start_ours "$p" "$WORK/$p.yaml"; done
-for n in grpc-proxy nghttpx ours-1 ours-3; do wait_ready "${ADDR[$n]}"; done
+start_ours ours-1-1loop "$WORK/ours-1.yaml" --data-plane-threads=1
+for n in grpc-proxy nghttpx ours-1 ours-1-1loop ours-3; do wait_ready "${ADDR[$n]}"; done
 
 sleep 1
 IDLE_RSS="ours-1=$(rss_kb "${PID[ours-1]}") ours-3=$(rss_kb "${PID[ours-3]}") grpc-proxy=$(rss_kb "${PID[grpc-proxy]}") nghttpx=$(rss_kb "${PID[nghttpx]}") etcd-1=$(rss_kb "${PID[etcd-1]}")"
@@ -83,13 +86,13 @@ timeout 20 "$BENCH" --endpoints "${ADDR[ours-1]}" --mode watch --key-prefix prob
 targets_for() {  # workload -> target names
   case $1 in
     span-range20) echo "direct ours-3" ;;
-    watch) [[ $OURS_WATCH == 1 ]] && echo "direct grpc-proxy nghttpx ours-1" || echo "direct grpc-proxy nghttpx" ;;
-    lease-*) [[ $OURS_LEASE == 1 ]] && echo "direct grpc-proxy nghttpx ours-1" || echo "direct grpc-proxy nghttpx" ;;
-    *) echo "direct grpc-proxy nghttpx ours-1" ;;
+    watch) [[ $OURS_WATCH == 1 ]] && echo "direct grpc-proxy nghttpx ours-1 ours-1-1loop" || echo "direct grpc-proxy nghttpx" ;;
+    lease-*) [[ $OURS_LEASE == 1 ]] && echo "direct grpc-proxy nghttpx ours-1 ours-1-1loop" || echo "direct grpc-proxy nghttpx" ;;
+    *) echo "direct grpc-proxy nghttpx ours-1 ours-1-1loop" ;;
   esac
 }
 etcds_for() { [[ $1 == ours-3 ]] && echo "etcd-s1 etcd-s2 etcd-s3" || echo "etcd-1"; }
-proxy_for() { case $1 in grpc-proxy|nghttpx|ours-1|ours-3) echo "$1" ;; *) echo "" ;; esac; }
+proxy_for() { case $1 in grpc-proxy|nghttpx|ours-1|ours-1-1loop|ours-3) echo "$1" ;; *) echo "" ;; esac; }
 endpoint_for() { [[ $1 == direct ]] && echo "${ADDR[etcd-1]}" || echo "${ADDR[$1]}"; }
 
 RESULTS=$WORK/results.tsv
@@ -124,6 +127,7 @@ cmds=$WORK/commands.txt
   echo "etcd grpc-proxy start --endpoints=127.0.0.1:ETCD1 --listen-addr=127.0.0.1:PORT"
   echo "nghttpx --frontend='127.0.0.1,PORT;no-tls' --backend='127.0.0.1,ETCD1PORT;;proto=h2' $NGHTTPX_FLAGS   # $(nghttpx --version | head -1)"
   echo "build/etcd-sharding-proxy --config ours-1.yaml --listen-addr 127.0.0.1:PORT --log-level warn   # one shard: etcd-1"
+  echo "build/etcd-sharding-proxy --config ours-1.yaml --listen-addr 127.0.0.1:PORT --log-level warn --data-plane-threads=1   # ours-1-1loop"
   echo "build/etcd-sharding-proxy --config ours-3.yaml --listen-addr 127.0.0.1:PORT --log-level warn   # 3 shards split at span/00000007, span/00000014"
   echo "# load (one per workload and target; --endpoints is the target)"
   for w in $WORKLOADS; do echo "esp-bench --endpoints TARGET $COMMON $(args_for "$w")   # $w"; done
