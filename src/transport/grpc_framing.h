@@ -38,6 +38,8 @@ class MessageDeframer {
   bool failed_ = false;
 };
 
+// Appends the 5-byte prefix of an uncompressed message of `message_size` bytes to `out`.
+void AppendGrpcPrefix(std::string& out, std::size_t message_size);
 // Appends the 5-byte prefix and `message` to `out`.
 void AppendGrpcMessage(std::string& out, std::string_view message);
 
