@@ -66,13 +66,6 @@ std::optional<std::string> MessageDeframer::Next() {
   return message;
 }
 
-void AppendGrpcPrefix(std::string& out, std::size_t message_size) {
-  const auto n = static_cast<std::uint32_t>(message_size);
-  const char prefix[kGrpcPrefixBytes] = {0, static_cast<char>(n >> 24), static_cast<char>(n >> 16),
-                                         static_cast<char>(n >> 8), static_cast<char>(n)};
-  out.append(prefix, kGrpcPrefixBytes);
-}
-
 void AppendGrpcMessage(std::string& out, std::string_view message) {
   AppendGrpcPrefix(out, message.size());
   out.append(message);

@@ -157,7 +157,8 @@ class H2Sink final : public StreamSink, public std::enable_shared_from_this<H2Si
     if (done_.load(std::memory_order_acquire)) return false;
     queued_.fetch_add(size + kGrpcPrefixBytes, std::memory_order_relaxed);
     AppendGrpcPrefix(batch_, size);
-    batch_.append(head).append(body);
+    if (!head.empty()) batch_.append(head);
+    batch_.append(body);
     if (!scheduled_) {
       scheduled_ = true;
       loop_->Post([self = shared_from_this()] { self->Drain(); });
