@@ -46,6 +46,7 @@ class CountingSink final : public StreamSink {
   CountingSink(std::shared_ptr<StreamSink> inner, std::shared_ptr<CallMetrics> metrics, std::shared_ptr<OpenStream> open)
       : inner_(std::move(inner)), metrics_(std::move(metrics)), open_(std::move(open)), start_(SteadyClock::now()) {}
   bool Write(std::string message) override { return inner_->Write(std::move(message)); }
+  bool WriteParts(std::string_view head, std::string_view body) override { return inner_->WriteParts(head, body); }
   std::size_t QueuedBytes() const override { return inner_->QueuedBytes(); }
   void Finish(Status status) override {
     if (!finished_.exchange(true)) {

@@ -84,10 +84,7 @@ std::optional<std::string> MessageDeframer::Next() {
 }
 
 void AppendGrpcMessage(std::string& out, std::string_view message) {
-  const auto n = static_cast<std::uint32_t>(message.size());
-  const char prefix[kGrpcPrefixBytes] = {0, static_cast<char>(n >> 24), static_cast<char>(n >> 16),
-                                         static_cast<char>(n >> 8), static_cast<char>(n)};
-  out.append(prefix, kGrpcPrefixBytes);
+  AppendGrpcPrefix(out, message.size());
   out.append(message);
 }
 

@@ -48,6 +48,14 @@ class MessageDeframer {
   bool failed_ = false;
 };
 
+// Appends the 5-byte prefix of an uncompressed message of `message_size` bytes to `out`.
+// Inline: it runs once per message on the streaming path.
+inline void AppendGrpcPrefix(std::string& out, std::size_t message_size) {
+  const auto n = static_cast<std::uint32_t>(message_size);
+  const char prefix[kGrpcPrefixBytes] = {0, static_cast<char>(n >> 24), static_cast<char>(n >> 16),
+                                         static_cast<char>(n >> 8), static_cast<char>(n)};
+  out.append(prefix, kGrpcPrefixBytes);
+}
 // Appends the 5-byte prefix and `message` to `out`.
 void AppendGrpcMessage(std::string& out, std::string_view message);
 

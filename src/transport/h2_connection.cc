@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 
 #include "transport/peer_identity.h"
 
@@ -112,22 +113,21 @@ std::string OpenSslReason() {
 
 }  // namespace
 
-// The service's handle on a bidirectional call: thread-safe, posts everything to the loop.
-class H2Sink final : public StreamSink {
+// The service's handle on a bidirectional call: thread-safe. Messages are framed straight into
+// one buffer under the sink's lock and reach the loop in batches: one posted task per batch,
+// however many messages a broadcast or a burst adds before the loop gets to it, and no string
+// or task allocated per message (the two buffers below trade places and keep their capacity).
+class H2Sink final : public StreamSink, public std::enable_shared_from_this<H2Sink> {
  public:
   H2Sink(std::shared_ptr<EventLoop> loop, std::weak_ptr<H2Stream> stream)
       : loop_(std::move(loop)), stream_(std::move(stream)) {}
 
-  bool Write(std::string message) override {
-    if (done_.load(std::memory_order_acquire)) return false;
-    queued_.fetch_add(message.size() + kGrpcFramePrefix, std::memory_order_relaxed);
-    loop_->Post([stream = stream_, message = std::move(message)]() mutable {
-      if (const auto s = stream.lock(); s && s->connection != nullptr) s->connection->SendMessage(*s, std::move(message));
-    });
-    return true;
-  }
+  bool Write(std::string message) override { return Append(message, {}); }
+  bool WriteParts(std::string_view head, std::string_view body) override { return Append(head, body); }
 
   void Finish(Status status) override {
+    // Posted under the lock: a batch scheduled before is taken before the status goes out.
+    const std::lock_guard lock(mu_);
     if (done_.exchange(true)) return;
     loop_->Post([stream = stream_, status = std::move(status)]() mutable {
       if (const auto s = stream.lock(); s && s->connection != nullptr) s->connection->Finish(*s, std::move(status));
@@ -148,11 +148,44 @@ class H2Sink final : public StreamSink {
   void MarkDone() { done_.store(true, std::memory_order_release); }
 
  private:
-  static constexpr std::size_t kGrpcFramePrefix = 5;
+  // A drained buffer keeps its capacity for the next batch, up to this much.
+  static constexpr std::size_t kKeepCapacity = 256 * 1024;
+
+  bool Append(std::string_view head, std::string_view body) {
+    const std::size_t size = head.size() + body.size();
+    const std::lock_guard lock(mu_);
+    if (done_.load(std::memory_order_acquire)) return false;
+    queued_.fetch_add(size + kGrpcPrefixBytes, std::memory_order_relaxed);
+    AppendGrpcPrefix(batch_, size);
+    if (!head.empty()) batch_.append(head);
+    batch_.append(body);
+    if (!scheduled_) {
+      scheduled_ = true;
+      loop_->Post([self = shared_from_this()] { self->Drain(); });
+    }
+    return true;
+  }
+
+  // On the loop: hands everything framed so far to the call in one piece.
+  void Drain() {
+    {
+      const std::lock_guard lock(mu_);
+      taken_.swap(batch_);
+      scheduled_ = false;
+    }
+    if (const auto s = stream_.lock(); s && s->connection != nullptr) s->connection->SendFramed(*s, taken_);
+    taken_.clear();
+    if (taken_.capacity() > kKeepCapacity) taken_ = std::string();  // a burst's buffer is not kept
+  }
+
   std::shared_ptr<EventLoop> loop_;
   std::weak_ptr<H2Stream> stream_;
   std::atomic<bool> done_{false};
   std::atomic<std::size_t> queued_{0};
+  std::mutex mu_;
+  std::string batch_;       // framed messages not yet posted to the loop (mu_)
+  bool scheduled_ = false;  // a Drain is posted and has not taken batch_ yet (mu_)
+  std::string taken_;       // the loop's side of the two buffers
 };
 
 namespace {
@@ -619,6 +652,34 @@ void H2Connection::Finish(H2Stream& stream, Status status) {
       stream.deferred = false;
       nghttp2_session_resume_data(session_, stream.id);
     }
+  }
+  MarkDirty();
+}
+
+void H2Connection::SendFramed(H2Stream& stream, std::string& framed) {
+  if (stream.final_status || framed.empty()) return;
+  // The same cap as SendMessage: a queue already over it means the peer stopped reading.
+  if (stream.pending() > limits_.max_pending_bytes_per_stream) {
+    spdlog::warn("h2: stream {} has {} bytes queued for a client that does not read; resetting it", stream.id,
+                 stream.pending());
+    stream.out.clear();
+    stream.out_offset = 0;
+    stream.final_status = Status(StatusCode::kResourceExhausted, "client does not read");
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream.id, NGHTTP2_CANCEL);
+    MarkDirty();
+    return;
+  }
+  if (stream.pending() == 0) {
+    stream.out.swap(framed);  // the usual case: no copy, and the old buffer goes back to the sink
+    stream.out_offset = 0;
+  } else {
+    stream.out.append(framed);
+  }
+  if (!stream.headers_sent) {
+    SubmitResponseHeaders(stream);
+  } else if (stream.deferred) {
+    stream.deferred = false;
+    nghttp2_session_resume_data(session_, stream.id);
   }
   MarkDirty();
 }

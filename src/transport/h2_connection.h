@@ -117,6 +117,8 @@ class H2Connection {
 
   // Called on the loop thread (through Post) by the transport's completions.
   void SendMessage(H2Stream& stream, std::string message);
+  // Already framed messages (one or more); may take `framed`'s buffer and leave another behind.
+  void SendFramed(H2Stream& stream, std::string& framed);
   void Finish(H2Stream& stream, Status status);
 
   // nghttp2 callbacks (static trampolines in the .cc forward here).

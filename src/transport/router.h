@@ -25,6 +25,14 @@ class StreamSink {
   virtual ~StreamSink() = default;
   // Queues one message. Returns false once the stream has finished (the message is dropped).
   virtual bool Write(std::string message) = 0;
+  // Queues one message made of `head` then `body`: a broadcast body serialized once for many
+  // streams goes out behind each stream's own head without being joined into a string first.
+  virtual bool WriteParts(std::string_view head, std::string_view body) {
+    std::string message;
+    message.reserve(head.size() + body.size());
+    message.append(head).append(body);
+    return Write(std::move(message));
+  }
   // Ends the stream with `status`; later calls and writes are ignored.
   virtual void Finish(Status status) = 0;
   // Bytes written but not yet taken by the transport: how far the client lags behind, so a

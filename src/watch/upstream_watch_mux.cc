@@ -176,7 +176,7 @@ void UpstreamWatchStream::OnMessage(std::string bytes) {
     idle = IdleLocked() && !closed_;
   }
   if (progress) progress(std::move(response));
-  if (target) target->OnUpstreamResponse(std::move(response));
+  if (target) target->OnUpstreamMessage(std::move(response), std::move(bytes));
   if (idle) {
     if (auto hub = hub_.lock()) hub->RetireIfIdle(shared_from_this());
   }

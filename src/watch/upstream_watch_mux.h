@@ -39,6 +39,10 @@ class UpstreamWatchTarget {
   // `created` (possibly created+canceled when the shard refused it), events, progress
   // notifications and `canceled`. After a canceled response the watcher is gone.
   virtual void OnUpstreamResponse(etcdserverpb::WatchResponse response) = 0;
+  // The same, with the shard's bytes it was parsed from (a broadcaster reuses them).
+  virtual void OnUpstreamMessage(etcdserverpb::WatchResponse response, std::string /*bytes*/) {
+    OnUpstreamResponse(std::move(response));
+  }
   // Events and progress notifications of a coalesced watcher, shared by every member.
   virtual void OnSharedResponse(const std::shared_ptr<const SharedWatchResponse>& shared) {
     OnUpstreamResponse(shared->response);

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "watch/watch_encoding.h"
+
 namespace esp {
 
 WatchGroup::WatchGroup(std::weak_ptr<UpstreamWatchHub> hub, std::shared_ptr<ShardTransport> shard, Metadata metadata,
@@ -24,6 +26,7 @@ std::optional<std::int64_t> WatchGroup::Join(std::shared_ptr<UpstreamWatchTarget
     id = next_member_++;
     if (!created_) {
       members_.emplace(id, std::move(member));  // gets the upstream watcher's own `created`
+      snapshot_.reset();
       return id;
     }
     if (fragmenting_) {
@@ -31,12 +34,23 @@ std::optional<std::int64_t> WatchGroup::Join(std::shared_ptr<UpstreamWatchTarget
       return id;
     }
     members_.emplace(id, member);
+    snapshot_.reset();
     created = JoinerCreatedLocked();
     resuming = resuming_;
   }
   member->OnUpstreamResponse(std::move(created));
   if (resuming) member->OnSharedResuming(true);
   return id;
+}
+
+const std::shared_ptr<const WatchGroup::Members>& WatchGroup::MembersLocked() {
+  if (!snapshot_) {
+    auto members = std::make_shared<Members>();
+    members->reserve(members_.size());
+    for (const auto& [id, member] : members_) members->push_back(member);
+    snapshot_ = std::move(members);
+  }
+  return snapshot_;
 }
 
 etcdserverpb::WatchResponse WatchGroup::JoinerCreatedLocked() const {
@@ -53,7 +67,9 @@ void WatchGroup::Leave(std::int64_t member) {
   UpstreamWatcherHandle upstream;
   {
     const std::lock_guard lock(mu_);
-    if (members_.erase(member) == 0) {
+    if (members_.erase(member) > 0) {
+      snapshot_.reset();
+    } else {
       std::erase_if(waiting_, [member](const auto& entry) { return entry.first == member; });
     }
     if (dissolved_ || !members_.empty() || !waiting_.empty()) return;
@@ -94,9 +110,15 @@ std::size_t WatchGroup::MemberCount() {
   return members_.size() + waiting_.size();
 }
 
-void WatchGroup::OnUpstreamResponse(etcdserverpb::WatchResponse response) {
+void WatchGroup::OnUpstreamResponse(etcdserverpb::WatchResponse response) { Deliver(std::move(response), nullptr); }
+
+void WatchGroup::OnUpstreamMessage(etcdserverpb::WatchResponse response, std::string bytes) {
+  Deliver(std::move(response), &bytes);
+}
+
+void WatchGroup::Deliver(etcdserverpb::WatchResponse response, const std::string* bytes) {
   const std::lock_guard delivery(delivery_mu_);
-  Members to;
+  std::shared_ptr<const Members> to;
   std::shared_ptr<SharedWatchResponse> shared;
   Members joined;
   etcdserverpb::WatchResponse joined_created;
@@ -106,7 +128,7 @@ void WatchGroup::OnUpstreamResponse(etcdserverpb::WatchResponse response) {
     const std::lock_guard lock(mu_);
     if (dissolved_) return;
     if (response.has_header()) header_ = response.header();
-    for (const auto& [id, member] : members_) to.push_back(member);
+    to = MembersLocked();
     if (response.created() && !response.canceled()) {
       if (resuming_) {  // resumed transparently: members saw their `created` long ago
         resuming_ = false;
@@ -120,8 +142,13 @@ void WatchGroup::OnUpstreamResponse(etcdserverpb::WatchResponse response) {
     } else if (response.canceled()) {
       // A refused create, compaction, or a cancel by the shard: every member's watch ends.
       if (resuming_) response.set_created(false);  // members were created long ago
-      for (auto& [id, member] : waiting_) to.push_back(std::move(member));
+      if (!waiting_.empty()) {
+        auto all = std::make_shared<Members>(*to);
+        for (auto& [id, member] : waiting_) all->push_back(std::move(member));
+        to = std::move(all);
+      }
       members_.clear();
+      snapshot_.reset();
       waiting_.clear();
       upstream_ = {};
       dissolved_ = dissolve = true;
@@ -137,11 +164,15 @@ void WatchGroup::OnUpstreamResponse(etcdserverpb::WatchResponse response) {
       shared = std::make_shared<SharedWatchResponse>();
       shared->response = std::move(response);
       shared->response.set_watch_id(0);
-      shared->body = shared->response.SerializeAsString();
+      // The shard's own bytes less its watch id: not serialized again.
+      std::optional<std::string> body;
+      if (bytes != nullptr) body = StripWatchId(*bytes);
+      shared->body = body ? std::move(*body) : shared->response.SerializeAsString();
       if (!fragmenting_ && !waiting_.empty()) {
         for (auto& entry : waiting_) {
           joined.push_back(entry.second);
           members_.insert(std::move(entry));
+          snapshot_.reset();
         }
         waiting_.clear();
         joined_created = JoinerCreatedLocked();
@@ -149,14 +180,14 @@ void WatchGroup::OnUpstreamResponse(etcdserverpb::WatchResponse response) {
     }
   }
   if (resumed) {
-    for (const auto& member : to) member->OnSharedResuming(false);
+    for (const auto& member : *to) member->OnSharedResuming(false);
     return;
   }
   if (shared) {
     const std::shared_ptr<const SharedWatchResponse> once = shared;
-    for (const auto& member : to) member->OnSharedResponse(once);
+    for (const auto& member : *to) member->OnSharedResponse(once);
   } else {
-    for (const auto& member : to) member->OnUpstreamResponse(response);
+    for (const auto& member : *to) member->OnUpstreamResponse(response);
   }
   for (const auto& member : joined) member->OnUpstreamResponse(joined_created);
   if (dissolve) {

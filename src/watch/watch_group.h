@@ -35,6 +35,7 @@ class WatchGroup final : public UpstreamWatchTarget, public std::enable_shared_f
   void Start();
 
   void OnUpstreamResponse(etcdserverpb::WatchResponse response) override;
+  void OnUpstreamMessage(etcdserverpb::WatchResponse response, std::string bytes) override;
   void OnUpstreamBroken(const Status& status) override;
 
   const std::string& key() const { return key_; }
@@ -43,6 +44,11 @@ class WatchGroup final : public UpstreamWatchTarget, public std::enable_shared_f
  private:
   using Members = std::vector<std::shared_ptr<UpstreamWatchTarget>>;
   etcdserverpb::WatchResponse JoinerCreatedLocked() const;
+  // The members as a list shared by deliveries: rebuilt only after the membership changed, so
+  // a broadcast costs no per-member copy or reference count.
+  const std::shared_ptr<const Members>& MembersLocked();
+  // `bytes`: what `response` was parsed from, if known (then the broadcast body is cut from it).
+  void Deliver(etcdserverpb::WatchResponse response, const std::string* bytes);
   void Dissolve(UpstreamWatcherHandle upstream);
   void ScheduleResume();
   void Resume();
@@ -60,6 +66,7 @@ class WatchGroup final : public UpstreamWatchTarget, public std::enable_shared_f
   // Membership and state; taken alone by Leave, which members may call from a delivery.
   std::mutex mu_;
   std::map<std::int64_t, std::shared_ptr<UpstreamWatchTarget>> members_;
+  std::shared_ptr<const Members> snapshot_;  // members_ as a list; null when stale
   // Joined while a fragmented response was half delivered: they join when it is complete.
   std::vector<std::pair<std::int64_t, std::shared_ptr<UpstreamWatchTarget>>> waiting_;
   std::int64_t next_member_ = 1;

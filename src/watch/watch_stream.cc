@@ -302,7 +302,7 @@ void WatchStream::OnPieceShared(const std::shared_ptr<Piece>& piece,
   if (watch->created_sent && watch->deferred.empty() && in_turn) {
     // The common case: straight out, the body serialized once for every member.
     watch->fragmenting = response.fragment() ? piece.get() : nullptr;
-    WriteLocked(watch->id_prefix + shared->body);
+    WritePartsLocked(watch->id_prefix, shared->body);
   } else {
     auto own = response;
     own.set_watch_id(watch->id);
@@ -393,15 +393,23 @@ void WatchStream::EmitLocked(const WatchPtr& watch, etcdserverpb::WatchResponse 
   WriteLocked(response.SerializeAsString());
 }
 
-void WatchStream::WriteLocked(std::string bytes) {
-  if (closed_) return;
+bool WatchStream::RoomLocked(std::size_t bytes) {
+  if (closed_) return false;
   const std::size_t queued = sink_->QueuedBytes();
   // One response larger than the budget still goes out to a client that keeps up.
-  if (queued > 0 && queued + bytes.size() > buffer_bytes_) {
+  if (queued > 0 && queued + bytes > buffer_bytes_) {
     AbortSlowClientLocked();
-    return;
+    return false;
   }
-  sink_->Write(std::move(bytes));
+  return true;
+}
+
+void WatchStream::WriteLocked(std::string bytes) {
+  if (RoomLocked(bytes.size())) sink_->Write(std::move(bytes));
+}
+
+void WatchStream::WritePartsLocked(std::string_view head, std::string_view body) {
+  if (RoomLocked(head.size() + body.size())) sink_->WriteParts(head, body);
 }
 
 void WatchStream::AbortSlowClientLocked() {

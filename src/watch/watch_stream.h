@@ -12,6 +12,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "etcdserverpb/rpc.pb.h"
@@ -81,6 +82,10 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
   bool SyncedLocked(const Watch& watch, std::size_t shard) const;
   void RegisterLocked(const WatchPtr& watch);
   void WriteLocked(std::string bytes);
+  // A broadcast body behind this stream's watch id, not joined into one string first.
+  void WritePartsLocked(std::string_view head, std::string_view body);
+  // False (and the stream ended, if the client lags too far) when `bytes` may not be queued.
+  bool RoomLocked(std::size_t bytes);
   void AbortSlowClientLocked();
   void CloseLocked(Handles& release);
   std::int64_t AssignIdLocked(std::int64_t requested);

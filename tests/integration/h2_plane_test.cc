@@ -7,9 +7,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "support/fixtures.h"
@@ -178,6 +180,70 @@ TEST_F(H2PlaneTest, MessageCutIntoManyDataFramesArrivesWhole) {
   const auto resp = Decode<RangeResponse>(client.stream(get));
   ASSERT_EQ(resp.kvs_size(), 1);
   EXPECT_TRUE(resp.kvs(0).value() == value);
+}
+
+// Watch events broadcast to several streams of one connection in bursts (the sink batches
+// whatever piles up before the loop writes): each stream still gets every event exactly once, in
+// revision order, each a WatchResponse of its own carrying that stream's watch id.
+TEST_F(H2PlaneTest, BurstsOfBroadcastEventsArriveWholeAndInOrderOnEveryStream) {
+  RawH2Client watcher(port());
+  WatchRequest create;
+  create.mutable_create_request()->set_key("h2/burst/");
+  create.mutable_create_request()->set_range_end("h2/burst0");
+  constexpr int kStreams = 5;
+  constexpr int kPuts = 120;
+  std::vector<std::int32_t> watches;
+  for (int i = 0; i < kStreams; ++i) {
+    create.mutable_create_request()->set_watch_id(i + 7);  // a different id on every stream
+    watches.push_back(watcher.Submit(kWatch, {Framed(create.SerializeAsString())}, false));
+  }
+  ASSERT_TRUE(watcher.RunUntil([&] {
+    return std::all_of(watches.begin(), watches.end(), [&](auto id) { return !watcher.stream(id).data.empty(); });
+  }));
+  RawH2Client writer(port());
+  std::vector<std::int32_t> puts;
+  for (int i = 0; i < kPuts; ++i) puts.push_back(writer.Submit(kPut, {Framed(PutBytes("h2/burst/" + std::to_string(i), "v"))}));
+  ASSERT_TRUE(writer.RunUntil([&] {
+    return std::all_of(puts.begin(), puts.end(), [&](auto id) { return writer.stream(id).closed; });
+  }));
+  // Every stream: its `created`, then kPuts events in responses of their own.
+  const auto decode = [&](std::int32_t id) {
+    std::vector<WatchResponse> out;
+    MessageDeframer deframer(64 << 20);
+    EXPECT_TRUE(deframer.Feed(watcher.stream(id).data).ok());
+    while (auto bytes = deframer.Next()) {
+      WatchResponse r;
+      EXPECT_TRUE(r.ParseFromString(*bytes));
+      out.push_back(std::move(r));
+    }
+    return out;
+  };
+  const auto events = [&](const std::vector<WatchResponse>& responses) {
+    int n = 0;
+    for (const auto& r : responses) n += r.events_size();
+    return n;
+  };
+  ASSERT_TRUE(watcher.RunUntil([&] {
+    return std::all_of(watches.begin(), watches.end(), [&](auto id) { return events(decode(id)) >= kPuts; });
+  })) << "events on the first stream: " << events(decode(watches[0]));
+  for (int i = 0; i < kStreams; ++i) {
+    const auto responses = decode(watches[static_cast<std::size_t>(i)]);
+    ASSERT_FALSE(responses.empty());
+    EXPECT_TRUE(responses[0].created());
+    std::set<std::string> keys;
+    std::int64_t last = 0;
+    for (std::size_t r = 0; r < responses.size(); ++r) {
+      EXPECT_EQ(responses[r].watch_id(), i + 7) << "stream " << i << " response " << r;
+      EXPECT_TRUE(r == 0 || !responses[r].created());
+      for (const auto& ev : responses[r].events()) {
+        EXPECT_GT(ev.kv().mod_revision(), last) << "stream " << i;
+        last = ev.kv().mod_revision();
+        keys.insert(ev.kv().key());
+      }
+    }
+    EXPECT_EQ(keys.size(), static_cast<std::size_t>(kPuts)) << "stream " << i;
+    EXPECT_EQ(events(responses), kPuts) << "stream " << i << ": an event twice";
+  }
 }
 
 TEST_F(H2PlaneTest, ProtocolRefusalsAreCleanGrpcStatuses) {

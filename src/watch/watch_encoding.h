@@ -1,0 +1,20 @@
+#pragma once
+// Wire-level helpers for broadcasting one upstream WatchResponse to many client watches: the
+// shard's own bytes are reused with the upstream watch_id taken out, and each client stream puts
+// its own watch_id field in front (protobuf reads fields in any order), so an event is never
+// re-serialized, neither per member nor once per broadcast.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace esp {
+
+// `message` (a serialized WatchResponse) without its top-level watch_id field(s), every other
+// byte kept as it was. nullopt when the bytes cannot be walked as protobuf fields.
+std::optional<std::string> StripWatchId(std::string_view message);
+
+// The serialized watch_id field alone (empty for 0, which protobuf leaves out).
+std::string WatchIdField(std::int64_t id);
+
+}  // namespace esp
