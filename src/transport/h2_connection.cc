@@ -610,28 +610,9 @@ void H2Connection::SubmitResponseHeaders(H2Stream& stream) {
 }
 
 void H2Connection::SendMessage(H2Stream& stream, std::string message) {
-  if (stream.final_status) return;
-  // Checked before appending: one message of any size is fine (etcd answers can be large); a
-  // queue that is already over the cap means the peer stopped reading.
-  if (stream.pending() > limits_.max_pending_bytes_per_stream) {
-    // The peer does not read fast enough (or at all): give up on this call, not on memory.
-    spdlog::warn("h2: stream {} has {} bytes queued for a client that does not read; resetting it", stream.id,
-                 stream.pending());
-    stream.out.clear();
-    stream.out_offset = 0;
-    stream.final_status = Status(StatusCode::kResourceExhausted, "client does not read");
-    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream.id, NGHTTP2_CANCEL);
-    MarkDirty();
-    return;
-  }
-  AppendGrpcMessage(stream.out, message);
-  if (!stream.headers_sent) {
-    SubmitResponseHeaders(stream);
-  } else if (stream.deferred) {
-    stream.deferred = false;
-    nghttp2_session_resume_data(session_, stream.id);
-  }
-  MarkDirty();
+  std::string framed;
+  AppendGrpcMessage(framed, message);
+  SendFramed(stream, framed);
 }
 
 void H2Connection::Finish(H2Stream& stream, Status status) {
@@ -658,8 +639,10 @@ void H2Connection::Finish(H2Stream& stream, Status status) {
 
 void H2Connection::SendFramed(H2Stream& stream, std::string& framed) {
   if (stream.final_status || framed.empty()) return;
-  // The same cap as SendMessage: a queue already over it means the peer stopped reading.
+  // Checked before appending: one message of any size is fine (etcd answers can be large); a
+  // queue that is already over the cap means the peer stopped reading.
   if (stream.pending() > limits_.max_pending_bytes_per_stream) {
+    // The peer does not read fast enough (or at all): give up on this call, not on memory.
     spdlog::warn("h2: stream {} has {} bytes queued for a client that does not read; resetting it", stream.id,
                  stream.pending());
     stream.out.clear();
