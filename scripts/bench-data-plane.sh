@@ -3,7 +3,8 @@
 # proxies in front of it (--data-plane=grpc and --data-plane=h2). Interleaved rounds; proxy and
 # etcd CPU (utime+stime from /proc/PID/stat) around each run; prints medians. Everything started
 # here is stopped by pid on exit.
-# Environment: ROUNDS (5), DURATION (3 s), CONNS (4), INFLIGHT (50), WORKLOADS ("put get-ser get-lin"),
+# Environment: ROUNDS (5), DURATION (3 s), CONNS (4), INFLIGHT (50), WORKLOADS ("put get-ser get-lin";
+# also range20, txn, watch: per delivered event, 10 watchers),
 # VARIANT_FLAG (--data-plane; --upstream-transport compares the two transports towards etcd instead).
 # PROXY_A and PROXY_B (two binaries, e.g. before/after a change): compares the two builds with
 # their default flags instead; they appear as the targets "grpc" (A) and "h2" (B) in the table.
@@ -59,6 +60,10 @@ args_for() {
     put) echo "--mode put" ;;
     get-ser) echo "--mode get --consistency s --no-preload" ;;
     get-lin) echo "--mode get --consistency l --no-preload" ;;
+    range20) echo "--mode range --range-keys 20 --no-preload" ;;
+    txn) echo "--mode txn --no-preload" ;;
+    watch) echo "--mode watch --key-prefix watch/ --watchers 10" ;;
+    *) echo "bench-data-plane: unknown workload $1" >&2; exit 2 ;;
   esac
 }
 RESULTS=$WORK/results
@@ -75,6 +80,8 @@ for round in $(seq "$ROUNDS"); do
       e1=$(cpu_ticks "${PID[etcd]}"); p1=0
       [[ $t != direct ]] && p1=$(cpu_ticks "${PID[$t]}")
       ok=$(sed 's/.*"ok":\([0-9]*\).*/\1/' <<<"$out")
+      # Watch: CPU per delivered event, as bench.sh counts it.
+      [[ $w == watch ]] && ok=$(sed 's/.*"events":\([0-9]*\).*/\1/' <<<"$out")
       tput=$(sed 's/.*"throughput":\([0-9.]*\).*/\1/' <<<"$out")
       p99=$(sed 's/.*"p99_us":\([0-9.]*\).*/\1/' <<<"$out")
       echo "$w $t $ok $tput $p99 $(((p1 - p0) * TICK_US)) $(((e1 - e0) * TICK_US))" >>"$RESULTS"
