@@ -71,7 +71,9 @@ void MessageDeframer::EndMessage() {
 }
 
 std::optional<std::string> MessageDeframer::Next() {
-  if (!has_first_) return std::nullopt;
+  // After a refusal nothing comes out, not even messages completed before it: the call ends with
+  // the refusal's status.
+  if (failed_ || !has_first_) return std::nullopt;
   std::string message = std::move(first_);
   if (next_more_ < more_.size()) {
     first_ = std::move(more_[next_more_++]);

@@ -68,6 +68,17 @@ TEST(MessageDeframer, ExactlyTheLimitFits) {
   EXPECT_EQ(deframer.Next()->size(), 100u);
 }
 
+// A whole message followed, in the same bytes, by a refused prefix: the refusal ends the call,
+// so the message before it does not come out either (the fuzz target's invariant).
+TEST(MessageDeframer, NothingComesOutAfterARefusal) {
+  MessageDeframer deframer(100);
+  const Status status = deframer.Feed(Framed({"ok"}) + std::string("\1\0\0\0\1x", 6));
+  EXPECT_EQ(status.code(), StatusCode::kUnimplemented);
+  EXPECT_FALSE(deframer.Next());
+  EXPECT_EQ(deframer.Feed(Framed({"later"})).code(), StatusCode::kInternal);
+  EXPECT_FALSE(deframer.Next());
+}
+
 TEST(MessageDeframer, CompressedMessagesAreUnimplemented) {
   MessageDeframer deframer(100);
   const Status status = deframer.Feed(std::string("\1\0\0\0\1x", 6));
