@@ -1,9 +1,8 @@
 #pragma once
-// Wire-level helpers for broadcasting one upstream WatchResponse to many client watches: the
-// shard's own bytes are reused with the upstream watch_id taken out, and each client stream puts
-// its own watch_id field in front (protobuf reads fields in any order), so an event is never
-// re-serialized, neither per member nor once per broadcast.
-#include <cstdint>
+// Broadcasting one upstream WatchResponse to many client watches: the shard's own bytes are reused
+// with the upstream watch_id taken out, and each client stream puts its own watch_id field in
+// front (a WatchResponse holding only that id, serialized once per watch: protobuf reads fields
+// in any order), so an event is never re-serialized, neither per member nor once per broadcast.
 #include <optional>
 #include <string>
 #include <string_view>
@@ -13,8 +12,5 @@ namespace esp {
 // `message` (a serialized WatchResponse) without its top-level watch_id field(s), every other
 // byte kept as it was. nullopt when the bytes cannot be walked as protobuf fields.
 std::optional<std::string> StripWatchId(std::string_view message);
-
-// The serialized watch_id field alone (empty for 0, which protobuf leaves out).
-std::string WatchIdField(std::int64_t id);
 
 }  // namespace esp

@@ -93,7 +93,13 @@ TEST(PutScanTest, EdgeCasesOfTheWireFormat) {
   for (const std::string bytes : {std::string(), std::string("\x00", 1), std::string("\x0a", 1),
                                   std::string("\x0a\x05k", 3), std::string("\x0c", 1), std::string("\x01", 1),
                                   std::string("\x0a\x01k\x00", 4), std::string("\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 11),
-                                  std::string("\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 12)}) {
+                                  std::string("\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 12),
+                                  // Field number 0 with each wire type; groups, balanced and not.
+                                  std::string("\x02\x00", 2), std::string("\x01\x00\x00\x00\x00\x00\x00\x00\x00", 9),
+                                  std::string("\x05\x00\x00\x00\x00", 5), std::string("\x0b\x0c", 2),
+                                  std::string("\x13\x14", 2), std::string("\x13", 1),
+                                  // A length prefix of more than five bytes.
+                                  std::string("\x0a\x81\x80\x80\x80\x80\x00k", 8)}) {
     ExpectSameAsParser(bytes);
   }
 }
