@@ -284,24 +284,17 @@ std::shared_ptr<H2ClientConnection> H2ShardTransport::ConnectionTo(std::size_t l
       if (const auto self = weak.lock()) self->NoteConnectResult(member, ok, error);
     });
   }
-  IdentityRow* row = IdentityRowFor(loop, identity);
+  const std::shared_ptr<IdentityRow> row = IdentityRowFor(loop, identity);
   if (row == nullptr) return nullptr;
   row->last_used = std::chrono::steady_clock::now();
   auto& slot = row->connections[member];
-  if (!(slot && slot->usable()) && Clock::now() >= row->issued->renew_after) {
-    // New connections get a fresh certificate; open ones keep theirs (checked at handshake only).
-    try {
-      auto issued = issuer_->For(identity);
-      row->ssl_ctx = MakeIdentityContext(ssl_ctx_, *issued);
-      row->issued = std::move(issued);
-    } catch (const std::exception& e) {
-      spdlog::error("{}: {}", description_, e.what());
-    }
-  }
+  // New connections get a fresh certificate; open ones keep theirs (checked at handshake only).
+  // A failed renewal keeps the current one, still valid until its end.
+  if (!(slot && slot->usable()) && Clock::now() >= row->issued->renew_after) IssueInto(*row, identity);
   // A shard refusing this identity's certificate (say, not trusting the identity CA) is no member
   // outage: the result stays out of the member's health and is logged here instead.
   const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
-  const std::weak_ptr<IdentityRow> weak_row = identity_rows_[loop].at(identity);
+  const std::weak_ptr<IdentityRow> weak_row = row;
   return Connect(slot, loop, member, row->ssl_ctx.get(),
                  [weak, weak_row, member, identity](bool ok, const std::string& error) {
                    const auto self = weak.lock();
@@ -340,25 +333,31 @@ std::shared_ptr<H2ClientConnection> H2ShardTransport::Connect(
   return connection;
 }
 
-H2ShardTransport::IdentityRow* H2ShardTransport::IdentityRowFor(std::size_t loop, const std::string& identity) {
-  auto& rows = identity_rows_[loop];
-  const auto now = std::chrono::steady_clock::now();
-  if (const auto found = rows.find(identity); found != rows.end()) return found->second.get();
-  PruneIdentities(loop, true);
-  auto row = std::make_shared<IdentityRow>();
+bool H2ShardTransport::IssueInto(IdentityRow& row, const std::string& identity) {
   try {
-    row->issued = issuer_->For(identity);
-    row->ssl_ctx = MakeIdentityContext(ssl_ctx_, *row->issued);
+    auto issued = issuer_->For(identity);
+    row.ssl_ctx = MakeIdentityContext(ssl_ctx_, *issued);
+    row.issued = std::move(issued);
+    return true;
   } catch (const std::exception& e) {
     spdlog::error("{}: {}", description_, e.what());
-    return nullptr;
+    return false;
   }
+}
+
+std::shared_ptr<H2ShardTransport::IdentityRow> H2ShardTransport::IdentityRowFor(std::size_t loop,
+                                                                                const std::string& identity) {
+  auto& rows = identity_rows_[loop];
+  if (const auto found = rows.find(identity); found != rows.end()) return found->second;
+  PruneIdentities(loop, true);
+  auto row = std::make_shared<IdentityRow>();
+  if (!IssueInto(*row, identity)) return nullptr;
   row->connections.resize(members_.size());
-  row->last_used = now;
+  row->last_used = std::chrono::steady_clock::now();
   identity_rows_total_.fetch_add(1);
-  IdentityRow* const added = rows.emplace(identity, std::move(row)).first->second.get();
+  rows.emplace(identity, row);
   ArmPruneTimer(loop);
-  return added;
+  return row;
 }
 
 void H2ShardTransport::ArmPruneTimer(std::size_t loop) {

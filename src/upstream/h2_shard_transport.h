@@ -66,7 +66,9 @@ class H2ShardTransport final : public ShardTransport, public std::enable_shared_
   struct IdentityRow;
   // Loop thread only: the row of `identity`'s connections on `loop`, created (and the loop's rows
   // pruned) when missing; nullptr when no certificate can be had.
-  IdentityRow* IdentityRowFor(std::size_t loop, const std::string& identity);
+  std::shared_ptr<IdentityRow> IdentityRowFor(std::size_t loop, const std::string& identity);
+  // A freshly minted certificate for `identity` into `row`; false (logged) when none can be had.
+  bool IssueInto(IdentityRow& row, const std::string& identity);
   void PruneIdentities(std::size_t loop, bool make_room);
   // Loop thread only: a timer that closes idle identities while the loop has any.
   void ArmPruneTimer(std::size_t loop);
