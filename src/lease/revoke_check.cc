@@ -1,33 +1,13 @@
 #include "lease/revoke_check.h"
 
-#include <atomic>
-#include <mutex>
-#include <optional>
-
 #include "common/methods.h"
 #include "lease/fanout.h"
+#include "upstream/scatter_gather.h"
 
 namespace esp {
 namespace {
 
 constexpr std::chrono::seconds kCheckTimeout(5);
-
-// Answers once every probe has: OK, or the first error.
-struct ProbeJoin {
-  std::atomic<std::size_t> remaining;
-  std::mutex mu;
-  std::optional<Status> error;
-  std::function<void(Status)> done;
-
-  void Complete(Status status) {
-    if (!status.ok()) {
-      const std::lock_guard lock(mu);
-      if (!error) error = std::move(status);
-    }
-    if (remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-    done(error ? std::move(*error) : Status::Ok());
-  }
-};
 
 }  // namespace
 
@@ -56,16 +36,16 @@ void CheckRevokePermitted(const CallContextPtr& ctx, const std::shared_ptr<const
           for (auto& probe : RevokePermissionProbes(keys)) probes.emplace_back(o.shard, std::move(probe));
         }
         if (probes.empty()) return done(Status::Ok());
-        auto join = std::make_shared<ProbeJoin>();
-        join->remaining.store(probes.size());
-        join->done = std::move(done);
-        const auto probe_ctx = BoundedContext(ctx, kCheckTimeout);
-        for (const auto& [shard, probe] : probes) {
-          CallShard<etcdserverpb::TxnResponse>(*topology->shards[shard], methods::kTxn, probe_ctx, probe, kRead,
-                                               [join](Status status, etcdserverpb::TxnResponse) {
-                                                 join->Complete(std::move(status));
-                                               });
-        }
+        // Every probe answers (none is cancelled by another's refusal); the first refusal is the answer.
+        ScatterGather<etcdserverpb::TxnResponse>(
+            BoundedContext(ctx, kCheckTimeout), probes.size(), /*cancel_on_error=*/false,
+            [&](std::size_t i, const CallContextPtr& child, PieceDone<etcdserverpb::TxnResponse> piece_done) {
+              CallShard<etcdserverpb::TxnResponse>(*topology->shards[probes[i].first], methods::kTxn, child,
+                                                   probes[i].second, kRead, std::move(piece_done));
+            },
+            [done = std::move(done)](Status status, std::vector<etcdserverpb::TxnResponse>) {
+              done(std::move(status));
+            });
       });
 }
 
