@@ -15,9 +15,9 @@
 #include "transport/call_context.h"
 #include "transport/event_loop.h"
 #include "transport/grpc_framing.h"
-#include "transport/socket_io.h"
 #include "transport/ping_policy.h"
 #include "transport/router.h"
+#include "transport/socket_io.h"
 
 namespace esp {
 
