@@ -8,6 +8,8 @@
 #   nghttpx           nghttp2's reverse proxy in front of etcd-1, h2c on both sides: a byte
 #                     pass-through on an event loop that parses and routes nothing (the yardstick
 #                     of issue 4). Installed on demand (Debian nghttp2-proxy); not a CI dependency.
+#   nghttpx-mt        the same with one worker per core (--workers=$(nproc)): the same thread count
+#                     as ours-1, so the two can be compared like for like
 #   ours-1            build/etcd-sharding-proxy with one shard (etcd-1) -> the ratio rows
 #   ours-1-1loop      the same with --data-plane-threads=1: one event loop, as nghttpx runs here
 #                     (--workers=1); on this 2-core box the client and etcd share the cores too
@@ -46,6 +48,7 @@ for n in etcd-1 etcd-s1 etcd-s2 etcd-s3; do wait_ready "${ADDR[$n]}"; done
 
 start_grpc_proxy grpc-proxy "${ADDR[etcd-1]}"
 start_nghttpx nghttpx "${ADDR[etcd-1]}" --pid-file="$WORK/nghttpx.pid"
+start_nghttpx nghttpx-mt "${ADDR[etcd-1]}" --pid-file="$WORK/nghttpx-mt.pid" --workers="$(nproc)"
 
 write_config "$WORK/ours-1.yaml" "only,,,${ADDR[etcd-1]}"
 # The spanning row's 20 keys are span/00000000..span/00000019; the boundaries cut them 7/7/6.
@@ -53,10 +56,10 @@ write_config "$WORK/ours-3.yaml" "s1,,span/00000007,${ADDR[etcd-s1]}" \
   "s2,span/00000007,span/00000014,${ADDR[etcd-s2]}" "s3,span/00000014,,${ADDR[etcd-s3]}"
 for p in ours-1 ours-3; do start_ours "$p" "$WORK/$p.yaml"; done
 start_ours ours-1-1loop "$WORK/ours-1.yaml" --data-plane-threads=1
-for n in grpc-proxy nghttpx ours-1 ours-1-1loop ours-3; do wait_ready "${ADDR[$n]}"; done
+for n in grpc-proxy nghttpx nghttpx-mt ours-1 ours-1-1loop ours-3; do wait_ready "${ADDR[$n]}"; done
 
 sleep 1
-IDLE_RSS="ours-1=$(rss_kb "${PID[ours-1]}") ours-3=$(rss_kb "${PID[ours-3]}") grpc-proxy=$(rss_kb "${PID[grpc-proxy]}") nghttpx=$(rss_kb "${PID[nghttpx]}") etcd-1=$(rss_kb "${PID[etcd-1]}")"
+IDLE_RSS="ours-1=$(rss_kb "${PID[ours-1]}") ours-3=$(rss_kb "${PID[ours-3]}") grpc-proxy=$(rss_kb "${PID[grpc-proxy]}") nghttpx=$(rss_kb "${PID[nghttpx]}") nghttpx-mt=$(rss_kb "${PID[nghttpx-mt]}") etcd-1=$(rss_kb "${PID[etcd-1]}")"
 
 # Preload: every key once, so that get/range/txn can check values.
 "$BENCH" --endpoints "${ADDR[etcd-1]}" --mode preload --key-space "$KEY_SPACE" --value-size "$VALUE_SIZE" --json >/dev/null
@@ -86,13 +89,13 @@ timeout 20 "$BENCH" --endpoints "${ADDR[ours-1]}" --mode watch --key-prefix prob
 targets_for() {  # workload -> target names
   case $1 in
     span-range20) echo "direct ours-3" ;;
-    watch) [[ $OURS_WATCH == 1 ]] && echo "direct grpc-proxy nghttpx ours-1 ours-1-1loop" || echo "direct grpc-proxy nghttpx" ;;
-    lease-*) [[ $OURS_LEASE == 1 ]] && echo "direct grpc-proxy nghttpx ours-1 ours-1-1loop" || echo "direct grpc-proxy nghttpx" ;;
-    *) echo "direct grpc-proxy nghttpx ours-1 ours-1-1loop" ;;
+    watch) [[ $OURS_WATCH == 1 ]] && echo "direct grpc-proxy nghttpx nghttpx-mt ours-1 ours-1-1loop" || echo "direct grpc-proxy nghttpx" ;;
+    lease-*) [[ $OURS_LEASE == 1 ]] && echo "direct grpc-proxy nghttpx nghttpx-mt ours-1 ours-1-1loop" || echo "direct grpc-proxy nghttpx" ;;
+    *) echo "direct grpc-proxy nghttpx nghttpx-mt ours-1 ours-1-1loop" ;;
   esac
 }
 etcds_for() { [[ $1 == ours-3 ]] && echo "etcd-s1 etcd-s2 etcd-s3" || echo "etcd-1"; }
-proxy_for() { case $1 in grpc-proxy|nghttpx|ours-1|ours-1-1loop|ours-3) echo "$1" ;; *) echo "" ;; esac; }
+proxy_for() { case $1 in grpc-proxy|nghttpx|nghttpx-mt|ours-1|ours-1-1loop|ours-3) echo "$1" ;; *) echo "" ;; esac; }
 endpoint_for() { [[ $1 == direct ]] && echo "${ADDR[etcd-1]}" || echo "${ADDR[$1]}"; }
 
 RESULTS=$WORK/results.tsv
@@ -126,6 +129,7 @@ cmds=$WORK/commands.txt
   echo "etcd --name etcd-1 --data-dir /dev/shm/... --listen-client-urls http://127.0.0.1:PORT ... --log-level error --auto-compaction-mode revision --auto-compaction-retention 100000"
   echo "etcd grpc-proxy start --endpoints=127.0.0.1:ETCD1 --listen-addr=127.0.0.1:PORT"
   echo "nghttpx --frontend='127.0.0.1,PORT;no-tls' --backend='127.0.0.1,ETCD1PORT;;proto=h2' $NGHTTPX_FLAGS   # $(nghttpx --version | head -1)"
+  echo "nghttpx ... the same flags ... --workers=$(nproc)   # nghttpx-mt"
   echo "build/etcd-sharding-proxy --config ours-1.yaml --listen-addr 127.0.0.1:PORT --log-level warn   # one shard: etcd-1"
   echo "build/etcd-sharding-proxy --config ours-1.yaml --listen-addr 127.0.0.1:PORT --log-level warn --data-plane-threads=1   # ours-1-1loop"
   echo "build/etcd-sharding-proxy --config ours-3.yaml --listen-addr 127.0.0.1:PORT --log-level warn   # 3 shards split at span/00000007, span/00000014"
