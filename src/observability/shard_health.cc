@@ -8,6 +8,7 @@
 
 #include "etcdserverpb/rpc.pb.h"
 #include "upstream/every_shard.h"
+#include "upstream/typed_call.h"
 
 namespace esp {
 namespace {
@@ -18,14 +19,21 @@ constexpr const char* kStatus = "/etcdserverpb.Maintenance/Status";
 constexpr const char* kAlarm = "/etcdserverpb.Maintenance/Alarm";
 
 template <class Resp, class Req>
-std::future<std::vector<ShardAnswer<Resp>>> AskEveryShard(const std::shared_ptr<const Topology>& topology,
-                                                          const char* method, const CallContextPtr& ctx,
-                                                          const Req& request) {
-  auto promise = std::make_shared<std::promise<std::vector<ShardAnswer<Resp>>>>();
+std::future<ShardAnswer<Resp>> AskShard(ShardTransport& shard, const char* method, const CallContextPtr& ctx,
+                                        const Req& request) {
+  auto promise = std::make_shared<std::promise<ShardAnswer<Resp>>>();
   auto future = promise->get_future();
-  CallEveryShard<Resp>(topology, method, ctx, request,
-                       [promise](std::vector<ShardAnswer<Resp>> answers) { promise->set_value(std::move(answers)); });
+  CallShard<Resp>(shard, method, ctx, request, UnaryOptions{.idempotent = true},
+                  [promise](Status status, Resp response) {
+                    promise->set_value({std::move(status), std::move(response)});
+                  });
   return future;
+}
+
+// etcd's refusals of a caller without the right identity: the shard is up and answering.
+bool IsAuthRefusal(const Status& status) {
+  return status.code() == StatusCode::kPermissionDenied || status.code() == StatusCode::kUnauthenticated ||
+         status.message() == "etcdserver: user name is empty";
 }
 
 // Distinct alarm types, in etcd's names; one alarm per member would repeat them.
@@ -129,17 +137,37 @@ void ShardHealthMonitor::Run() {
   }
 }
 
+Metadata ShardHealthMonitor::ProbeMetadata(std::size_t shard, Clock::time_point deadline) const {
+  if (!credentials_.metadata) return {};
+  auto promise = std::make_shared<std::promise<Metadata>>();
+  auto future = promise->get_future();
+  credentials_.metadata(shard, [promise](Metadata metadata) { promise->set_value(std::move(metadata)); });
+  if (future.wait_until(deadline) != std::future_status::ready) return {};
+  return future.get();
+}
+
 void ShardHealthMonitor::ProbeOnce() {
   auto topology = topology_.Get();
   // A probe must not outlive its interval by much: a hung shard is an unhealthy shard.
-  auto ctx = std::make_shared<CallContext>(Clock::now() + std::max(interval_, std::chrono::milliseconds(1000)),
-                                           Metadata{});
+  const auto deadline = Clock::now() + std::max(interval_, std::chrono::milliseconds(1000));
   pb::AlarmRequest alarm_get;
   alarm_get.set_action(pb::AlarmRequest::GET);
-  auto statuses = AskEveryShard<pb::StatusResponse>(topology, kStatus, ctx, pb::StatusRequest{});
-  auto alarms = AskEveryShard<pb::AlarmResponse>(topology, kAlarm, ctx, alarm_get);
-  const auto status_answers = statuses.get();
-  const auto alarm_answers = alarms.get();
+  std::vector<std::future<ShardAnswer<pb::StatusResponse>>> status_futures;
+  std::vector<std::future<ShardAnswer<pb::AlarmResponse>>> alarm_futures;
+  for (std::size_t i = 0; i < topology->shards.size(); ++i) {
+    auto ctx = std::make_shared<CallContext>(deadline, ProbeMetadata(i, deadline));
+    status_futures.push_back(AskShard<pb::StatusResponse>(*topology->shards[i], kStatus, ctx, pb::StatusRequest{}));
+    alarm_futures.push_back(AskShard<pb::AlarmResponse>(*topology->shards[i], kAlarm, ctx, alarm_get));
+  }
+  std::vector<ShardAnswer<pb::StatusResponse>> status_answers;
+  std::vector<ShardAnswer<pb::AlarmResponse>> alarm_answers;
+  for (auto& f : status_futures) status_answers.push_back(f.get());
+  for (auto& f : alarm_futures) alarm_answers.push_back(f.get());
+  for (std::size_t i = 0; i < status_answers.size(); ++i) {
+    if (status_answers[i].status.message() == "etcdserver: invalid auth token" && credentials_.on_invalid_token) {
+      credentials_.on_invalid_token(i);  // expired: the next probe authenticates again
+    }
+  }
 
   std::vector<ShardState> snapshot;
   {
@@ -156,6 +184,17 @@ void ShardHealthMonitor::ProbeOnce() {
       s.probed = true;
       s.healthy = status.ok() && response.leader() != 0;
       s.error = !status.ok() ? status.message() : (response.leader() == 0 ? "no leader" : "");
+      const std::string old_note = s.note;
+      s.note.clear();
+      if (IsAuthRefusal(status)) {
+        // It answered, through its auth layer: up. Leader, revision and alarms stay unknown.
+        s.healthy = true;
+        s.note = fmt::format("refuses Status and Alarm to the probe ({}): configure `credentials` (a user with "
+                             "the root role) so that its leader, revision and alarms are checked",
+                             status.message());
+        s.error.clear();
+        if (old_note.empty()) spdlog::warn("{} {}", s.description, s.note);
+      }
       if (status.ok()) {
         s.leader = response.leader();
         s.revision = response.header().revision();
@@ -210,6 +249,7 @@ std::string ShardsJson(const std::vector<ShardState>& shards) {
                    {"endpoints", s.endpoints},
                    {"health", s.healthy},
                    {"error", s.error},
+                   {"note", s.note},
                    {"alarms", s.alarms},
                    // As a string: member ids use all 64 bits, beyond what JSON numbers carry exactly.
                    {"leader", std::to_string(s.leader)},

@@ -27,6 +27,9 @@ struct ShardState {
   bool probed = false;  // false until the first probe completed
   bool healthy = false;  // reachable, with a leader
   std::string error;     // why not healthy
+  // Healthy, but not checked in full: the shard answers yet refuses Status and Alarm to the
+  // probe's identity (etcd 3.5+ with auth on, and no `credentials` configured).
+  std::string note;
   std::vector<std::string> alarms;  // active alarm types ("NOSPACE", "CORRUPT"), from the last probe
   std::uint64_t leader = 0;
   std::uint64_t cluster_id = 0;  // from the last answer's header: two shards must be two clusters
@@ -58,8 +61,16 @@ class ShardHealthMonitor {
   ShardHealthMonitor(const TopologyHolder& topology, std::vector<std::vector<std::string>> endpoints,
                      Metrics& metrics, std::chrono::milliseconds interval = std::chrono::seconds(1));
   ~ShardHealthMonitor();
-  // Register listeners before Start.
+  // The proxy's own identity for the probes (config `credentials`): etcd 3.5+ with auth on
+  // refuses Status and Alarm without a token. `metadata(shard, then)` calls `then` with the
+  // shard's token (or nothing); `on_invalid_token(shard)` forgets a token the shard refused.
+  struct Credentials {
+    std::function<void(std::size_t shard, std::function<void(Metadata)> then)> metadata;
+    std::function<void(std::size_t shard)> on_invalid_token;
+  };
+  // Register listeners and credentials before Start.
   void OnServingChange(ServingListener listener) { listeners_.push_back(std::move(listener)); }
+  void SetCredentials(Credentials credentials) { credentials_ = std::move(credentials); }
   void Start();
   void Stop();
   std::vector<ShardState> Snapshot() const;
@@ -67,12 +78,16 @@ class ShardHealthMonitor {
  private:
   void Run();
   void ProbeOnce();
+  // The metadata a probe of `shard` carries: the proxy's token when credentials are set. Waits
+  // (probe thread only) at most until `deadline`.
+  Metadata ProbeMetadata(std::size_t shard, Clock::time_point deadline) const;
 
   const TopologyHolder& topology_;
   std::vector<std::vector<std::string>> endpoints_;
   Metrics& metrics_;
   std::chrono::milliseconds interval_;
   std::vector<ServingListener> listeners_;
+  Credentials credentials_;
   std::optional<bool> serving_;  // probe thread only
   mutable std::mutex mu_;
   std::condition_variable wake_;

@@ -134,6 +134,11 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
         tokens->WithMetadata(shard, std::move(then));
       },
       [tokens = auth_.internal_tokens()](std::size_t shard) { tokens->Forget(shard); });
+  health_->SetCredentials(
+      {.metadata = [tokens = auth_.internal_tokens()](std::size_t shard, std::function<void(Metadata)> then) {
+         tokens->WithMetadata(shard, std::move(then));
+       },
+       .on_invalid_token = [tokens = auth_.internal_tokens()](std::size_t shard) { tokens->Forget(shard); }});
   lease_repair_->SetCredentials(
       {.metadata = [tokens = auth_.internal_tokens()](std::size_t shard,
                                                       std::function<void(Metadata)> then) {

@@ -106,16 +106,27 @@ std::optional<std::int64_t> UpstreamWatchStream::AddWatcher(etcdserverpb::WatchC
 }
 
 bool UpstreamWatchStream::RemoveWatcher(std::int64_t id) {
-  const std::lock_guard lock(mu_);
-  if (watchers_.erase(id) == 0) return IdleLocked();
-  if (!IdleLocked()) {
-    // Others still use the stream: cancel just this watcher. When the stream goes idle the
-    // caller closes it instead, which frees everything on the shard at once.
-    etcdserverpb::WatchRequest cancel;
-    cancel.mutable_cancel_request()->set_watch_id(id);
-    Send(cancel);
+  std::deque<ProgressDone> orphaned;
+  bool idle = false;
+  {
+    const std::lock_guard lock(mu_);
+    if (watchers_.erase(id) == 0) return IdleLocked();
+    if (watchers_.empty()) {
+      // The watchers a pending progress answer would speak for are gone, and etcd 3.5+ never
+      // answers on a stream without watchers: give up on it rather than keep the stream open.
+      orphaned.swap(progress_waiters_);
+    }
+    idle = IdleLocked();
+    if (!idle) {
+      // Others still use the stream: cancel just this watcher. When the stream goes idle the
+      // caller closes it instead, which frees everything on the shard at once.
+      etcdserverpb::WatchRequest cancel;
+      cancel.mutable_cancel_request()->set_watch_id(id);
+      Send(cancel);
+    }
   }
-  return IdleLocked();
+  for (auto& waiter : orphaned) waiter(std::nullopt);
+  return idle;
 }
 
 bool UpstreamWatchStream::RequestProgress(ProgressDone done) {

@@ -161,18 +161,28 @@ void WatchStream::OnCancel(std::int64_t id) {
 }
 
 void WatchStream::OnProgress() {
-  // Which shards the stream's watches sit on, and which watches sit on each.
+  // Which shards the stream's watches sit on, and which watches sit on each. A create whose
+  // `created` has not gone out yet counts for where the request goes (it gets no answer itself):
+  // etcd 3.5+ answers only on an upstream stream that has watchers, all synced, so the request
+  // must follow the new watcher's create to its shard, as it follows it on a direct stream.
   std::map<std::size_t, std::vector<std::int64_t>> by_shard;
   {
     const std::lock_guard lock(mu_);
     for (const auto& [id, watch] : watches_) {
       for (const auto& piece : watch->pieces) by_shard[piece->shard].push_back(id);
     }
+    for (const auto& watch : create_order_) {
+      if (watch->done) continue;
+      for (const auto& piece : watch->pieces) by_shard.try_emplace(piece->shard);
+    }
   }
+  // No watch at all: nothing to answer for. etcd 3.5+ sends nothing on a stream without
+  // watchers; 3.4 answered with its own revision, which over several shards would mean nothing.
+  if (by_shard.empty()) return;
   std::weak_ptr<WatchStream> weak = weak_from_this();
-  if (by_shard.size() <= 1) {
+  if (by_shard.size() == 1) {
     // One shard: exactly etcd's answer, watch_id -1 with that shard's revision.
-    const std::size_t shard = by_shard.empty() ? 0 : by_shard.begin()->first;
+    const std::size_t shard = by_shard.begin()->first;
     hub_->Progress(topology_->shards[shard], ctx_->metadata(),
                    [weak, shard](std::optional<etcdserverpb::WatchResponse> response) {
                      auto self = weak.lock();
@@ -184,6 +194,7 @@ void WatchStream::OnProgress() {
   // Several shards: one -1 answer would carry a revision wrong for some watches; answer per
   // watch with its shard's revision instead.
   for (auto& [shard, ids] : by_shard) {
+    if (ids.empty()) continue;  // only creates still pending there: they get no answer
     hub_->Progress(topology_->shards[shard], ctx_->metadata(),
                    [weak, shard, ids = std::move(ids)](std::optional<etcdserverpb::WatchResponse> response) {
                      auto self = weak.lock();

@@ -511,5 +511,44 @@ TEST_F(AuthTest, PartlyDeniedSpanningDeleteDeletesNothing) {
   EXPECT_EQ(As(kRoot, "del yd").output, "1\n");
 }
 
+// etcd 3.5.x (3.5.30 here) with auth on refuses Maintenance.Status and Alarm without a token;
+// 3.4 answers them. The health probe uses the proxy's credentials where they are configured, and
+// a shard that answers the probe only with that refusal still counts as up, with a note.
+TEST_F(AuthTest, HealthProbeUsesTheProxysCredentialsAndCountsRefusalsAsUp) {
+  const auto shards_answer = [](int port) { return HttpGet(port, "/shards"); };
+  const auto count = [](const std::string& text, const std::string& what) {
+    std::size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  };
+  // With credentials: every shard up, its leader known, nothing noted.
+  ASSERT_TRUE(WaitFor([&] { return count(shards_answer(metrics_port_).body, "\"health\":true") == 3; }, 10s))
+      << shards_answer(metrics_port_).body;
+  const auto with = shards_answer(metrics_port_).body;
+  EXPECT_EQ(count(with, "\"leader\":\"0\""), 0u) << with;
+  EXPECT_EQ(count(with, "\"note\":\"\""), 3u) << with;
+  EXPECT_EQ(HttpGet(metrics_port_, "/readyz").code, 200);
+
+  // Without: up either way; on a shard that refuses the probe, the leader is unknown and the note
+  // says what to configure.
+  const int port = FreePort();
+  ProxyProcess bare(Specs(), {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(port)});
+  bare.Start();
+  ASSERT_TRUE(WaitFor([&] { return count(shards_answer(port).body, "\"health\":true") == 3; }, 10s))
+      << shards_answer(port).body << bare.process().Log();
+  const auto without = shards_answer(port).body;
+  const std::size_t noted = count(without, "configure `credentials`");
+  EXPECT_TRUE(noted == 0 || noted == 3) << without;
+  EXPECT_EQ(count(without, "\"leader\":\"0\""), noted) << without;
+  EXPECT_EQ(HttpGet(port, "/readyz").code, 200);
+  if (EtcdServerAtLeast(3, 5)) {
+    // Whether a 3.5 shard refuses depends on its patch release: it must be one or the other.
+    std::cout << "etcd " << EtcdServerVersion() << ": the probe without credentials was "
+              << (noted == 3 ? "refused" : "answered") << std::endl;
+  } else {
+    EXPECT_EQ(noted, 0u) << without;  // 3.4 answers Status without a token
+  }
+}
+
 }  // namespace
 }  // namespace esp::test

@@ -489,6 +489,25 @@ std::unique_ptr<grpc::ClientContext> Ctx(std::chrono::milliseconds timeout) {
   return ctx;
 }
 
+const std::string& EtcdServerVersion() {
+  static const std::string version = [] {
+    const std::string out = RunCommand("etcd --version").output;
+    const std::string marker = "etcd Version: ";
+    const auto at = out.find(marker);
+    if (at == std::string::npos) return std::string();
+    const auto start = at + marker.size();
+    return out.substr(start, out.find_first_of("\r\n", start) - start);
+  }();
+  return version;
+}
+
+bool EtcdServerAtLeast(int major, int minor) {
+  int have_major = 0;
+  int have_minor = 0;
+  if (std::sscanf(EtcdServerVersion().c_str(), "%d.%d", &have_major, &have_minor) != 2) return false;
+  return have_major > major || (have_major == major && have_minor >= minor);
+}
+
 CommandResult RunCommand(const std::string& command_line, std::chrono::seconds timeout) {
   const std::string full = "timeout " + std::to_string(timeout.count()) + " " + command_line + " 2>&1";
   CommandResult result;

@@ -186,6 +186,12 @@ CommandResult RunCommand(const std::string& command_line, std::chrono::seconds t
 // `etcdctl --endpoints <address> <args>` with ETCDCTL_API=3.
 CommandResult Etcdctl(const std::string& address, const std::string& args);
 
+// The version of the etcd server the fixtures start (`etcd --version` of the one on PATH, e.g.
+// "3.4.23"), for the few expectations where etcd's own answer changed between releases.
+const std::string& EtcdServerVersion();
+// Whether that etcd is at least major.minor.
+bool EtcdServerAtLeast(int major, int minor);
+
 // Polls `condition` until it holds or `timeout` passes.
 bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
              std::chrono::milliseconds interval = std::chrono::milliseconds(50));
