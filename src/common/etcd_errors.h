@@ -25,5 +25,13 @@ inline Status FutureRev() {
 inline Status LeaseNotFound() { return {StatusCode::kNotFound, "etcdserver: requested lease not found"}; }
 inline Status LeaseExists() { return {StatusCode::kFailedPrecondition, "etcdserver: lease already exists"}; }
 inline Status RequestTooLarge() { return {StatusCode::kInvalidArgument, "etcdserver: request is too large"}; }
+inline Status UserEmpty() { return {StatusCode::kInvalidArgument, "etcdserver: user name is empty"}; }
+
+// etcd refusing the caller's identity (no token, a token it does not know, or a user without the
+// permission): the shard is up and answered, unlike a transport error.
+inline bool IsAuthRefusal(const Status& status) {
+  return status.code() == StatusCode::kPermissionDenied || status.code() == StatusCode::kUnauthenticated ||
+         status.message() == UserEmpty().message();
+}
 
 }  // namespace esp::etcd_errors

@@ -32,10 +32,14 @@ constexpr std::chrono::milliseconds kShardTimeout(2000);
 bool IsNotFound(const Status& status) { return status.message() == etcd_errors::LeaseNotFound().message(); }
 
 // Undoes grants of a lease the client will be told it did not get.
-void RevokeQuietly(const Topology& topology, const std::vector<std::size_t>& shards, int64_t id) {
+// As the client that asked for the grant (etcd 3.5+ with auth on revokes only for an authenticated
+// user; a lease without keys needs nothing more).
+void RevokeQuietly(const Topology& topology, const std::vector<std::size_t>& shards, int64_t id,
+                   const Metadata& metadata) {
   LeaseRevokeRequest request;
   request.set_id(id);
-  CallShards<LeaseRevokeResponse>(topology, shards, methods::kLeaseRevoke, BackgroundContext(), request, kWrite,
+  auto ctx = std::make_shared<CallContext>(Clock::now() + std::chrono::seconds(5), metadata);
+  CallShards<LeaseRevokeResponse>(topology, shards, methods::kLeaseRevoke, ctx, request, kWrite,
                                   [id](std::vector<ShardOutcome<LeaseRevokeResponse>> outcomes) {
                                     for (const auto& o : outcomes) {
                                       if (!o.status.ok()) {
@@ -108,7 +112,7 @@ void LeaseService::GrantAttempt(CallContextPtr ctx, LeaseGrantRequest request, b
           }
         }
         if (etcd_error || granted.empty() || granted.size() < down.size()) {
-          RevokeQuietly(*topology, granted, request.id());
+          RevokeQuietly(*topology, granted, request.id(), ctx->metadata());
           // A shard that timed out may have granted all the same.
           for (std::size_t shard : down) pending_->AddRevoke(shard, request.id());
           if (etcd_error && proxy_chose_id && retries_left > 0 &&

@@ -148,18 +148,29 @@ void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void
     Settle(key, /*revoke=*/false, /*applied=*/true);
     return done(Outcome::kFailed);
   }
-  etcdserverpb::LeaseGrantRequest request;
-  request.set_id(key.second);
-  request.set_ttl(ttl);
-  CallShard<etcdserverpb::LeaseGrantResponse>(
-      *topology->shards[key.first], methods::kLeaseGrant, BackgroundContext(), request, {},
-      [self, key, ttl, done = std::move(done)](Status status, etcdserverpb::LeaseGrantResponse) {
-        // Already exists: an earlier attempt (or one whose answer was lost) got there first.
-        const bool applied = status.ok() || status.message() == etcd_errors::LeaseExists().message();
-        if (applied) spdlog::info("lease {:x}: granted on shard {} with the remaining TTL {} s", key.second, key.first, ttl);
-        self->Settle(key, /*revoke=*/false, applied);
-        done(ToOutcome(applied, status));
-      });
+  // With the proxy's credentials too: etcd 3.5+ with auth on grants only to an authenticated user.
+  auto grant = [self, topology, key, ttl, done = std::move(done)](Metadata metadata) mutable {
+    etcdserverpb::LeaseGrantRequest request;
+    request.set_id(key.second);
+    request.set_ttl(ttl);
+    auto ctx = std::make_shared<CallContext>(Clock::now() + std::chrono::seconds(5), std::move(metadata));
+    CallShard<etcdserverpb::LeaseGrantResponse>(
+        *topology->shards[key.first], methods::kLeaseGrant, ctx, request, {},
+        [self, key, ttl, done = std::move(done)](Status status, etcdserverpb::LeaseGrantResponse) {
+          if (status.code() == StatusCode::kUnauthenticated && self->on_invalid_token_) {
+            self->on_invalid_token_(key.first);
+          }
+          // Already exists: an earlier attempt (or one whose answer was lost) got there first.
+          const bool applied = status.ok() || status.message() == etcd_errors::LeaseExists().message();
+          if (applied) {
+            spdlog::info("lease {:x}: granted on shard {} with the remaining TTL {} s", key.second, key.first, ttl);
+          }
+          self->Settle(key, /*revoke=*/false, applied);
+          done(ToOutcome(applied, status));
+        });
+  };
+  if (!revoke_metadata_) return grant({});
+  revoke_metadata_(key.first, std::move(grant));
 }
 
 void PendingLeases::Settle(const Key& key, bool revoke, bool applied) {

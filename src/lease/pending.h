@@ -38,9 +38,9 @@ class PendingLeases final : public LeaseHook, public std::enable_shared_from_thi
 
   void OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leases, std::function<void(bool)> done) override;
 
-  // Where the metadata of the proxy's own revokes comes from (auth tokens: with auth on, a
-  // revoke needs the right to delete the lease's keys), and whom to tell when a shard refused
-  // the token. Unset: revokes carry no metadata.
+  // Where the metadata of the proxy's own revokes and grants comes from (auth tokens: with auth
+  // on, a revoke needs the right to delete the lease's keys, and etcd 3.5+ grants only to an
+  // authenticated user), and whom to tell when a shard refused the token. Unset: no metadata.
   using MetadataSource = std::function<void(std::size_t shard, std::function<void(Metadata)>)>;
   void SetRevokeCredentials(MetadataSource source, std::function<void(std::size_t shard)> on_invalid_token);
 

@@ -135,8 +135,9 @@ void LeaseRepair::Confirm(int64_t id, std::function<void(bool)> finish) {
   const auto topology = topology_.Get();
   LeaseTimeToLiveRequest request;
   request.set_id(id);
-  CallShards<LeaseTimeToLiveResponse>(
-      *topology, AllShards(*topology), methods::kLeaseTimeToLive, BackgroundContext(kRepairTimeout), request, kRead,
+  // As the proxy: etcd 3.5+ with auth on answers TimeToLive only to an authenticated user.
+  CallShardsAsProxy<LeaseTimeToLiveResponse>(
+      credentials_, topology, AllShards(*topology), methods::kLeaseTimeToLive, kRepairTimeout, request, kRead,
       [self = shared_from_this(), id, finish = std::move(finish)](
           std::vector<ShardOutcome<LeaseTimeToLiveResponse>> outcomes) mutable {
         const LeaseSplit split = SplitOf(id, outcomes);
@@ -177,8 +178,8 @@ void LeaseRepair::Probe(std::size_t shard, int64_t id, std::function<void(bool)>
   if (others.empty()) return done(false);
   LeaseTimeToLiveRequest request;
   request.set_id(id);
-  CallShards<LeaseTimeToLiveResponse>(
-      *topology, others, methods::kLeaseTimeToLive, BackgroundContext(kRepairTimeout), request, kRead,
+  CallShardsAsProxy<LeaseTimeToLiveResponse>(
+      credentials_, topology, others, methods::kLeaseTimeToLive, kRepairTimeout, request, kRead,
       [self = shared_from_this(), shard, id, done = std::move(done)](
           std::vector<ShardOutcome<LeaseTimeToLiveResponse>> outcomes) mutable {
         LeaseSplit split = SplitOf(id, outcomes);

@@ -1,5 +1,6 @@
 #include "lease/revoke_check.h"
 
+#include "common/etcd_errors.h"
 #include "common/methods.h"
 #include "lease/fanout.h"
 #include "upstream/scatter_gather.h"
@@ -30,6 +31,12 @@ void CheckRevokePermitted(const CallContextPtr& ctx, const std::shared_ptr<const
       [ctx, topology, done = std::move(done)](
           std::vector<ShardOutcome<etcdserverpb::LeaseTimeToLiveResponse>> outcomes) mutable {
         std::vector<std::pair<std::size_t, etcdserverpb::TxnRequest>> probes;
+        for (const auto& o : outcomes) {
+          // etcd 3.5+ lists a lease's keys only to a user who may read them all: one who may not
+          // is refused here (stricter than etcd for a user who may write the keys but not read
+          // them), never let through to a revoke that a shard might half perform.
+          if (etcd_errors::IsAuthRefusal(o.status)) return done(o.status);
+        }
         for (const auto& o : outcomes) {
           if (!o.status.ok() || o.response.keys().empty()) continue;  // down, not there, or no keys
           const std::vector<std::string> keys(o.response.keys().begin(), o.response.keys().end());

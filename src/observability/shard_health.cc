@@ -6,6 +6,7 @@
 #include <future>
 #include <nlohmann/json.hpp>
 
+#include "common/etcd_errors.h"
 #include "etcdserverpb/rpc.pb.h"
 #include "upstream/every_shard.h"
 #include "upstream/typed_call.h"
@@ -28,12 +29,6 @@ std::future<ShardAnswer<Resp>> AskShard(ShardTransport& shard, const char* metho
                     promise->set_value({std::move(status), std::move(response)});
                   });
   return future;
-}
-
-// etcd's refusals of a caller without the right identity: the shard is up and answering.
-bool IsAuthRefusal(const Status& status) {
-  return status.code() == StatusCode::kPermissionDenied || status.code() == StatusCode::kUnauthenticated ||
-         status.message() == "etcdserver: user name is empty";
 }
 
 // Distinct alarm types, in etcd's names; one alarm per member would repeat them.
@@ -186,7 +181,7 @@ void ShardHealthMonitor::ProbeOnce() {
       s.error = !status.ok() ? status.message() : (response.leader() == 0 ? "no leader" : "");
       const std::string old_note = s.note;
       s.note.clear();
-      if (IsAuthRefusal(status)) {
+      if (etcd_errors::IsAuthRefusal(status)) {
         // It answered, through its auth layer: up. Leader, revision and alarms stay unknown.
         s.healthy = true;
         s.note = fmt::format("refuses Status and Alarm to the probe ({}): configure `credentials` (a user with "
