@@ -89,9 +89,4 @@ inline CallContextPtr BoundedContext(const CallContextPtr& parent, std::chrono::
   return child;
 }
 
-// A context for calls the proxy makes on its own behalf (cleanup, deferred grants).
-inline CallContextPtr BackgroundContext(std::chrono::seconds timeout = std::chrono::seconds(5)) {
-  return std::make_shared<CallContext>(Clock::now() + timeout, Metadata{});
-}
-
 }  // namespace esp
