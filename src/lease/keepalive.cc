@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <set>
+#include <unordered_set>
 
 #include "common/methods.h"
+#include "transport/peer_identity.h"
 
 namespace esp {
 namespace {
@@ -13,27 +15,43 @@ namespace {
 using etcdserverpb::LeaseKeepAliveRequest;
 using etcdserverpb::LeaseKeepAliveResponse;
 
-// Feeds one shard's shared keep-alive stream back into the hub. Holds the hub weakly: the hub
-// owns the streams, and the streams own their observers.
+// Feeds one lane's shared keep-alive stream to one shard back into the hub. Holds the hub
+// weakly: the hub owns the streams, and the streams own their observers.
 class ShardObserver final : public UpstreamStreamObserver {
  public:
-  ShardObserver(std::weak_ptr<KeepAliveHub> hub, std::size_t shard, uint64_t generation)
-      : hub_(std::move(hub)), shard_(shard), generation_(generation) {}
+  ShardObserver(std::weak_ptr<KeepAliveHub> hub, uint64_t lane, std::size_t shard, uint64_t generation)
+      : hub_(std::move(hub)), lane_(lane), shard_(shard), generation_(generation) {}
 
   void OnMessage(std::string message) override {
     LeaseKeepAliveResponse response;
     if (!response.ParseFromString(message)) return;
-    if (auto hub = hub_.lock()) hub->OnShardAnswer(shard_, generation_, response);
+    if (auto hub = hub_.lock()) hub->OnShardAnswer(lane_, shard_, generation_, response);
   }
   void OnClose(Status status) override {
-    if (auto hub = hub_.lock()) hub->OnStreamClosed(shard_, generation_, status);
+    if (auto hub = hub_.lock()) hub->OnStreamClosed(lane_, shard_, generation_, status);
   }
 
  private:
   std::weak_ptr<KeepAliveHub> hub_;
+  uint64_t lane_;
   std::size_t shard_;
   uint64_t generation_;
 };
+
+// How etcd refuses a renewal for auth reasons (3.5: "etcdserver: user name is empty",
+// "etcdserver: permission denied", "etcdserver: invalid auth token", ...). Such a refusal is
+// etcd's answer to the client, not a shard being down.
+bool IsRefusal(const Status& status) {
+  switch (status.code()) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kPermissionDenied:
+    case StatusCode::kUnauthenticated:
+    case StatusCode::kFailedPrecondition:
+      return true;
+    default:
+      return false;
+  }
+}
 
 // The leases one client stream keeps alive, counted in the hub (KeptAliveLeaseCount). Shared with
 // the answer callbacks, which may outlive the stream's handler.
@@ -71,12 +89,13 @@ class TrackedLeases {
 };
 
 // One client's LeaseKeepAlive stream: each request is answered on its own, in completion order.
-// The client's metadata (a `token` included) is not used: the upstream streams are shared, and
-// etcd does not check permissions on renewals (docs/semantics.md, LeaseKeepAlive).
+// Its renewals go over the upstream streams of its identity's lane (docs/semantics.md,
+// LeaseKeepAlive, "Client identity").
 class ClientStream final : public StreamHandler {
  public:
-  ClientStream(std::weak_ptr<KeepAliveHub> hub, std::shared_ptr<StreamSink> sink)
-      : hub_(hub), sink_(std::move(sink)), tracked_(std::make_shared<TrackedLeases>(hub)) {}
+  ClientStream(std::weak_ptr<KeepAliveHub> hub, KeepAliveHub::Identity identity, std::shared_ptr<StreamSink> sink)
+      : hub_(hub), identity_(std::move(identity)), sink_(std::move(sink)),
+        tracked_(std::make_shared<TrackedLeases>(hub)) {}
 
   void OnMessage(std::string message) override {
     LeaseKeepAliveRequest request;
@@ -87,8 +106,10 @@ class ClientStream final : public StreamHandler {
     auto hub = hub_.lock();
     if (!hub) return sink_->Finish(Status(StatusCode::kUnavailable, "etcd-sharding-proxy: shutting down"));
     tracked_->Add(request.id());
-    hub->KeepAlive(request.id(), [sink = sink_, tracked = tracked_](Status status, LeaseKeepAliveResponse response) {
+    hub->KeepAlive(identity_, request.id(), [sink = sink_, tracked = tracked_](Status status,
+                                                                               LeaseKeepAliveResponse response) {
       // No shard answered: the client's library reconnects and retries, as with a dead etcd.
+      // A shard refused (auth): the stream ends with etcd's own error, as etcd ends it.
       if (!status.ok()) return sink->Finish(std::move(status));
       // Gone: clientv3 stops keeping it alive.
       if (response.ttl() <= 0) tracked->Remove(response.id());
@@ -103,6 +124,7 @@ class ClientStream final : public StreamHandler {
 
  private:
   std::weak_ptr<KeepAliveHub> hub_;
+  const KeepAliveHub::Identity identity_;
   std::shared_ptr<StreamSink> sink_;
   std::shared_ptr<TrackedLeases> tracked_;
 };
@@ -110,11 +132,32 @@ class ClientStream final : public StreamHandler {
 }  // namespace
 
 KeepAliveHub::KeepAliveHub(const TopologyHolder& topology, std::shared_ptr<PendingLeases> pending,
-                           std::chrono::milliseconds shard_timeout)
-    : topology_(topology), pending_(std::move(pending)), shard_timeout_(shard_timeout) {}
+                           std::chrono::milliseconds shard_timeout, std::chrono::milliseconds lane_idle)
+    : topology_(topology), pending_(std::move(pending)), shard_timeout_(shard_timeout), lane_idle_(lane_idle) {}
 
-std::shared_ptr<StreamHandler> KeepAliveHub::NewClientStream(CallContextPtr, std::shared_ptr<StreamSink> sink) {
-  return std::make_shared<ClientStream>(weak_from_this(), std::move(sink));
+// Only what decides who the client is on a shard: the token (translated per shard by the
+// transport) and the verified client-certificate name. Not `hasleader` or anything else, so
+// that clients differing only there share a lane.
+KeepAliveHub::Identity KeepAliveHub::IdentityOf(const Metadata& metadata) {
+  Identity identity;
+  for (const auto& [key, value] : metadata) {
+    if (key != "token" && key != kClientCertCnKey) continue;
+    identity.metadata.emplace_back(key, value);
+    // NUL cannot occur in metadata keys or values: the key is unambiguous.
+    identity.key.append(key).push_back('\0');
+    identity.key.append(value).push_back('\0');
+  }
+  return identity;
+}
+
+std::shared_ptr<StreamHandler> KeepAliveHub::NewClientStream(CallContextPtr ctx, std::shared_ptr<StreamSink> sink) {
+  return std::make_shared<ClientStream>(weak_from_this(), ctx ? IdentityOf(ctx->metadata()) : Identity{},
+                                        std::move(sink));
+}
+
+std::size_t KeepAliveHub::LaneCount() const {
+  const std::lock_guard lock(mu_);
+  return lanes_.size();
 }
 
 void KeepAliveHub::Track(int64_t id) {
@@ -133,18 +176,28 @@ std::size_t KeepAliveHub::KeptAliveLeaseCount() const {
   return kept_.size();
 }
 
-void KeepAliveHub::KeepAlive(int64_t id, Answer answer) {
+void KeepAliveHub::KeepAlive(const Identity& identity, int64_t id, Answer answer) {
   std::optional<uint64_t> serial;
+  RoundKey key{.lane = 0, .id = id};
   {
     const std::lock_guard lock(mu_);
-    LeaseState& state = leases_[id];
+    auto [it, added] = lanes_.try_emplace(identity.key);
+    Lane& lane = it->second;
+    if (added) {
+      lane.number = next_lane_++;
+      lane.metadata = identity.metadata;
+      lanes_by_number_.emplace(lane.number, &lane);
+    }
+    lane.used = true;
+    key.lane = lane.number;
+    LeaseState& state = leases_[key];
     state.next.push_back(std::move(answer));
-    if (!state.round) serial = BeginRoundLocked(id, state);
+    if (!state.round) serial = BeginRoundLocked(state);
   }
-  if (serial) SendRound(id, *serial);
+  if (serial) SendRound(key, *serial);
 }
 
-std::optional<uint64_t> KeepAliveHub::BeginRoundLocked(int64_t, LeaseState& state) {
+std::optional<uint64_t> KeepAliveHub::BeginRoundLocked(LeaseState& state) {
   if (state.next.empty()) return std::nullopt;
   const std::size_t n = topology_.Get()->shards.size();
   auto round = std::make_unique<Round>();
@@ -160,22 +213,22 @@ std::optional<uint64_t> KeepAliveHub::BeginRoundLocked(int64_t, LeaseState& stat
   return serial;
 }
 
-void KeepAliveHub::SendRound(int64_t id, uint64_t serial) {
+void KeepAliveHub::SendRound(RoundKey key, uint64_t serial) {
   LeaseKeepAliveRequest request;
-  request.set_id(id);
+  request.set_id(key.id);
   const std::string bytes = request.SerializeAsString();
   std::size_t n = 0;  // the round's own shard count, even if a new topology was published since
   {
     const std::lock_guard lock(mu_);
-    const auto it = leases_.find(id);
+    const auto it = leases_.find(key);
     if (it == leases_.end() || !it->second.round || it->second.round->serial != serial) return;
     n = std::min(it->second.round->settled.size(), topology_.Get()->shards.size());
   }
   for (std::size_t shard = 0; shard < n; ++shard) {
-    auto [stream, generation] = StreamFor(shard);
+    auto [stream, generation] = StreamFor(key.lane, shard);
     {
       const std::lock_guard lock(mu_);
-      const auto it = leases_.find(id);
+      const auto it = leases_.find(key);
       if (it == leases_.end() || !it->second.round || it->second.round->serial != serial) return;
       if (it->second.round->settled[shard]) continue;
       it->second.round->generation[shard] = generation;
@@ -188,75 +241,96 @@ void KeepAliveHub::SendRound(int64_t id, uint64_t serial) {
     std::vector<Completion> completions;
     {
       const std::lock_guard lock(mu_);
-      DropStreamLocked(shard, generation);
-      const auto it = leases_.find(id);
+      DropStreamLocked(key.lane, shard, generation);
+      const auto it = leases_.find(key);
       if (it != leases_.end() && it->second.round && it->second.round->serial == serial &&
           !it->second.round->settled[shard]) {
-        SettleLocked(id, shard, nullptr, completions);
+        SettleLocked(key, shard, nullptr, nullptr, completions);
       }
     }
     Deliver(std::move(completions));
   }
 }
 
-std::pair<std::shared_ptr<UpstreamStream>, uint64_t> KeepAliveHub::StreamFor(std::size_t shard) {
+std::pair<std::shared_ptr<UpstreamStream>, uint64_t> KeepAliveHub::StreamFor(uint64_t lane_number,
+                                                                              std::size_t shard) {
   const auto topology = topology_.Get();
+  Metadata metadata;
   {
     const std::lock_guard lock(mu_);
-    if (shut_down_) return {nullptr, 0};
-    if (streams_.size() < topology->shards.size()) streams_.resize(topology->shards.size());
-    if (streams_[shard].stream) return {streams_[shard].stream, streams_[shard].generation};
+    const auto it = lanes_by_number_.find(lane_number);
+    // A lane is retired only without rounds in flight, so a round's lane is there.
+    if (shut_down_ || it == lanes_by_number_.end()) return {nullptr, 0};
+    Lane& lane = *it->second;
+    if (lane.streams.size() < topology->shards.size()) lane.streams.resize(topology->shards.size());
+    if (lane.streams[shard].stream) return {lane.streams[shard].stream, lane.streams[shard].generation};
+    metadata = lane.metadata;
   }
   // Opened outside the lock: a failing stream may report its end from inside OpenStream.
   const uint64_t generation = next_generation_.fetch_add(1);
-  auto observer = std::make_shared<ShardObserver>(weak_from_this(), shard, generation);
-  // No client metadata: the stream is shared by all clients (see docs/semantics.md).
-  auto stream = topology->shards[shard]->OpenStream(methods::kLeaseKeepAlive, Metadata{}, std::move(observer));
+  auto observer = std::make_shared<ShardObserver>(weak_from_this(), lane_number, shard, generation);
+  // The lane's identity only: the stream is shared by the lane's clients (docs/semantics.md).
+  auto stream = topology->shards[shard]->OpenStream(methods::kLeaseKeepAlive, metadata, std::move(observer));
   std::shared_ptr<UpstreamStream> loser;
   std::pair<std::shared_ptr<UpstreamStream>, uint64_t> result{stream, generation};
   {
     const std::lock_guard lock(mu_);
-    if (streams_[shard].stream) {  // another request opened one meanwhile: use that
+    const auto it = lanes_by_number_.find(lane_number);
+    if (it == lanes_by_number_.end() || shut_down_) {
       loser = stream;
-      result = {streams_[shard].stream, streams_[shard].generation};
+      result = {nullptr, 0};
+    } else if (ShardStream& slot = it->second->streams[shard]; slot.stream) {
+      loser = stream;  // another request opened one meanwhile: use that
+      result = {slot.stream, slot.generation};
     } else {
-      streams_[shard] = ShardStream{stream, generation};
+      slot = ShardStream{stream, generation};
     }
   }
   if (loser) loser->Cancel();
   return result;
 }
 
-void KeepAliveHub::DropStreamLocked(std::size_t shard, uint64_t generation) {
-  if (shard < streams_.size() && streams_[shard].generation == generation) streams_[shard] = ShardStream{};
+void KeepAliveHub::DropStreamLocked(uint64_t lane_number, std::size_t shard, uint64_t generation) {
+  const auto it = lanes_by_number_.find(lane_number);
+  if (it == lanes_by_number_.end()) return;
+  auto& streams = it->second->streams;
+  if (shard < streams.size() && streams[shard].generation == generation) streams[shard] = ShardStream{};
 }
 
-void KeepAliveHub::OnShardAnswer(std::size_t shard, uint64_t generation, const LeaseKeepAliveResponse& response) {
+void KeepAliveHub::OnShardAnswer(uint64_t lane, std::size_t shard, uint64_t generation,
+                                 const LeaseKeepAliveResponse& response) {
   std::vector<Completion> completions;
   {
     const std::lock_guard lock(mu_);
-    const auto it = leases_.find(response.id());
+    const RoundKey key{.lane = lane, .id = response.id()};
+    const auto it = leases_.find(key);
     if (it == leases_.end() || !it->second.round) return;
     const Round& round = *it->second.round;
     if (shard >= round.settled.size() || round.settled[shard] || round.generation[shard] != generation) return;
-    SettleLocked(response.id(), shard, &response, completions);
+    SettleLocked(key, shard, &response, nullptr, completions);
   }
   Deliver(std::move(completions));
 }
 
-void KeepAliveHub::OnStreamClosed(std::size_t shard, uint64_t generation, const Status& status) {
+void KeepAliveHub::OnStreamClosed(uint64_t lane, std::size_t shard, uint64_t generation, const Status& status) {
+  // etcd ends a keep-alive stream on the first renewal it refuses. Every round of the lane still
+  // waiting on this stream gets that refusal, including one for another lease whose own renewal
+  // etcd never judged: within one client that is what etcd itself does (the whole stream ends),
+  // and the clients sharing a lane are the same identity.
+  const bool refused = IsRefusal(status);
   std::vector<Completion> completions;
   {
     const std::lock_guard lock(mu_);
-    DropStreamLocked(shard, generation);
-    std::vector<int64_t> affected;
-    for (const auto& [id, state] : leases_) {
+    DropStreamLocked(lane, shard, generation);
+    std::vector<RoundKey> affected;
+    for (const auto& [key, state] : leases_) {
       const Round* round = state.round.get();
-      if (round && shard < round->settled.size() && !round->settled[shard] && round->generation[shard] == generation) {
-        affected.push_back(id);
+      if (key.lane == lane && round && shard < round->settled.size() && !round->settled[shard] &&
+          round->generation[shard] == generation) {
+        affected.push_back(key);
       }
     }
-    for (int64_t id : affected) SettleLocked(id, shard, nullptr, completions);
+    for (const RoundKey& key : affected) SettleLocked(key, shard, nullptr, refused ? &status : nullptr, completions);
   }
   if (!status.ok()) spdlog::debug("keep-alive stream to shard {} ended: {}", shard, status.message());
   Deliver(std::move(completions));
@@ -267,27 +341,61 @@ void KeepAliveHub::Tick() {
   std::vector<std::shared_ptr<UpstreamStream>> stalled;
   {
     const std::lock_guard lock(mu_);
-    const auto deadline = std::chrono::steady_clock::now() - shard_timeout_;
-    std::vector<std::pair<int64_t, std::size_t>> late;
-    for (const auto& [id, state] : leases_) {
+    const auto now = std::chrono::steady_clock::now();
+    const auto deadline = now - shard_timeout_;
+    std::vector<std::pair<RoundKey, std::size_t>> late;
+    std::unordered_set<uint64_t> busy;  // lanes with rounds in flight
+    for (const auto& [key, state] : leases_) {
+      busy.insert(key.lane);
       const Round* round = state.round.get();
       if (!round || round->started > deadline) continue;
       for (std::size_t shard = 0; shard < round->settled.size(); ++shard) {
-        if (!round->settled[shard]) late.emplace_back(id, shard);
+        if (!round->settled[shard]) late.emplace_back(key, shard);
       }
     }
-    for (const auto& [id, shard] : late) {
+    for (const auto& [key, shard] : late) {
       // A stream that lets a request go unanswered this long is presumed hung: start afresh.
-      const uint64_t generation = leases_[id].round->generation[shard];
-      if (shard < streams_.size() && streams_[shard].stream && streams_[shard].generation == generation) {
-        stalled.push_back(streams_[shard].stream);
-        streams_[shard] = ShardStream{};
+      const uint64_t generation = leases_[key].round->generation[shard];
+      const auto lane = lanes_by_number_.find(key.lane);
+      if (lane != lanes_by_number_.end()) {
+        auto& streams = lane->second->streams;
+        if (shard < streams.size() && streams[shard].stream && streams[shard].generation == generation) {
+          stalled.push_back(streams[shard].stream);
+          streams[shard] = ShardStream{};
+        }
       }
-      SettleLocked(id, shard, nullptr, completions);
+      SettleLocked(key, shard, nullptr, nullptr, completions);
     }
+    RetireIdleLanesLocked(now, busy, stalled);
   }
   for (auto& stream : stalled) stream->Cancel();
   Deliver(std::move(completions));
+}
+
+// Tokens change (every Authenticate gives a new one), so lanes come and go: one unused for
+// `lane_idle_` and without rounds is dropped with its streams. The empty lane too; it comes back
+// on the next keep-alive.
+void KeepAliveHub::RetireIdleLanesLocked(std::chrono::steady_clock::time_point now,
+                                         const std::unordered_set<uint64_t>& busy,
+                                         std::vector<std::shared_ptr<UpstreamStream>>& streams) {
+  for (auto it = lanes_.begin(); it != lanes_.end();) {
+    Lane& lane = it->second;
+    if (lane.used || busy.contains(lane.number)) {
+      lane.used = false;
+      lane.idle_since = now;
+      ++it;
+      continue;
+    }
+    if (now - lane.idle_since < lane_idle_) {
+      ++it;
+      continue;
+    }
+    for (auto& s : lane.streams) {
+      if (s.stream) streams.push_back(std::move(s.stream));
+    }
+    lanes_by_number_.erase(lane.number);
+    it = lanes_.erase(it);
+  }
 }
 
 void KeepAliveHub::Shutdown() {
@@ -295,18 +403,23 @@ void KeepAliveHub::Shutdown() {
   {
     const std::lock_guard lock(mu_);
     shut_down_ = true;
-    streams.swap(streams_);
+    for (auto& [key, lane] : lanes_) {
+      for (auto& s : lane.streams) streams.push_back(std::move(s));
+      lane.streams.clear();
+    }
   }
   for (auto& s : streams) {
     if (s.stream) s.stream->Cancel();
   }
 }
 
-void KeepAliveHub::SettleLocked(int64_t id, std::size_t shard, const LeaseKeepAliveResponse* response,
-                                std::vector<Completion>& out) {
-  Round& round = *leases_[id].round;
+void KeepAliveHub::SettleLocked(RoundKey key, std::size_t shard, const LeaseKeepAliveResponse* response,
+                                const Status* refusal, std::vector<Completion>& out) {
+  Round& round = *leases_[key].round;
   round.settled[shard] = true;
   --round.remaining;
+  // The first refusal is the answer: etcd would have ended this client's stream with it.
+  if (refusal && !round.refusal) round.refusal = *refusal;
   if (response) {
     ++round.answered;
     if (!round.header) round.header = response->header();
@@ -315,15 +428,18 @@ void KeepAliveHub::SettleLocked(int64_t id, std::size_t shard, const LeaseKeepAl
     // gets the lease from PendingLeases; the lease lives on as long as any shard has it.
     if (response->ttl() > 0 && (round.min_ttl == 0 || response->ttl() < round.min_ttl)) round.min_ttl = response->ttl();
   }
-  if (round.remaining == 0) out.push_back(CompleteLocked(id));
+  if (round.remaining == 0) out.push_back(CompleteLocked(key));
 }
 
-KeepAliveHub::Completion KeepAliveHub::CompleteLocked(int64_t id) {
-  LeaseState& state = leases_[id];
+KeepAliveHub::Completion KeepAliveHub::CompleteLocked(RoundKey key) {
+  const int64_t id = key.id;
+  LeaseState& state = leases_[key];
   Completion done;
-  done.id = id;
+  done.key = key;
   done.waiters = std::move(state.round->waiters);
-  if (state.round->answered == 0) {
+  if (state.round->refusal) {
+    done.status = *state.round->refusal;
+  } else if (state.round->answered == 0) {
     done.status = Status(StatusCode::kUnavailable,
                          "etcd-sharding-proxy: no shard answered the keep-alive of lease " + std::to_string(id));
   } else {
@@ -342,17 +458,17 @@ KeepAliveHub::Completion KeepAliveHub::CompleteLocked(int64_t id) {
     }
   }
   state.round.reset();
-  done.next_serial = BeginRoundLocked(id, state);
-  if (!done.next_serial) leases_.erase(id);
+  done.next_serial = BeginRoundLocked(state);
+  if (!done.next_serial) leases_.erase(key);
   return done;
 }
 
 void KeepAliveHub::Deliver(std::vector<Completion> completions) {
   for (auto& done : completions) {
-    if (done.status.ok() && done.response.ttl() > 0) pending_->Touch(done.id);
+    if (done.status.ok() && done.response.ttl() > 0) pending_->Touch(done.key.id);
     if (done.split && on_split_) on_split_(*done.split);
     for (auto& waiter : done.waiters) waiter(done.status, done.response);
-    if (done.next_serial) SendRound(done.id, *done.next_serial);
+    if (done.next_serial) SendRound(done.key, *done.next_serial);
   }
 }
 

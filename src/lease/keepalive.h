@@ -1,11 +1,15 @@
 #pragma once
 // LeaseKeepAlive across shards. Every client stream's keep-alives go to every shard over the
-// proxy's shared upstream keep-alive streams (one per shard, opened on first use and reopened
-// after it broke). Per lease at most one upstream round is in flight: requests for that lease
-// arriving meanwhile (from any client) wait for the next round, which starts as soon as the
-// current one completes and answers all of them. Hence upstream traffic per lease is bounded
-// by the shards' round-trip time, not by the number of clients, and every answer reflects a
-// renewal that happened after its request arrived.
+// proxy's shared upstream keep-alive streams of the client's identity "lane" (one stream per
+// shard and lane, opened on first use and reopened after it broke). A lane is one client
+// identity as a shard sees it: the `token` and client-certificate entries of the metadata.
+// etcd 3.5 checks each renewal against the stream's identity, so clients of different
+// identities must not share a stream; without auth every client is in the one empty lane.
+// Per lane and lease at most one upstream round is in flight: requests arriving meanwhile (from
+// any client of the lane) wait for the next round, which starts as soon as the current one
+// completes and answers all of them. Hence upstream traffic per lease is bounded by the shards'
+// round-trip time times the lanes using it, not by the number of clients, and every answer
+// reflects a renewal that happened after its request arrived.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -13,7 +17,9 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "etcdserverpb/rpc.pb.h"
@@ -28,15 +34,28 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
  public:
   using Answer = std::function<void(Status, etcdserverpb::LeaseKeepAliveResponse)>;
 
-  // `shard_timeout`: how long a round waits for a shard before answering without it.
-  KeepAliveHub(const TopologyHolder& topology, std::shared_ptr<PendingLeases> pending,
-               std::chrono::milliseconds shard_timeout);
+  // Who a client is on the shards: the lane's key and the metadata its upstream streams carry.
+  // Empty for a client without token or certificate identity.
+  struct Identity {
+    std::string key;
+    Metadata metadata;
+  };
+  static Identity IdentityOf(const Metadata& metadata);
 
+  // `shard_timeout`: how long a round waits for a shard before answering without it.
+  // `lane_idle`: how long a lane without rounds stays (its streams open) after its last use.
+  KeepAliveHub(const TopologyHolder& topology, std::shared_ptr<PendingLeases> pending,
+               std::chrono::milliseconds shard_timeout,
+               std::chrono::milliseconds lane_idle = std::chrono::seconds(60));
+
+  // The client's identity lane comes from ctx->metadata() (none when ctx is null).
   std::shared_ptr<StreamHandler> NewClientStream(CallContextPtr ctx, std::shared_ptr<StreamSink> sink);
-  // Renews `id` on every shard; `answer` gets the merged response (TTL: smallest positive TTL
-  // of the shards, 0 when no shard has the lease) or an error when no shard answered.
-  void KeepAlive(int64_t id, Answer answer);
-  // Housekeeping: answers rounds without shards that did not answer in time.
+  // Renews `id` on every shard in `identity`'s lane; `answer` gets the merged response (TTL:
+  // smallest positive TTL of the shards, 0 when no shard has the lease), a shard's refusal
+  // (auth), or an error when no shard answered.
+  void KeepAlive(const Identity& identity, int64_t id, Answer answer);
+  void KeepAlive(int64_t id, Answer answer) { KeepAlive(Identity{}, id, std::move(answer)); }
+  // Housekeeping: answers rounds without shards that did not answer in time; retires idle lanes.
   void Tick();
   // Cancels the upstream streams.
   void Shutdown();
@@ -51,9 +70,13 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
   void Track(int64_t id);
   void Untrack(int64_t id);
 
+  // Lanes currently held (for tests and metrics).
+  std::size_t LaneCount() const;
+
   // Called by the upstream streams' observers.
-  void OnShardAnswer(std::size_t shard, uint64_t generation, const etcdserverpb::LeaseKeepAliveResponse& response);
-  void OnStreamClosed(std::size_t shard, uint64_t generation, const Status& status);
+  void OnShardAnswer(uint64_t lane, std::size_t shard, uint64_t generation,
+                     const etcdserverpb::LeaseKeepAliveResponse& response);
+  void OnStreamClosed(uint64_t lane, std::size_t shard, uint64_t generation, const Status& status);
 
   uint64_t upstream_writes() const { return upstream_writes_.load(); }
 
@@ -70,6 +93,7 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
     std::vector<std::size_t> holders;  // shards that answered with a positive TTL
     std::vector<std::size_t> lacking;  // shards that answered TTL 0 (no such lease)
     std::optional<etcdserverpb::ResponseHeader> header;
+    std::optional<Status> refusal;  // a shard's auth refusal: the round's answer, whatever others said
   };
   struct LeaseState {
     std::unique_ptr<Round> round;
@@ -79,9 +103,26 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
     std::shared_ptr<UpstreamStream> stream;
     uint64_t generation = 0;
   };
+  struct Lane {
+    uint64_t number = 0;
+    Metadata metadata;  // what its upstream streams are opened with
+    std::vector<ShardStream> streams;
+    bool used = true;  // since the last Tick
+    std::chrono::steady_clock::time_point idle_since;
+  };
+  struct RoundKey {
+    uint64_t lane = 0;
+    int64_t id = 0;
+    bool operator==(const RoundKey&) const = default;
+  };
+  struct RoundKeyHash {
+    std::size_t operator()(const RoundKey& key) const {
+      return std::hash<int64_t>{}(key.id) ^ (std::hash<uint64_t>{}(key.lane) * 0x9e3779b97f4a7c15ULL);
+    }
+  };
   // A completed round, answered outside the lock.
   struct Completion {
-    int64_t id = 0;
+    RoundKey key;
     std::vector<Answer> waiters;
     Status status;
     etcdserverpb::LeaseKeepAliveResponse response;
@@ -89,25 +130,31 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
     std::optional<LeaseSplit> split;      // the shards disagree on whether the lease exists
   };
 
-  std::optional<uint64_t> BeginRoundLocked(int64_t id, LeaseState& state);
-  void SendRound(int64_t id, uint64_t serial);
-  std::pair<std::shared_ptr<UpstreamStream>, uint64_t> StreamFor(std::size_t shard);
-  void DropStreamLocked(std::size_t shard, uint64_t generation);
-  // Marks `shard` done for the round of `id`; appends to `out` when that completes the round.
-  void SettleLocked(int64_t id, std::size_t shard, const etcdserverpb::LeaseKeepAliveResponse* response,
-                    std::vector<Completion>& out);
-  Completion CompleteLocked(int64_t id);
+  std::optional<uint64_t> BeginRoundLocked(LeaseState& state);
+  void SendRound(RoundKey key, uint64_t serial);
+  std::pair<std::shared_ptr<UpstreamStream>, uint64_t> StreamFor(uint64_t lane, std::size_t shard);
+  void DropStreamLocked(uint64_t lane, std::size_t shard, uint64_t generation);
+  // Marks `shard` done for the round of `key`: with its answer, with its refusal, or (both null)
+  // as down; appends to `out` when that completes the round.
+  void SettleLocked(RoundKey key, std::size_t shard, const etcdserverpb::LeaseKeepAliveResponse* response,
+                    const Status* refusal, std::vector<Completion>& out);
+  Completion CompleteLocked(RoundKey key);
+  void RetireIdleLanesLocked(std::chrono::steady_clock::time_point now, const std::unordered_set<uint64_t>& busy,
+                             std::vector<std::shared_ptr<UpstreamStream>>& streams);
   void Deliver(std::vector<Completion> completions);
 
   const TopologyHolder& topology_;
   std::shared_ptr<PendingLeases> pending_;
   const std::chrono::milliseconds shard_timeout_;
+  const std::chrono::milliseconds lane_idle_;
   std::atomic<uint64_t> next_generation_{1};
   std::atomic<uint64_t> upstream_writes_{0};
-  std::mutex mu_;  // never held while calling into a transport: its callbacks may run inline
+  mutable std::mutex mu_;  // never held while calling into a transport: its callbacks may run inline
   uint64_t next_serial_ = 1;
-  std::unordered_map<int64_t, LeaseState> leases_;
-  std::vector<ShardStream> streams_;
+  uint64_t next_lane_ = 1;
+  std::unordered_map<RoundKey, LeaseState, RoundKeyHash> leases_;
+  std::unordered_map<std::string, Lane> lanes_;          // by Identity::key
+  std::unordered_map<uint64_t, Lane*> lanes_by_number_;  // nodes of lanes_ (stable addresses)
   bool shut_down_ = false;
   std::function<void(const LeaseSplit&)> on_split_;  // set before serving
   mutable std::mutex kept_mu_;

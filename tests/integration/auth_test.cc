@@ -550,5 +550,124 @@ TEST_F(AuthTest, HealthProbeUsesTheProxysCredentialsAndCountsRefusalsAsUp) {
   }
 }
 
+// One LeaseKeepAlive stream through `address` as the holder of `token`.
+class KeepAliveStream {
+ public:
+  KeepAliveStream(const std::string& address, const std::string& token)
+      : stub_(etcdserverpb::Lease::NewStub(Connect(address))),
+        ctx_(TokenCtx(token)),
+        stream_(stub_->LeaseKeepAlive(ctx_.get())) {}
+  struct Result {
+    grpc::Status status;  // the stream's end when there was no answer
+    int64_t ttl = -1;
+  };
+  Result Renew(int64_t id) {
+    etcdserverpb::LeaseKeepAliveRequest request;
+    request.set_id(id);
+    etcdserverpb::LeaseKeepAliveResponse response;
+    if (stream_->Write(request) && stream_->Read(&response)) return {grpc::Status::OK, response.ttl()};
+    return {stream_->Finish(), -1};
+  }
+  void Cancel() { ctx_->TryCancel(); }
+
+ private:
+  std::unique_ptr<etcdserverpb::Lease::Stub> stub_;
+  std::unique_ptr<grpc::ClientContext> ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<etcdserverpb::LeaseKeepAliveRequest, etcdserverpb::LeaseKeepAliveResponse>>
+      stream_;
+};
+
+// etcd 3.5 checks a renewal against the keep-alive stream's identity (a token; write permission
+// on the lease's keys); 3.4.23 checks nothing. Read from the shards themselves.
+bool ShardsCheckRenewals(const std::string& shard_address) {
+  const auto root = Authenticate(shard_address, "root", "rootpw");
+  EXPECT_TRUE(root.status.ok()) << root.status.error_message();
+  auto stub = etcdserverpb::Maintenance::NewStub(Connect(shard_address));
+  etcdserverpb::StatusResponse status;
+  auto ctx = TokenCtx(root.token);
+  EXPECT_TRUE(stub->Status(ctx.get(), {}, &status).ok());
+  int major = 0;
+  int minor = 0;
+  EXPECT_EQ(std::sscanf(status.version().c_str(), "%d.%d", &major, &minor), 2) << status.version();
+  return major > 3 || (major == 3 && minor >= 5);
+}
+
+int64_t LeaseId(const std::string& hex) { return static_cast<int64_t>(std::stoull(hex, nullptr, 16)); }
+
+// A lease of 2 s with a key on every shard outlives its TTL only through root's renewals through
+// the proxy, which must reach every shard (the proxy's keep-alive streams carry root's token).
+TEST_F(AuthTest, RootsKeepAliveRenewsTheLeaseOnEveryShard) {
+  const std::string lease = GrantLease(Proxy(), 2);
+  ASSERT_FALSE(lease.empty());
+  for (const char* key : {"bka", "jka", "xka"}) ASSERT_EQ(As(kRoot, std::string("put ") + key + " 1 --lease=" + lease).output, "OK\n");
+  const auto root = Authenticate(Proxy(), "root", "rootpw");
+  ASSERT_TRUE(root.status.ok());
+  KeepAliveStream stream(Proxy(), root.token);
+  const auto until = std::chrono::steady_clock::now() + 4s;
+  while (std::chrono::steady_clock::now() < until) {
+    const auto renewed = stream.Renew(LeaseId(lease));
+    ASSERT_TRUE(renewed.status.ok()) << renewed.status.error_message();
+    ASSERT_EQ(renewed.ttl, 2);
+    std::this_thread::sleep_for(400ms);  // the pace of a client renewing every TTL/5
+  }
+  for (std::size_t i = 0; i < 3; ++i) {
+    const auto ttl = As(kRoot, "lease timetolive " + lease, ShardAddress(i)).output;
+    EXPECT_NE(ttl.find("remaining("), std::string::npos) << "shard " << i << ": " << ttl;
+  }
+  EXPECT_EQ(As(kRoot, "get xka").output, "xka\n1\n");
+  EXPECT_EQ(As(kRoot, "lease revoke " + lease).output, "lease " + lease + " revoked\n");
+}
+
+// alice may not write shard 2's key of the lease: etcd 3.5 refuses her renewal there and ends
+// her stream with `permission denied`, which the proxy passes on (other shards' answers do not
+// outweigh it). Her refusal does not touch root's renewals of the same lease: two root tokens
+// keep it alive on streams of their own, before and after her refusal and after one of them
+// leaves. On etcd 3.4, which checks nothing, her renewal works.
+TEST_F(AuthTest, RenewalsOfOneLeaseByDifferentIdentitiesAreIndependent) {
+  const bool checked = ShardsCheckRenewals(ShardAddress(0));
+  const std::string lease = GrantLease(Proxy(), 30);
+  ASSERT_FALSE(lease.empty());
+  const int64_t id = LeaseId(lease);
+  ASSERT_EQ(As(kRoot, "put xkb 1 --lease=" + lease).output, "OK\n");
+  const auto first = Authenticate(Proxy(), "root", "rootpw");
+  const auto second = Authenticate(Proxy(), "root", "rootpw");
+  const auto alice = Authenticate(Proxy(), "alice", "alicepw");
+  ASSERT_TRUE(first.status.ok() && second.status.ok() && alice.status.ok());
+  ASSERT_NE(first.token, second.token);
+  KeepAliveStream a(Proxy(), first.token);
+  KeepAliveStream b(Proxy(), second.token);
+  KeepAliveStream denied(Proxy(), alice.token);
+  EXPECT_EQ(a.Renew(id).ttl, 30);
+  const auto refused = denied.Renew(id);
+  if (checked) {
+    EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << refused.ttl;
+    EXPECT_EQ(refused.status.error_message(), "etcdserver: permission denied");
+  } else {
+    EXPECT_TRUE(refused.status.ok()) << refused.status.error_message();
+    EXPECT_EQ(refused.ttl, 30);
+  }
+  EXPECT_EQ(a.Renew(id).ttl, 30);
+  EXPECT_EQ(b.Renew(id).ttl, 30);
+  a.Cancel();
+  EXPECT_EQ(b.Renew(id).ttl, 30);
+  // A client without a token: etcd 3.5 says who is missing.
+  auto stub = etcdserverpb::Lease::NewStub(Connect(Proxy()));
+  auto ctx = Ctx();
+  auto anonymous = stub->LeaseKeepAlive(ctx.get());
+  etcdserverpb::LeaseKeepAliveRequest request;
+  request.set_id(id);
+  etcdserverpb::LeaseKeepAliveResponse response;
+  const bool answered = anonymous->Write(request) && anonymous->Read(&response);
+  EXPECT_EQ(answered, !checked);
+  if (checked) {
+    const auto status = anonymous->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(status.error_message(), "etcdserver: user name is empty");
+  } else {
+    ctx->TryCancel();
+  }
+  EXPECT_EQ(As(kRoot, "lease revoke " + lease).output, "lease " + lease + " revoked\n");
+}
+
 }  // namespace
 }  // namespace esp::test

@@ -34,6 +34,7 @@ class FakeStream final : public UpstreamStream {
     observer_->OnClose(std::move(status));
   }
   const std::vector<int64_t>& writes() const { return writes_; }
+  bool ended() const { return ended_; }
 
  private:
   std::shared_ptr<UpstreamStreamObserver> observer_;
@@ -47,13 +48,15 @@ class FakeShard final : public ShardTransport {
   void Unary(const std::string&, const CallContextPtr&, std::string, UnaryOptions, UnaryDone done) override {
     done(Status(StatusCode::kUnavailable, "fake"), {});
   }
-  std::shared_ptr<UpstreamStream> OpenStream(const std::string&, const Metadata&,
+  std::shared_ptr<UpstreamStream> OpenStream(const std::string&, const Metadata& metadata,
                                              std::shared_ptr<UpstreamStreamObserver> observer) override {
     streams.push_back(std::make_shared<FakeStream>(std::move(observer)));
+    opened_with.push_back(metadata);
     return streams.back();
   }
   FakeStream& last() { return *streams.back(); }
   std::vector<std::shared_ptr<FakeStream>> streams;
+  std::vector<Metadata> opened_with;  // per stream
 
  private:
   std::string description_ = "fake";
@@ -250,6 +253,98 @@ TEST_F(KeepAliveHubTest, CountsTheLeasesOpenStreamsKeepAlive) {
   EXPECT_EQ(hub_->KeptAliveLeaseCount(), 1u);  // b still keeps lease 2 alive
   b->OnClose();
   EXPECT_EQ(hub_->KeptAliveLeaseCount(), 0u);
+}
+
+KeepAliveHub::Identity WithToken(const std::string& token) {
+  return KeepAliveHub::IdentityOf({{"token", token}});
+}
+
+TEST(KeepAliveIdentityTest, OnlyTokenAndCertificateIdentityMakeTheLane) {
+  EXPECT_TRUE(KeepAliveHub::IdentityOf({{"hasleader", "true"}}).key.empty());
+  EXPECT_TRUE(KeepAliveHub::IdentityOf({{"hasleader", "true"}}).metadata.empty());
+  const auto both = KeepAliveHub::IdentityOf({{"hasleader", "true"}, {"token", "t"}, {"esp-client-cert-cn", "c"}});
+  EXPECT_EQ(both.metadata, (Metadata{{"token", "t"}, {"esp-client-cert-cn", "c"}}));
+  EXPECT_NE(both.key, KeepAliveHub::IdentityOf({{"token", "t"}}).key);
+  EXPECT_NE(KeepAliveHub::IdentityOf({{"token", "a"}}).key, KeepAliveHub::IdentityOf({{"token", "b"}}).key);
+}
+
+TEST_F(KeepAliveHubTest, EachIdentityRenewsOverStreamsOfItsOwn) {
+  Got a, b, none;
+  hub_->KeepAlive(WithToken("ta"), 7, Record(a));
+  hub_->KeepAlive(WithToken("tb"), 7, Record(b));
+  hub_->KeepAlive(7, Record(none));
+  EXPECT_EQ(hub_->LaneCount(), 3u);
+  for (auto& shard : shards_) {
+    ASSERT_EQ(shard->streams.size(), 3u);
+    EXPECT_EQ(shard->opened_with[0], (Metadata{{"token", "ta"}}));
+    EXPECT_EQ(shard->opened_with[1], (Metadata{{"token", "tb"}}));
+    EXPECT_EQ(shard->opened_with[2], Metadata{});
+    for (auto& stream : shard->streams) EXPECT_EQ(stream->writes(), std::vector<int64_t>{7});  // a round per lane
+  }
+  for (auto& shard : shards_) shard->streams[1]->Answer(7, 5);
+  EXPECT_EQ(b.calls, 1);
+  EXPECT_EQ(b.ttl, 5);
+  EXPECT_EQ(a.calls, 0);  // its round is its own
+  // Clients of one identity share the lane's streams and rounds.
+  auto sink = std::make_shared<FakeSink>();
+  auto client = hub_->NewClientStream(
+      std::make_shared<CallContext>(std::nullopt, Metadata{{"token", "tb"}, {"hasleader", "true"}}), sink);
+  LeaseKeepAliveRequest request;
+  request.set_id(7);
+  client->OnMessage(request.SerializeAsString());
+  EXPECT_EQ(hub_->LaneCount(), 3u);
+  for (auto& shard : shards_) EXPECT_EQ(shard->streams[1]->writes(), (std::vector<int64_t>{7, 7}));
+}
+
+TEST_F(KeepAliveHubTest, RefusalEndsEveryRoundWaitingOnTheStreamWithEtcdsError) {
+  Got seven, eight, other;
+  hub_->KeepAlive(WithToken("alice"), 7, Record(seven));
+  hub_->KeepAlive(WithToken("alice"), 8, Record(eight));
+  hub_->KeepAlive(WithToken("root"), 7, Record(other));
+  shards_[0]->streams[0]->Answer(7, 10);
+  shards_[0]->streams[0]->Answer(8, 10);
+  shards_[1]->streams[0]->End(Status(StatusCode::kPermissionDenied, "etcdserver: permission denied"));
+  for (Got* got : {&seven, &eight}) {
+    EXPECT_EQ(got->calls, 1);
+    EXPECT_EQ(got->status.code(), StatusCode::kPermissionDenied);
+    EXPECT_EQ(got->status.message(), "etcdserver: permission denied");
+  }
+  EXPECT_EQ(other.calls, 0);  // another identity's stream is untouched
+  EXPECT_FALSE(shards_[1]->streams[1]->ended());
+  // The refusal wins over answers that come later, too.
+  Got later;
+  hub_->KeepAlive(WithToken("alice"), 7, Record(later));
+  shards_[1]->last().End(Status(StatusCode::kInvalidArgument, "etcdserver: user name is empty"));
+  shards_[0]->streams[0]->Answer(7, 10);
+  EXPECT_EQ(later.calls, 1);
+  EXPECT_EQ(later.status.message(), "etcdserver: user name is empty");
+}
+
+TEST(KeepAliveLaneTest, IdleLanesRetireWithTheirStreams) {
+  auto shard = std::make_shared<FakeShard>();
+  TopologyHolder topology(std::make_shared<const Topology>(Topology{ShardMap({{"s0", "", ""}}), {shard}}));
+  auto hub = std::make_shared<KeepAliveHub>(topology, std::make_shared<PendingLeases>(topology), std::chrono::hours(1),
+                                            std::chrono::milliseconds(0));
+  int answers = 0;
+  const auto count = [&](Status, LeaseKeepAliveResponse) { ++answers; };
+  hub->KeepAlive(WithToken("old"), 7, count);
+  shard->last().Answer(7, 5);
+  hub->KeepAlive(WithToken("busy"), 7, count);  // stays in flight
+  hub->Tick();  // both were used since the last tick
+  hub->Tick();
+  EXPECT_EQ(hub->LaneCount(), 1u);
+  EXPECT_TRUE(shard->streams[0]->ended());
+  EXPECT_FALSE(shard->streams[1]->ended());
+  shard->streams[1]->Answer(7, 5);
+  EXPECT_EQ(answers, 2);
+  hub->Tick();
+  EXPECT_EQ(hub->LaneCount(), 0u);
+  EXPECT_TRUE(shard->streams[1]->ended());
+  // A retired identity comes back on demand with a new stream.
+  hub->KeepAlive(WithToken("old"), 7, count);
+  EXPECT_EQ(shard->streams.size(), 3u);
+  EXPECT_EQ(shard->last().writes(), std::vector<int64_t>{7});
+  EXPECT_EQ(hub->LaneCount(), 1u);
 }
 
 }  // namespace
