@@ -414,9 +414,13 @@ TEST_F(AuthTest, LeaseRepairsUseTheProxysCredentials) {
   As(kRoot, "lease keep-alive --once " + revoked, Second());
   EXPECT_TRUE(WaitFor([] { return As(kRoot, "get jr", ShardAddress(1)).output.empty(); }, 10s, 200ms))
       << second_->process().Log();
-  EXPECT_NE(second_->process().Log().find("\"shard-1\" [\"i\", \"s\"): the proxy's own token was refused"),
-            std::string::npos)
-      << second_->process().Log();
+  if (!EtcdServerAtLeast(3, 5)) {
+    // etcd 3.5+ checks the token of the health probe's Status every second, which keeps it from
+    // expiring; 3.4 never reads it there, so it expired and the repair authenticated again.
+    EXPECT_NE(second_->process().Log().find("\"shard-1\" [\"i\", \"s\"): the proxy's own token was refused"),
+              std::string::npos)
+        << second_->process().Log();
+  }
   EXPECT_EQ(As(kRoot, "lease revoke " + granted, Second()).output, "lease " + granted + " revoked\n");
   EXPECT_EQ(As(kRoot, "get bg").output, "");
   EXPECT_EQ(As(kRoot, "get jg").output, "");
