@@ -203,6 +203,9 @@ void Proxy::RegisterGauges() {
   metrics_.AddSampledGauge("etcd_proxy_leases_kept_alive",
                            "Distinct leases that open client LeaseKeepAlive streams have renewed",
                            [hub = keepalive_] { return static_cast<double>(hub->KeptAliveLeaseCount()); });
+  metrics_.AddSampledGauge("etcd_proxy_keepalive_lanes",
+                           "Client identities with their own upstream LeaseKeepAlive streams (one without auth)",
+                           [hub = keepalive_] { return static_cast<double>(hub->LaneCount()); });
 }
 
 void Proxy::RegisterHttpEndpoints() {
