@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "support/fixtures.h"
+#include "support/watch_client.h"
 
 namespace esp::test {
 namespace {
@@ -226,38 +227,30 @@ TEST_F(AuthTest, ExpiredShardTokenIsAnInvalidAuthTokenAndReauthWorks) {
 TEST_F(AuthTest, WatchAndLeaseWithAuthOn) {
   const auto auth = Authenticate(Proxy(), "alice", "alicepw");
   ASSERT_TRUE(auth.status.ok());
-  auto stub = etcdserverpb::Watch::NewStub(Connect(Proxy()));
-  auto ctx = TokenCtx(auth.token);
-  auto stream = stub->Watch(ctx.get());
-  const auto create = [&](const std::string& key, const std::string& end) {
-    etcdserverpb::WatchRequest request;
-    request.mutable_create_request()->set_key(key);
-    request.mutable_create_request()->set_range_end(end);
-    ASSERT_TRUE(stream->Write(request));
-  };
-  etcdserverpb::WatchResponse response;
-  create("a", "k");  // permitted, spans shards 0 and 1
-  ASSERT_TRUE(stream->Read(&response));
-  EXPECT_TRUE(response.created());
-  EXPECT_FALSE(response.canceled()) << response.cancel_reason();
-  const auto allowed_id = response.watch_id();
-  create("x", "");  // shard 2: denied
-  ASSERT_TRUE(stream->Read(&response));
-  EXPECT_TRUE(response.canceled());
-  EXPECT_NE(response.cancel_reason().find("etcdserver: permission denied"), std::string::npos)
-      << response.cancel_reason();
-  create("a", "z");  // spans shards 0 to 2; denied on shard 2, so denied
-  ASSERT_TRUE(stream->Read(&response));
-  EXPECT_TRUE(response.created());
-  EXPECT_TRUE(response.canceled());
-  EXPECT_NE(response.cancel_reason().find("etcdserver: permission denied"), std::string::npos)
-      << response.cancel_reason();
-  ASSERT_EQ(As(kRoot, "put j 5").output, "OK\n");
-  ASSERT_TRUE(stream->Read(&response));
-  EXPECT_EQ(response.watch_id(), allowed_id);
-  ASSERT_EQ(response.events_size(), 1);
-  EXPECT_EQ(response.events(0).kv().key(), "j");
-  ctx->TryCancel();
+  {
+    WatchClient watch(Proxy(), auth.token);
+    watch.Create("a", "k");  // permitted, spans shards 0 and 1
+    WatchResponse response = watch.Expect();
+    EXPECT_TRUE(response.created());
+    EXPECT_FALSE(response.canceled()) << response.cancel_reason();
+    const auto allowed_id = response.watch_id();
+    watch.Create("x", "");  // shard 2: denied
+    response = watch.Expect();
+    EXPECT_TRUE(response.canceled());
+    EXPECT_NE(response.cancel_reason().find("etcdserver: permission denied"), std::string::npos)
+        << response.cancel_reason();
+    watch.Create("a", "z");  // spans shards 0 to 2; denied on shard 2, so denied
+    response = watch.Expect();
+    EXPECT_TRUE(response.created());
+    EXPECT_TRUE(response.canceled());
+    EXPECT_NE(response.cancel_reason().find("etcdserver: permission denied"), std::string::npos)
+        << response.cancel_reason();
+    ASSERT_EQ(As(kRoot, "put j 5").output, "OK\n");
+    response = watch.Expect();
+    EXPECT_EQ(response.watch_id(), allowed_id);
+    ASSERT_EQ(response.events_size(), 1);
+    EXPECT_EQ(response.events(0).kv().key(), "j");
+  }
 
   // Leases: grant, attach on two shards, keep alive (the proxy's keep-alive hub), revoke.
   const auto grant = As(kRoot, "lease grant 30");

@@ -14,6 +14,7 @@
 
 #include "auth/cert_identity.h"
 #include "support/fixtures.h"
+#include "support/watch_client.h"
 #include "transport/peer_identity.h"
 #include "upstream/h2_shard_transport.h"
 
@@ -204,32 +205,22 @@ TEST_F(CertIdentityTest, AClientCannotClaimAnIdentityByHeader) {
 }
 
 TEST_F(CertIdentityTest, WatchRunsAsTheCertificateUser) {
-  auto stub = etcdserverpb::Watch::NewStub(Connect(proxy_->address(), Client("reader")));
-  auto ctx = Ctx(30s);
-  auto stream = stub->Watch(ctx.get());
-  const auto create = [&](const std::string& key, const std::string& end) {
-    etcdserverpb::WatchRequest request;
-    request.mutable_create_request()->set_key(key);
-    request.mutable_create_request()->set_range_end(end);
-    ASSERT_TRUE(stream->Write(request));
-  };
-  etcdserverpb::WatchResponse response;
-  create("a", "k");  // permitted, spans both shards
-  ASSERT_TRUE(stream->Read(&response));
+  WatchClient watch(Connect(proxy_->address(), Client("reader")));
+  watch.Create("a", "k");  // permitted, spans both shards
+  WatchResponse response = watch.Expect();
   EXPECT_TRUE(response.created());
   ASSERT_FALSE(response.canceled()) << response.cancel_reason();
   const auto allowed = response.watch_id();
-  create("x", "");  // not permitted
-  ASSERT_TRUE(stream->Read(&response));
+  watch.Create("x", "");  // not permitted
+  response = watch.Expect();
   EXPECT_TRUE(response.canceled());
   EXPECT_NE(response.cancel_reason().find(kDenied), std::string::npos) << response.cancel_reason();
   ASSERT_EQ(As("root", "put j 5").output, "OK\n");
-  ASSERT_TRUE(stream->Read(&response));
+  response = watch.Expect();
   EXPECT_EQ(response.watch_id(), allowed);
   ASSERT_EQ(response.events_size(), 1);
   EXPECT_EQ(response.events(0).kv().key(), "j");
   EXPECT_EQ(response.events(0).kv().value(), "5");
-  ctx->TryCancel();
 }
 
 TEST_F(CertIdentityTest, LeaseCallsRunAsTheCertificateUser) {

@@ -35,7 +35,10 @@ class WatchClient {
 
   // `token`: an etcd auth token, sent as the "token" metadata clientv3 sends.
   explicit WatchClient(const std::string& address, const std::string& token = "", Sink sink = {})
-      : stub_(etcdserverpb::Watch::NewStub(Connect(address))), sink_(std::move(sink)) {
+      : WatchClient(Connect(address), token, std::move(sink)) {}
+  // Over a channel of the test's own (TLS with a client certificate, say).
+  explicit WatchClient(const std::shared_ptr<grpc::Channel>& channel, const std::string& token = "", Sink sink = {})
+      : stub_(etcdserverpb::Watch::NewStub(channel)), sink_(std::move(sink)) {
     ctx_.set_deadline(std::chrono::system_clock::now() + 300s);
     if (!token.empty()) ctx_.AddMetadata("token", token);
     stream_ = stub_->Watch(&ctx_);
