@@ -140,7 +140,7 @@ void LeaseService::Revoke(CallContextPtr ctx, const LeaseRevokeRequest& request,
                           std::function<void(Status, LeaseRevokeResponse)> done) {
   if (!CarriesToken(*ctx)) return RevokeOnShards(std::move(ctx), request, std::move(done));
   // With auth in use, one shard may refuse what the others permit: ask all first (revoke_check.h).
-  CheckRevokePermitted(ctx, topology_.Get(), request.id(),
+  CheckRevokePermitted(ctx, topology_.Get(), request.id(), repair_->credentials(),
                        [this, ctx, request, done = std::move(done)](Status status) mutable {
                          if (!status.ok()) return done(std::move(status), {});
                          RevokeOnShards(std::move(ctx), request, std::move(done));

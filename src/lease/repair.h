@@ -58,6 +58,7 @@ class LeaseRepair final : public LeaseHook, public std::enable_shared_from_this<
 
   // The credentials of its grants and revokes (the proxy's own user). Set before first use.
   void SetCredentials(ProxyCredentials credentials) { credentials_ = std::move(credentials); }
+  const ProxyCredentials& credentials() const { return credentials_; }
 
   // Repairs started since the process began (grants and revokes), for tests and metrics.
   std::size_t repairs() const;

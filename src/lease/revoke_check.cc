@@ -6,11 +6,6 @@
 #include "upstream/scatter_gather.h"
 
 namespace esp {
-namespace {
-
-constexpr std::chrono::seconds kCheckTimeout(5);
-
-}  // namespace
 
 std::vector<etcdserverpb::TxnRequest> RevokePermissionProbes(const std::vector<std::string>& keys) {
   std::vector<etcdserverpb::TxnRequest> probes;
@@ -21,37 +16,66 @@ std::vector<etcdserverpb::TxnRequest> RevokePermissionProbes(const std::vector<s
   return probes;
 }
 
+namespace {
+
+constexpr std::chrono::seconds kCheckTimeout(5);
+
+using Listing = std::vector<ShardOutcome<etcdserverpb::LeaseTimeToLiveResponse>>;
+
+// Probes, as the caller, the delete permission of every key the listings name.
+void ProbeListedKeys(const CallContextPtr& ctx, const std::shared_ptr<const Topology>& topology,
+                     const Listing& listings, std::function<void(Status)> done) {
+  std::vector<std::pair<std::size_t, etcdserverpb::TxnRequest>> probes;
+  for (const auto& o : listings) {
+    if (!o.status.ok() || o.response.keys().empty()) continue;  // down, not there, or no keys
+    const std::vector<std::string> keys(o.response.keys().begin(), o.response.keys().end());
+    for (auto& probe : RevokePermissionProbes(keys)) probes.emplace_back(o.shard, std::move(probe));
+  }
+  if (probes.empty()) return done(Status::Ok());
+  // Every probe answers (none is cancelled by another's refusal); the first refusal is the answer.
+  ScatterGather<etcdserverpb::TxnResponse>(
+      BoundedContext(ctx, kCheckTimeout), probes.size(), /*cancel_on_error=*/false,
+      [&](std::size_t i, const CallContextPtr& child, PieceDone<etcdserverpb::TxnResponse> piece_done) {
+        CallShard<etcdserverpb::TxnResponse>(*topology->shards[probes[i].first], methods::kTxn, child,
+                                             probes[i].second, kRead, std::move(piece_done));
+      },
+      [done = std::move(done)](Status status, std::vector<etcdserverpb::TxnResponse>) { done(std::move(status)); });
+}
+
+}  // namespace
+
 void CheckRevokePermitted(const CallContextPtr& ctx, const std::shared_ptr<const Topology>& topology, int64_t id,
-                          std::function<void(Status)> done) {
+                          const ProxyCredentials& credentials, std::function<void(Status)> done) {
   etcdserverpb::LeaseTimeToLiveRequest request;
   request.set_id(id);
   request.set_keys(true);
   CallShards<etcdserverpb::LeaseTimeToLiveResponse>(
       *topology, AllShards(*topology), methods::kLeaseTimeToLive, BoundedContext(ctx, kCheckTimeout), request, kRead,
-      [ctx, topology, done = std::move(done)](
-          std::vector<ShardOutcome<etcdserverpb::LeaseTimeToLiveResponse>> outcomes) mutable {
-        std::vector<std::pair<std::size_t, etcdserverpb::TxnRequest>> probes;
-        for (const auto& o : outcomes) {
-          // etcd 3.5+ lists a lease's keys only to a user who may read them all: one who may not
-          // is refused here (stricter than etcd for a user who may write the keys but not read
-          // them), never let through to a revoke that a shard might half perform.
-          if (etcd_errors::IsAuthRefusal(o.status)) return done(o.status);
+      [ctx, topology, request, credentials, done = std::move(done)](Listing listings) mutable {
+        // Shards that would not list the keys to the caller: without read permission on them
+        // (etcd 3.5+), which says nothing yet about the write permission a revoke needs.
+        std::vector<std::size_t> unlisted;
+        for (const auto& o : listings) {
+          if (!etcd_errors::IsAuthRefusal(o.status)) continue;
+          if (o.status.code() != StatusCode::kPermissionDenied || !credentials.metadata) return done(o.status);
+          unlisted.push_back(o.shard);
         }
-        for (const auto& o : outcomes) {
-          if (!o.status.ok() || o.response.keys().empty()) continue;  // down, not there, or no keys
-          const std::vector<std::string> keys(o.response.keys().begin(), o.response.keys().end());
-          for (auto& probe : RevokePermissionProbes(keys)) probes.emplace_back(o.shard, std::move(probe));
-        }
-        if (probes.empty()) return done(Status::Ok());
-        // Every probe answers (none is cancelled by another's refusal); the first refusal is the answer.
-        ScatterGather<etcdserverpb::TxnResponse>(
-            BoundedContext(ctx, kCheckTimeout), probes.size(), /*cancel_on_error=*/false,
-            [&](std::size_t i, const CallContextPtr& child, PieceDone<etcdserverpb::TxnResponse> piece_done) {
-              CallShard<etcdserverpb::TxnResponse>(*topology->shards[probes[i].first], methods::kTxn, child,
-                                                   probes[i].second, kRead, std::move(piece_done));
-            },
-            [done = std::move(done)](Status status, std::vector<etcdserverpb::TxnResponse>) {
-              done(std::move(status));
+        if (unlisted.empty()) return ProbeListedKeys(ctx, topology, listings, std::move(done));
+        CallShardsAsProxy<etcdserverpb::LeaseTimeToLiveResponse>(
+            credentials, topology, unlisted, methods::kLeaseTimeToLive, kCheckTimeout, request, kRead,
+            [ctx, topology, listings = std::move(listings), done = std::move(done)](Listing relisted) mutable {
+              for (auto& o : relisted) {
+                // Not listed by the proxy either: the caller's refusal stands.
+                if (!o.status.ok()) {
+                  for (const auto& mine : listings) {
+                    if (mine.shard == o.shard) return done(mine.status);
+                  }
+                }
+                for (auto& mine : listings) {
+                  if (mine.shard == o.shard) mine = std::move(o);
+                }
+              }
+              ProbeListedKeys(ctx, topology, listings, std::move(done));
             });
       });
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "etcdserverpb/rpc.pb.h"
+#include "lease/proxy_calls.h"
 #include "transport/call_context.h"
 #include "transport/status.h"
 #include "upstream/topology.h"
@@ -27,8 +28,11 @@ inline constexpr std::size_t kRevokeProbeKeys = 64;
 std::vector<etcdserverpb::TxnRequest> RevokePermissionProbes(const std::vector<std::string>& keys);
 
 // `done` gets OK when every shard that answers permits the revoke (a shard that does not answer
-// is left to the revoke itself), else the first refusal.
+// is left to the revoke itself), else the first refusal. etcd 3.5+ lists a lease's keys only to a
+// user who may read them; where it refuses the caller that, they are listed with `credentials`
+// (the proxy's own user) and the permission is still probed as the caller. Without credentials
+// that refusal is the answer.
 void CheckRevokePermitted(const CallContextPtr& ctx, const std::shared_ptr<const Topology>& topology, int64_t id,
-                          std::function<void(Status)> done);
+                          const ProxyCredentials& credentials, std::function<void(Status)> done);
 
 }  // namespace esp
