@@ -46,4 +46,12 @@ void InternalTokens::Forget(std::size_t shard) {
   tokens_.erase(shard);
 }
 
+ProxyCredentials InternalTokens::AsProxyCredentials() {
+  return {.metadata = [self = shared_from_this()](std::size_t shard,
+                                                  std::function<void(Metadata)> then) {
+            self->WithMetadata(shard, std::move(then));
+          },
+          .on_invalid_token = [self = shared_from_this()](std::size_t shard) { self->Forget(shard); }};
+}
+
 }  // namespace esp::auth

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "auth/consistency.h"
+#include "auth/proxy_credentials.h"
 #include "transport/call_context.h"
 #include "upstream/topology.h"
 
@@ -26,6 +27,8 @@ class InternalTokens : public std::enable_shared_from_this<InternalTokens> {
   void WithMetadata(std::size_t shard, std::function<void(Metadata)> then);
   // The shard answered "invalid auth token" (expired): the next call authenticates again.
   void Forget(std::size_t shard);
+  // Both of the above, for the proxy's own calls.
+  ProxyCredentials AsProxyCredentials();
 
  private:
   const TopologyHolder& topology_;

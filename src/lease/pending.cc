@@ -9,8 +9,15 @@
 #include "common/methods.h"
 #include "etcdserverpb/rpc.pb.h"
 #include "lease/fanout.h"
+#include "lease/proxy_calls.h"
 
 namespace esp {
+namespace {
+
+// How long one pending grant or revoke waits for its shard.
+constexpr std::chrono::seconds kApplyTimeout(5);
+
+}  // namespace
 
 PendingLeases::Outcome PendingLeases::ToOutcome(bool applied, const Status& status) {
   if (applied) return Outcome::kApplied;
@@ -113,34 +120,24 @@ void PendingLeases::OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leas
   }
 }
 
-void PendingLeases::SetRevokeCredentials(MetadataSource source, std::function<void(std::size_t shard)> on_invalid_token) {
-  revoke_metadata_ = std::move(source);
-  on_invalid_token_ = std::move(on_invalid_token);
-}
-
 void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void(Outcome)> done) {
   const auto topology = topology_.Get();
   if (key.first >= topology->shards.size()) return done(Outcome::kFailed);
   auto self = shared_from_this();
+  // Both with the proxy's credentials: etcd 3.5+ with auth on grants and revokes only for an
+  // authenticated user. A refused token is forgotten; the next flush authenticates again.
   if (entry.revoke) {
-    auto revoke = [self, topology, key, done = std::move(done)](Metadata metadata) mutable {
-      etcdserverpb::LeaseRevokeRequest request;
-      request.set_id(key.second);
-      auto ctx = std::make_shared<CallContext>(Clock::now() + std::chrono::seconds(5), std::move(metadata));
-      CallShard<etcdserverpb::LeaseRevokeResponse>(
-          *topology->shards[key.first], methods::kLeaseRevoke, ctx, request, {},
-          [self, key, done = std::move(done)](Status status, etcdserverpb::LeaseRevokeResponse) {
-            if (status.code() == StatusCode::kUnauthenticated && self->on_invalid_token_) {
-              self->on_invalid_token_(key.first);
-            }
-            // Not found: the lease expired there on its own, which is as good.
-            const bool applied = status.ok() || status.message() == etcd_errors::LeaseNotFound().message();
-            self->Settle(key, /*revoke=*/true, applied);
-            done(ToOutcome(applied, status));
-          });
-    };
-    if (!revoke_metadata_) return revoke({});
-    revoke_metadata_(key.first, std::move(revoke));
+    etcdserverpb::LeaseRevokeRequest request;
+    request.set_id(key.second);
+    CallShardAsProxy<etcdserverpb::LeaseRevokeResponse>(
+        credentials_, topology, key.first, methods::kLeaseRevoke, kApplyTimeout, request, {},
+        [self, key, done = std::move(done)](Status status, etcdserverpb::LeaseRevokeResponse) {
+          // Not found: the lease expired there on its own, which is as good.
+          const bool applied = status.ok() || status.message() == etcd_errors::LeaseNotFound().message();
+          self->Settle(key, /*revoke=*/true, applied);
+          done(ToOutcome(applied, status));
+        },
+        /*retry=*/false);
     return;
   }
   const int64_t ttl = RemainingTtl(entry);
@@ -148,29 +145,19 @@ void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void
     Settle(key, /*revoke=*/false, /*applied=*/true);
     return done(Outcome::kFailed);
   }
-  // With the proxy's credentials too: etcd 3.5+ with auth on grants only to an authenticated user.
-  auto grant = [self, topology, key, ttl, done = std::move(done)](Metadata metadata) mutable {
-    etcdserverpb::LeaseGrantRequest request;
-    request.set_id(key.second);
-    request.set_ttl(ttl);
-    auto ctx = std::make_shared<CallContext>(Clock::now() + std::chrono::seconds(5), std::move(metadata));
-    CallShard<etcdserverpb::LeaseGrantResponse>(
-        *topology->shards[key.first], methods::kLeaseGrant, ctx, request, {},
-        [self, key, ttl, done = std::move(done)](Status status, etcdserverpb::LeaseGrantResponse) {
-          if (status.code() == StatusCode::kUnauthenticated && self->on_invalid_token_) {
-            self->on_invalid_token_(key.first);
-          }
-          // Already exists: an earlier attempt (or one whose answer was lost) got there first.
-          const bool applied = status.ok() || status.message() == etcd_errors::LeaseExists().message();
-          if (applied) {
-            spdlog::info("lease {:x}: granted on shard {} with the remaining TTL {} s", key.second, key.first, ttl);
-          }
-          self->Settle(key, /*revoke=*/false, applied);
-          done(ToOutcome(applied, status));
-        });
-  };
-  if (!revoke_metadata_) return grant({});
-  revoke_metadata_(key.first, std::move(grant));
+  etcdserverpb::LeaseGrantRequest request;
+  request.set_id(key.second);
+  request.set_ttl(ttl);
+  CallShardAsProxy<etcdserverpb::LeaseGrantResponse>(
+      credentials_, topology, key.first, methods::kLeaseGrant, kApplyTimeout, request, {},
+      [self, key, ttl, done = std::move(done)](Status status, etcdserverpb::LeaseGrantResponse) {
+        // Already exists: an earlier attempt (or one whose answer was lost) got there first.
+        const bool applied = status.ok() || status.message() == etcd_errors::LeaseExists().message();
+        if (applied) spdlog::info("lease {:x}: granted on shard {} with the remaining TTL {} s", key.second, key.first, ttl);
+        self->Settle(key, /*revoke=*/false, applied);
+        done(ToOutcome(applied, status));
+      },
+      /*retry=*/false);
 }
 
 void PendingLeases::Settle(const Key& key, bool revoke, bool applied) {

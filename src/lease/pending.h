@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "auth/proxy_credentials.h"
 #include "kv/lease_hook.h"
 #include "upstream/topology.h"
 
@@ -38,11 +39,9 @@ class PendingLeases final : public LeaseHook, public std::enable_shared_from_thi
 
   void OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leases, std::function<void(bool)> done) override;
 
-  // Where the metadata of the proxy's own revokes and grants comes from (auth tokens: with auth
-  // on, a revoke needs the right to delete the lease's keys, and etcd 3.5+ grants only to an
-  // authenticated user), and whom to tell when a shard refused the token. Unset: no metadata.
-  using MetadataSource = std::function<void(std::size_t shard, std::function<void(Metadata)>)>;
-  void SetRevokeCredentials(MetadataSource source, std::function<void(std::size_t shard)> on_invalid_token);
+  // The proxy's own identity for its revokes and grants (with auth on, a revoke needs the right
+  // to delete the lease's keys, and etcd 3.5+ grants only to an authenticated user). Unset: none.
+  void SetCredentials(ProxyCredentials credentials) { credentials_ = std::move(credentials); }
 
  private:
   using Key = std::pair<std::size_t, int64_t>;  // shard, lease id
@@ -62,8 +61,7 @@ class PendingLeases final : public LeaseHook, public std::enable_shared_from_thi
   void Settle(const Key& key, bool revoke, bool applied);
 
   const TopologyHolder& topology_;
-  MetadataSource revoke_metadata_;
-  std::function<void(std::size_t shard)> on_invalid_token_;
+  ProxyCredentials credentials_;
   mutable std::mutex mu_;
   std::map<Key, Entry> entries_;
   std::set<std::size_t> flushing_;  // shards with a flush under way

@@ -11,16 +11,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include "auth/proxy_credentials.h"
 #include "lease/fanout.h"
 
 namespace esp {
-
-struct ProxyCredentials {
-  // Calls back with the metadata for a call to a shard (its token, or nothing). Unset: none.
-  std::function<void(std::size_t shard, std::function<void(Metadata)>)> metadata;
-  // The shard answered "invalid auth token": its token must be fetched again.
-  std::function<void(std::size_t shard)> on_invalid_token;
-};
 
 template <class Resp, class Req>
 void CallShardAsProxy(const ProxyCredentials& credentials, const std::shared_ptr<const Topology>& topology,

@@ -159,7 +159,8 @@ void ShardHealthMonitor::ProbeOnce() {
   for (auto& f : status_futures) status_answers.push_back(f.get());
   for (auto& f : alarm_futures) alarm_answers.push_back(f.get());
   for (std::size_t i = 0; i < status_answers.size(); ++i) {
-    if (status_answers[i].status.message() == "etcdserver: invalid auth token" && credentials_.on_invalid_token) {
+    // As CallShardAsProxy and the pending lease calls judge an expired token.
+    if (status_answers[i].status.code() == StatusCode::kUnauthenticated && credentials_.on_invalid_token) {
       credentials_.on_invalid_token(i);  // expired: the next probe authenticates again
     }
   }

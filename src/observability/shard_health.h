@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "auth/proxy_credentials.h"
 #include "observability/metrics.h"
 #include "upstream/topology.h"
 
@@ -61,16 +62,10 @@ class ShardHealthMonitor {
   ShardHealthMonitor(const TopologyHolder& topology, std::vector<std::vector<std::string>> endpoints,
                      Metrics& metrics, std::chrono::milliseconds interval = std::chrono::seconds(1));
   ~ShardHealthMonitor();
-  // The proxy's own identity for the probes (config `credentials`): etcd 3.5+ with auth on
-  // refuses Status and Alarm without a token. `metadata(shard, then)` calls `then` with the
-  // shard's token (or nothing); `on_invalid_token(shard)` forgets a token the shard refused.
-  struct Credentials {
-    std::function<void(std::size_t shard, std::function<void(Metadata)> then)> metadata;
-    std::function<void(std::size_t shard)> on_invalid_token;
-  };
-  // Register listeners and credentials before Start.
+  // Register listeners and credentials before Start. The credentials are the proxy's own
+  // identity for the probes: etcd 3.5+ with auth on refuses Status and Alarm without a token.
   void OnServingChange(ServingListener listener) { listeners_.push_back(std::move(listener)); }
-  void SetCredentials(Credentials credentials) { credentials_ = std::move(credentials); }
+  void SetCredentials(ProxyCredentials credentials) { credentials_ = std::move(credentials); }
   void Start();
   void Stop();
   std::vector<ShardState> Snapshot() const;
@@ -87,7 +82,7 @@ class ShardHealthMonitor {
   Metrics& metrics_;
   std::chrono::milliseconds interval_;
   std::vector<ServingListener> listeners_;
-  Credentials credentials_;
+  ProxyCredentials credentials_;
   std::optional<bool> serving_;  // probe thread only
   mutable std::mutex mu_;
   std::condition_variable wake_;

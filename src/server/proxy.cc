@@ -129,22 +129,11 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
     });
   }
   keepalive_->SetSplitHandler([repair = lease_repair_](const LeaseSplit& split) { repair->Resolve(split); });
-  pending_leases_->SetRevokeCredentials(
-      [tokens = auth_.internal_tokens()](std::size_t shard, std::function<void(Metadata)> then) {
-        tokens->WithMetadata(shard, std::move(then));
-      },
-      [tokens = auth_.internal_tokens()](std::size_t shard) { tokens->Forget(shard); });
-  health_->SetCredentials(
-      {.metadata = [tokens = auth_.internal_tokens()](std::size_t shard, std::function<void(Metadata)> then) {
-         tokens->WithMetadata(shard, std::move(then));
-       },
-       .on_invalid_token = [tokens = auth_.internal_tokens()](std::size_t shard) { tokens->Forget(shard); }});
-  lease_repair_->SetCredentials(
-      {.metadata = [tokens = auth_.internal_tokens()](std::size_t shard,
-                                                      std::function<void(Metadata)> then) {
-         tokens->WithMetadata(shard, std::move(then));
-       },
-       .on_invalid_token = [tokens = auth_.internal_tokens()](std::size_t shard) { tokens->Forget(shard); }});
+  // The proxy's own identity (config `credentials`) for every call it makes on its own behalf.
+  const ProxyCredentials own = auth_.internal_tokens()->AsProxyCredentials();
+  pending_leases_->SetCredentials(own);
+  health_->SetCredentials(own);
+  lease_repair_->SetCredentials(own);
   kv_.Register(router_);
   lease_.Register(router_);
   cluster_.Register(router_);
