@@ -3,12 +3,11 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <future>
 #include <set>
 
 #include "config/config.h"
 #include "etcdserverpb/rpc.pb.h"
-#include "upstream/typed_call.h"
+#include "upstream/every_shard.h"
 
 namespace esp::auth {
 namespace {
@@ -18,15 +17,10 @@ using namespace etcdserverpb;
 std::string Path(const char* name) { return std::string("/etcdserverpb.Auth/") + name; }
 
 template <class Resp, class Req>
-std::pair<Status, Resp> CallAndWait(ShardTransport& shard, const char* method, const Metadata& metadata,
-                                    const Req& request, std::chrono::milliseconds timeout) {
+ShardAnswer<Resp> CallAndWait(ShardTransport& shard, const char* method, const Metadata& metadata, const Req& request,
+                              std::chrono::milliseconds timeout) {
   auto ctx = std::make_shared<CallContext>(Clock::now() + timeout, metadata);
-  std::promise<std::pair<Status, Resp>> promise;
-  auto future = promise.get_future();
-  CallShard<Resp>(shard, Path(method), ctx, request, kRead, [&promise](Status status, Resp response) {
-    promise.set_value({std::move(status), std::move(response)});
-  });
-  return future.get();
+  return AskShard<Resp>(shard, Path(method), ctx, request, kRead).get();
 }
 
 std::string PrintPermission(const authpb::Permission& p) {

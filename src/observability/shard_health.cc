@@ -9,7 +9,6 @@
 #include "common/etcd_errors.h"
 #include "etcdserverpb/rpc.pb.h"
 #include "upstream/every_shard.h"
-#include "upstream/typed_call.h"
 
 namespace esp {
 namespace {
@@ -18,18 +17,6 @@ namespace pb = etcdserverpb;
 
 constexpr const char* kStatus = "/etcdserverpb.Maintenance/Status";
 constexpr const char* kAlarm = "/etcdserverpb.Maintenance/Alarm";
-
-template <class Resp, class Req>
-std::future<ShardAnswer<Resp>> AskShard(ShardTransport& shard, const char* method, const CallContextPtr& ctx,
-                                        const Req& request) {
-  auto promise = std::make_shared<std::promise<ShardAnswer<Resp>>>();
-  auto future = promise->get_future();
-  CallShard<Resp>(shard, method, ctx, request, UnaryOptions{.idempotent = true},
-                  [promise](Status status, Resp response) {
-                    promise->set_value({std::move(status), std::move(response)});
-                  });
-  return future;
-}
 
 // Distinct alarm types, in etcd's names; one alarm per member would repeat them.
 std::vector<std::string> AlarmTypes(const pb::AlarmResponse& response) {
@@ -151,8 +138,8 @@ void ShardHealthMonitor::ProbeOnce() {
   std::vector<std::future<ShardAnswer<pb::AlarmResponse>>> alarm_futures;
   for (std::size_t i = 0; i < topology->shards.size(); ++i) {
     auto ctx = std::make_shared<CallContext>(deadline, ProbeMetadata(i, deadline));
-    status_futures.push_back(AskShard<pb::StatusResponse>(*topology->shards[i], kStatus, ctx, pb::StatusRequest{}));
-    alarm_futures.push_back(AskShard<pb::AlarmResponse>(*topology->shards[i], kAlarm, ctx, alarm_get));
+    status_futures.push_back(AskShard<pb::StatusResponse>(*topology->shards[i], kStatus, ctx, pb::StatusRequest{}, kRead));
+    alarm_futures.push_back(AskShard<pb::AlarmResponse>(*topology->shards[i], kAlarm, ctx, alarm_get, kRead));
   }
   std::vector<ShardAnswer<pb::StatusResponse>> status_answers;
   std::vector<ShardAnswer<pb::AlarmResponse>> alarm_answers;

@@ -4,6 +4,7 @@
 // Maintenance aggregates and the health views report every shard.
 #include <atomic>
 #include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +19,19 @@ struct ShardAnswer {
   Status status;
   Resp response;
 };
+
+// One shard's answer as a future, for code on a thread of its own that may wait (the health
+// probe, the auth consistency check); never to be waited on from a loop thread.
+template <class Resp, class Req>
+std::future<ShardAnswer<Resp>> AskShard(ShardTransport& shard, const std::string& method, const CallContextPtr& ctx,
+                                        const Req& request, UnaryOptions options) {
+  auto promise = std::make_shared<std::promise<ShardAnswer<Resp>>>();
+  auto future = promise->get_future();
+  CallShard<Resp>(shard, method, ctx, request, options, [promise](Status status, Resp response) {
+    promise->set_value({std::move(status), std::move(response)});
+  });
+  return future;
+}
 
 template <class Resp, class Req>
 void CallEveryShard(std::shared_ptr<const Topology> topology, const std::string& method, const CallContextPtr& ctx,
