@@ -15,7 +15,8 @@
 #                     (--workers=1); on this 2-core box the client and etcd share the cores too
 #   etcd-s1..s3       three single-member shards, and ours-3 in front of them -> spanning-range row
 # Runs every workload against every target, ROUNDS times, rotating the target order each round;
-# reads utime+stime+cutime+cstime of every process from /proc/PID/stat around each run; then
+# reads utime+stime+cutime+cstime of every process (and the proxy's kernel share, stime+cstime) from
+# /proc/PID/stat around each run; then
 # tools/bench_report.py writes the tables into docs/BENCHMARKS.md (between the GENERATED markers).
 #
 # Environment: ROUNDS (5), DURATION (seconds per run, 3), CONNS (4), INFLIGHT (50), KEY_SPACE (1000),
@@ -110,11 +111,11 @@ for round in $(seq 1 "$ROUNDS"); do
       t=${ts[$(((i + round) % n))]}
       read -r -a es <<<"$(etcds_for "$t")"
       px=$(proxy_for "$t")
-      e0=$(sum_ticks "${es[@]}"); p0=0; [[ -n $px ]] && p0=$(sum_ticks "$px")
+      e0=$(sum_ticks "${es[@]}"); p0=0; k0=0; [[ -n $px ]] && { p0=$(sum_ticks "$px"); k0=$(sys_ticks "$px"); }
       # shellcheck disable=SC2046
       out=$(timeout $((DURATION + 60)) "$BENCH" --endpoints "$(endpoint_for "$t")" $COMMON $(args_for "$w") 2>&1 | tail -1) || true
-      e1=$(sum_ticks "${es[@]}"); p1=0; [[ -n $px ]] && p1=$(sum_ticks "$px")
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$t" $((e1 - e0)) $((p1 - p0)) "$out" >>"$RESULTS"
+      e1=$(sum_ticks "${es[@]}"); p1=0; k1=0; [[ -n $px ]] && { p1=$(sum_ticks "$px"); k1=$(sys_ticks "$px"); }
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$t" $((e1 - e0)) $((p1 - p0)) $((k1 - k0)) "$out" >>"$RESULTS"
       echo "round $round $w $t: $out" >&2
     done
   done

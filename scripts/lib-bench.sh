@@ -115,3 +115,6 @@ hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12+$13+$14+$15}' "/proc/$1/stat"; }
 # The same summed over processes started here, by name.
 sum_ticks() { local t=0 n; for n in "$@"; do t=$((t + $(cpu_ticks "${PID[$n]}"))); done; echo $t; }
+# Of those, the ticks spent in the kernel (stime+cstime): socket reads and writes, and the loopback
+# TCP work and wake-ups they cause, which any proxy pays per request whatever its own code costs.
+sys_ticks() { awk '{sub(/^.*\) /, ""); print $13+$15}' "/proc/${PID[$1]}/stat"; }

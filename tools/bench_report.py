@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Aggregates scripts/bench.sh results into markdown tables inside docs/BENCHMARKS.md.
 
-Input: a TSV of runs: round, workload, target, etcd CPU ticks, proxy CPU ticks, esp-bench JSON.
+Input: a TSV of runs: round, workload, target, etcd CPU ticks, proxy CPU ticks, proxy kernel
+(stime) ticks, esp-bench JSON.
 Output: the text between <!-- BEGIN GENERATED --> and <!-- END GENERATED --> in --out is replaced
 (the file is created with the markers if it does not exist yet).
 """
@@ -28,6 +29,37 @@ DESCRIPTION = {
 }
 
 
+def kernel_share_table(runs, workloads, m, ratio):
+    """Each proxy's CPU per request split into kernel + user time: the kernel part (socket reads
+    and writes, the loopback TCP work and wake-ups they cause) is paid by any proxy whatever its
+    own code costs, so it shows how far from etcd's own cost a proxy on this machine can get."""
+    lines = ["### Where the proxies' CPU goes: kernel + user us per request (median over rounds)", "",
+             "stime+cstime and the rest of the proxy's CPU, each divided by the requests answered. "
+             "`kernel / etcd` is the proxy's kernel time alone divided by etcd's whole CPU per request (direct): "
+             "the part of issue 4's ratio that no proxy code can remove on this machine.", "",
+             "| workload | nghttpx, 1 worker | nghttpx-mt | ours | ours, 1 loop | nghttpx kernel / etcd "
+             "| ours, 1 loop: kernel / etcd |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def split(rs):
+        if not rs:
+            return "-"
+        total, sys_ = m(rs, "proxy_us"), m(rs, "proxy_sys_us")
+        return f"{fmt(sys_, 1)} + {fmt(total - sys_, 1)}"
+
+    for w in workloads:
+        if w == "span-range20":
+            continue
+        etcd = m(runs.get((w, "direct"), {}), "etcd_us")
+        n, one = runs.get((w, "nghttpx"), {}), runs.get((w, "ours-1-1loop"), {})
+        cells = [split(runs.get((w, t), {})) for t in ("nghttpx", "nghttpx-mt", "ours-1", "ours-1-1loop")]
+        nk = ratio(m(n, "proxy_sys_us"), etcd) if n else "-"
+        ok = ratio(m(one, "proxy_sys_us"), etcd) if one else "-"
+        lines.append(f"| {w} | {' | '.join(cells)} | {nk} | {ok} |")
+    lines.append("")
+    return lines
+
+
 def main():
     ap = arg_parser()
     ap.add_argument("--commands", required=True)
@@ -37,7 +69,7 @@ def main():
 
     runs = defaultdict(dict)  # (workload, target) -> round -> record
     raw_rows = []
-    for rnd, w, t, eticks, pticks, j, *raw in result_rows(a.results, 6):
+    for rnd, w, t, eticks, pticks, kticks, j, *raw in result_rows(a.results, 7):
         if j is None:
             j = {"ok": 0, "events": 0, "errors": 1, "throughput": 0, "p50_us": 0, "p99_us": 0, "first_error": raw[0][:200]}
         units = j["events"] if w == "watch" else j["ok"]
@@ -50,6 +82,7 @@ def main():
             "units": units,
             "etcd_us": int(eticks) * tick / units if units else float("nan"),
             "proxy_us": int(pticks) * tick / units if units else float("nan"),
+            "proxy_sys_us": int(kticks) * tick / units if units else float("nan"),
             "client_us": j.get("client_cpu_us", 0) / units if units else float("nan"),
         }
         runs[(w, t)][int(rnd)] = rec
@@ -105,6 +138,7 @@ def main():
         out.append(f"| {w} | {etcd_label} | {fmt(gp, 1)} | {fmt(np_, 1)} | {fmt(nmp, 1) if nm else '-'} | {ours_cell} | "
                    f"{ratio(op, etcd)} | {ratio(op, nmp) if nm else '-'} | {one_cells} |")
     out.append("")
+    out.extend(kernel_share_table(runs, workloads, m, ratio))
     out.append("### Throughput and latency, ratios to direct (median [min-max] over interleaved rounds)")
     out.append("")
     out.append("Ratios are taken within a round (target run / direct run of the same round), then summarised.")
