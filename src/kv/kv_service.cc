@@ -7,7 +7,7 @@
 #include "common/etcd_errors.h"
 #include "common/methods.h"
 #include "kv/delete_check.h"
-#include "kv/put_scan.h"
+#include "kv/request_scan.h"
 #include "kv/range_merge.h"
 #include "kv/txn_routing.h"
 #include "kv/validation.h"
@@ -78,15 +78,18 @@ void KvService::Register(Router& router) {
 // own bytes: nothing is re-encoded on the common path.
 
 void KvService::Range(CallContextPtr ctx, std::string bytes, UnaryDone done) {
-  RangeRequest request;
-  if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
-  if (Status s = CheckRangeRequest(request); !s.ok()) return done(std::move(s), {});
+  // Routed by the key range read from the wire; only a spanning range builds the message.
+  const std::optional<KeyRangeFields> scanned = ScanRangeRequest(bytes);
+  if (!scanned) return done(Unparsable(), {});
+  if (Status s = CheckRangeFields(*scanned); !s.ok()) return done(std::move(s), {});
   const auto topology = topology_.Get();
-  const auto pieces = topology->map.Split(request.key(), request.range_end());
-  if (pieces.size() == 1) {
-    topology->shards[pieces[0].shard]->Unary(methods::kRange, ctx, std::move(bytes), kRead, std::move(done));
+  if (const auto shard = topology->map.SingleShard(scanned->key, scanned->range_end)) {
+    topology->shards[*shard]->Unary(methods::kRange, ctx, std::move(bytes), kRead, std::move(done));
     return;
   }
+  RangeRequest request;
+  if (!request.ParseFromString(bytes)) return done(Unparsable(), {});  // the scan read the same framing
+  const auto pieces = topology->map.Split(request.key(), request.range_end());
   if (request.revision() > 0) {
     return done(Status(StatusCode::kFailedPrecondition,
                        "etcd-sharding-proxy: a Range at revision " + std::to_string(request.revision()) +
@@ -165,16 +168,17 @@ void KvService::ForwardWithLeases(const std::shared_ptr<const Topology>& topolog
 }
 
 void KvService::DeleteRange(CallContextPtr ctx, std::string bytes, UnaryDone done) {
-  DeleteRangeRequest request;
-  if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
-  if (Status s = CheckDeleteRequest(request); !s.ok()) return done(std::move(s), {});
+  const std::optional<KeyRangeFields> scanned = ScanDeleteRangeRequest(bytes);
+  if (!scanned) return done(Unparsable(), {});
+  if (Status s = CheckDeleteFields(*scanned); !s.ok()) return done(std::move(s), {});
   const auto topology = topology_.Get();
-  const auto pieces = topology->map.Split(request.key(), request.range_end());
-  if (pieces.size() == 1) {
-    topology->shards[pieces[0].shard]->Unary(methods::kDeleteRange, ctx, std::move(bytes), kWrite, std::move(done));
+  if (const auto shard = topology->map.SingleShard(scanned->key, scanned->range_end)) {
+    topology->shards[*shard]->Unary(methods::kDeleteRange, ctx, std::move(bytes), kWrite, std::move(done));
     return;
   }
-  SpanningDelete(ctx, *topology, request, pieces, std::move(done));
+  DeleteRangeRequest request;
+  if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
+  SpanningDelete(ctx, *topology, request, topology->map.Split(request.key(), request.range_end()), std::move(done));
 }
 
 void KvService::SpanningDelete(const CallContextPtr& ctx, const Topology& topology,

@@ -49,13 +49,21 @@ class TxnScanner {
   }
 
   bool Visit(const std::string& key, const std::string& range_end) {
+    // Most keys and ranges lie in one shard: only a spanning one is split into pieces.
+    if (const auto shard = map_.SingleShard(key, range_end)) return Touched(*shard, key);
     for (const auto& piece : map_.Split(key, range_end)) {
-      if (!first_) {
-        first_ = Touch{piece.shard, key};
-      } else if (piece.shard != first_->shard) {
-        conflict_ = Touch{piece.shard, piece.key};
-        return false;
-      }
+      if (!Touched(piece.shard, piece.key)) return false;
+    }
+    return true;
+  }
+
+  // Records the first shard touched; false (with the conflicting key kept) at a second one.
+  bool Touched(std::size_t shard, const std::string& key) {
+    if (!first_) {
+      first_ = Touch{shard, key};
+    } else if (shard != first_->shard) {
+      conflict_ = Touch{shard, key};
+      return false;
     }
     return true;
   }

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "common/etcd_errors.h"
-#include "kv/put_scan.h"
+#include "kv/request_scan.h"
 
 namespace esp {
 namespace {
@@ -116,12 +116,10 @@ Status CheckTxnShape(const etcdserverpb::TxnRequest& r, int max_txn_ops) {
 }  // namespace
 
 Status CheckRangeRequest(const etcdserverpb::RangeRequest& r) {
-  if (r.key().empty()) return etcd_errors::EmptyKey();
-  if (!etcdserverpb::RangeRequest_SortOrder_IsValid(r.sort_order()) ||
-      !etcdserverpb::RangeRequest_SortTarget_IsValid(r.sort_target())) {
-    return etcd_errors::InvalidSortOption();
-  }
-  return Status::Ok();
+  return CheckRangeFields({.key = r.key(),
+                           .range_end = r.range_end(),
+                           .sort_order = r.sort_order(),
+                           .sort_target = r.sort_target()});
 }
 
 Status CheckPutRequest(const etcdserverpb::PutRequest& r) {
@@ -134,8 +132,7 @@ Status CheckPutRequest(const etcdserverpb::PutRequest& r) {
 }
 
 Status CheckDeleteRequest(const etcdserverpb::DeleteRangeRequest& r) {
-  if (r.key().empty()) return etcd_errors::EmptyKey();
-  return Status::Ok();
+  return CheckDeleteFields({.key = r.key(), .range_end = r.range_end()});
 }
 
 Status CheckTxnRequest(const etcdserverpb::TxnRequest& r, int max_txn_ops) {

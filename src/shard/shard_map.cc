@@ -38,6 +38,17 @@ std::vector<RangePiece> ShardMap::Split(std::string_view key, std::string_view r
   return pieces;
 }
 
+std::optional<std::size_t> ShardMap::SingleShard(std::string_view key, std::string_view range_end) const {
+  const std::size_t first = ShardForKey(key);
+  const bool to_infinity = range_end == kRangeEndAll;
+  if (range_end.empty() || (!to_infinity && range_end <= key)) return first;
+  // As in Split: the next shard gets a piece unless the range ends at or before its start.
+  if (first + 1 == shards_.size() || (!to_infinity && range_end <= std::string_view(shards_[first + 1].start))) {
+    return first;
+  }
+  return std::nullopt;
+}
+
 std::vector<std::size_t> ShardMap::ShardsForRange(std::string_view key, std::string_view range_end) const {
   std::vector<std::size_t> out;
   for (const auto& piece : Split(key, range_end)) out.push_back(piece.shard);

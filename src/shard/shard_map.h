@@ -3,6 +3,7 @@
 // per-shard pieces. Built once per configuration and shared read-only between threads.
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,6 +38,10 @@ class ShardMap {
   // A single key or an empty/inverted range (range_end <= key) yields one piece on the shard
   // owning `key`, unchanged, so that the shard gives etcd's own answer for it.
   std::vector<RangePiece> Split(std::string_view key, std::string_view range_end) const;
+
+  // The one shard Split would give the whole range to, or nullopt if it spans shards. Allocates
+  // nothing: the common path of every single-shard request asks this first.
+  std::optional<std::size_t> SingleShard(std::string_view key, std::string_view range_end) const;
 
   // The shards that [key, range_end) touches (same conventions as Split), in key order.
   std::vector<std::size_t> ShardsForRange(std::string_view key, std::string_view range_end) const;

@@ -115,5 +115,40 @@ TEST(ShardMapTest, PiecesPartitionRandomRanges) {
   }
 }
 
+// SingleShard is Split's answer to "one piece?" without building the pieces: it must agree with
+// Split on every range, empty and inverted ones included, and on maps of one to four shards.
+TEST(ShardMapTest, SingleShardAgreesWithSplit) {
+  const std::vector<ShardMap> maps = {ShardMap({{"only", "", ""}}), ThreeShards(),
+                                      ShardMap({{"a", "", "b"}, {"b", "b", "b\x00"}, {"c", "b\x00", "h"},
+                                                {"d", "h", ""}})};
+  std::mt19937 rng(11);
+  const std::string alphabet = std::string("\x00", 1) + "abhirsz\xff";
+  auto random_key = [&] {
+    std::string k;
+    const int len = static_cast<int>(rng() % 4);
+    for (int i = 0; i < len; ++i) k += alphabet[rng() % alphabet.size()];
+    return k;
+  };
+  int single = 0, spanning = 0;
+  for (const ShardMap& map : maps) {
+    for (int iter = 0; iter < 5000; ++iter) {
+      const std::string key = random_key();
+      const std::string end = rng() % 5 == 0 ? kAll : random_key();
+      const auto pieces = map.Split(key, end);
+      const auto shard = map.SingleShard(key, end);
+      ASSERT_EQ(shard.has_value(), pieces.size() == 1) << testing::PrintToString(key) << " " << testing::PrintToString(end);
+      if (shard) {
+        EXPECT_EQ(*shard, pieces[0].shard);
+        ++single;
+      } else {
+        ++spanning;
+      }
+    }
+  }
+  // Both answers came up often enough for the comparison to mean something.
+  EXPECT_GT(single, 1000);
+  EXPECT_GT(spanning, 1000);
+}
+
 }  // namespace
 }  // namespace esp
