@@ -7,6 +7,7 @@
 
 #include <random>
 #include <string>
+#include <type_traits>
 
 #include "etcdserverpb/rpc.pb.h"
 #include "kv/validation.h"
@@ -91,28 +92,32 @@ void ExpectSameAsParser(const std::string& bytes) {
   EXPECT_EQ(CheckPutFields(*scanned).message(), CheckPutRequest(parsed).message());
 }
 
-void ExpectRangeSameAsParser(const std::string& bytes) {
-  RangeRequest parsed;
+// Range and DeleteRange: the scanned key range (and a range's sort fields) against the parsed
+// message's, and etcd's checks of each against the checks of the parsed message.
+template <class Message>
+void ExpectKeyRangeSameAsParser(const std::string& bytes, std::optional<KeyRangeFields> (*scan)(std::string_view),
+                                Status (*check_scanned)(const KeyRangeFields&), Status (*check_parsed)(const Message&)) {
+  Message parsed;
   const bool parses = parsed.ParseFromString(bytes);
-  const auto scanned = ScanRangeRequest(bytes);
+  const auto scanned = scan(bytes);
   ASSERT_EQ(scanned.has_value(), parses) << testing::PrintToString(bytes);
   if (!parses) return;
   EXPECT_EQ(scanned->key, parsed.key());
   EXPECT_EQ(scanned->range_end, parsed.range_end());
-  EXPECT_EQ(scanned->sort_order, parsed.sort_order());
-  EXPECT_EQ(scanned->sort_target, parsed.sort_target());
-  EXPECT_EQ(CheckRangeFields(*scanned).message(), CheckRangeRequest(parsed).message());
+  if constexpr (std::is_same_v<Message, RangeRequest>) {
+    EXPECT_EQ(scanned->sort_order, parsed.sort_order());
+    EXPECT_EQ(scanned->sort_target, parsed.sort_target());
+  }
+  EXPECT_EQ(check_scanned(*scanned).message(), check_parsed(parsed).message());
+}
+
+void ExpectRangeSameAsParser(const std::string& bytes) {
+  ExpectKeyRangeSameAsParser<RangeRequest>(bytes, ScanRangeRequest, CheckRangeFields, CheckRangeRequest);
 }
 
 void ExpectDeleteSameAsParser(const std::string& bytes) {
-  DeleteRangeRequest parsed;
-  const bool parses = parsed.ParseFromString(bytes);
-  const auto scanned = ScanDeleteRangeRequest(bytes);
-  ASSERT_EQ(scanned.has_value(), parses) << testing::PrintToString(bytes);
-  if (!parses) return;
-  EXPECT_EQ(scanned->key, parsed.key());
-  EXPECT_EQ(scanned->range_end, parsed.range_end());
-  EXPECT_EQ(CheckDeleteFields(*scanned).message(), CheckDeleteRequest(parsed).message());
+  ExpectKeyRangeSameAsParser<DeleteRangeRequest>(bytes, ScanDeleteRangeRequest, CheckDeleteFields,
+                                                 CheckDeleteRequest);
 }
 
 // Every scan against the parser of its message, on the same bytes.
