@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <memory>
 #include <regex>
 #include <thread>
 
@@ -81,7 +82,8 @@ class AuthTest : public ::testing::Test {
   // One set of shards for the suite, with etcd's simple tokens expiring after 2 s unused and
   // bcrypt at its lowest cost (every etcdctl --user authenticates on three shards).
   static void SetUpTestSuite() {
-    setup_ = new ShardedSetup({1, 1, 1}, {}, {"--auth-token-ttl", "2", "--bcrypt-cost", "4"});
+    setup_ = std::make_unique<ShardedSetup>(std::vector<int>{1, 1, 1}, std::vector<std::string>{},
+                                            std::vector<std::string>{"--auth-token-ttl", "2", "--bcrypt-cost", "4"});
     for (const char* command : {"user add root:rootpw", "role add reader", "role grant-permission reader read a k",
                                 "user add alice:alicepw", "user grant-role alice reader", "auth enable"}) {
       const auto result = Etcdctl(Proxy(), command);
@@ -90,14 +92,15 @@ class AuthTest : public ::testing::Test {
     // A second proxy in front of the same shards, with the operator listener and credentials.
     std::ofstream(secrets_.path() / "root.password") << "rootpw\n";
     metrics_port_ = FreePort();
-    second_ = new ProxyProcess(Specs(), {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
+    second_ = std::make_unique<ProxyProcess>(
+        Specs(), std::vector<std::string>{"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
     std::ofstream(second_->config_path(), std::ios::app)
         << "credentials: {user: root, password_file: " << (secrets_.path() / "root.password").string() << "}\n";
     second_->Start();
   }
   static void TearDownTestSuite() {
-    delete second_;
-    delete setup_;
+    second_.reset();
+    setup_.reset();
   }
 
   static std::vector<ShardSpec> Specs() {
@@ -115,14 +118,14 @@ class AuthTest : public ::testing::Test {
     return Etcdctl(address.empty() ? Proxy() : address, "--user " + user + " " + args);
   }
 
-  static ShardedSetup* setup_;
-  static ProxyProcess* second_;
+  static std::unique_ptr<ShardedSetup> setup_;
+  static std::unique_ptr<ProxyProcess> second_;
   static TempDir secrets_;
   static int metrics_port_;
 };
 
-ShardedSetup* AuthTest::setup_ = nullptr;
-ProxyProcess* AuthTest::second_ = nullptr;
+std::unique_ptr<ShardedSetup> AuthTest::setup_;
+std::unique_ptr<ProxyProcess> AuthTest::second_;
 TempDir AuthTest::secrets_;
 int AuthTest::metrics_port_ = 0;
 

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <future>
 #include <iostream>
+#include <memory>
 #include <regex>
 
 #include "auth/cert_identity.h"
@@ -29,14 +30,15 @@ constexpr const char* kDenied = "etcdserver: permission denied";
 class CertIdentityTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    certs_ = new TestCertificates();
-    dir_ = new TempDir();
+    certs_ = std::make_unique<TestCertificates>();
+    dir_ = std::make_unique<TempDir>();
     MakeCertificates();
     // Shards trust the test CA (the proxy's own certificate, the test's direct access) and the
     // identity CA (the proxy's minted certificates).
     const EtcdTls shard_tls{Path("shards-ca.crt"), certs_->cert(), certs_->key()};
     for (int i = 0; i < 2; ++i) {
-      shards_[i] = new EtcdCluster(1, "cid" + std::to_string(i), shard_tls, {"--bcrypt-cost", "4"});
+      shards_[i] = std::make_unique<EtcdCluster>(1, "cid" + std::to_string(i), shard_tls,
+                                                 std::vector<std::string>{"--bcrypt-cost", "4"});
       shards_[i]->Start();
     }
     proxy_ = NewProxy({});
@@ -53,10 +55,10 @@ class CertIdentityTest : public ::testing::Test {
     if (::testing::UnitTest::GetInstance()->current_test_suite()->Failed() && proxy_ != nullptr) {
       std::cerr << "proxy log:\n" << proxy_->process().Log() << std::endl;
     }
-    delete proxy_;
-    for (auto*& shard : shards_) delete shard;
-    delete dir_;
-    delete certs_;
+    proxy_.reset();
+    for (auto& shard : shards_) shard.reset();
+    dir_.reset();
+    certs_.reset();
   }
 
   static std::string Path(const std::string& name) { return (dir_->path() / name).string(); }
@@ -86,14 +88,15 @@ class CertIdentityTest : public ::testing::Test {
     ASSERT_EQ(made.exit_code, 0) << made.output;
   }
 
-  static ProxyProcess* NewProxy(std::vector<std::string> extra_args) {
+  static std::unique_ptr<ProxyProcess> NewProxy(std::vector<std::string> extra_args) {
     const EtcdTls towards_shards{certs_->ca(), certs_->cert(), certs_->key()};
     std::vector<std::string> args = {"--cert-file", certs_->cert(), "--key-file", certs_->key(),
                                      "--trusted-ca-file", certs_->ca(), "--client-cert-auth"};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
-    auto* proxy = new ProxyProcess({{"", "i", shards_[0]->ClientAddresses(), towards_shards},
-                                    {"i", "", shards_[1]->ClientAddresses(), towards_shards}},
-                                   args);
+    auto proxy = std::make_unique<ProxyProcess>(
+        std::vector<ShardSpec>{{"", "i", shards_[0]->ClientAddresses(), towards_shards},
+                               {"i", "", shards_[1]->ClientAddresses(), towards_shards}},
+        args);
     std::ofstream(proxy->config_path(), std::ios::app)
         << "client_cert_identity: {ca_cert_file: " << Path("id-ca.crt") << ", ca_key_file: " << Path("id-ca.key")
         << "}\n";
@@ -108,7 +111,7 @@ class CertIdentityTest : public ::testing::Test {
   // etcdctl presenting `who`'s certificate (no --user unless `args` has one).
   static CommandResult As(const std::string& who, const std::string& args, ProxyProcess* proxy = nullptr) {
     const EtcdTls tls = Client(who);
-    return Etcdctl((proxy != nullptr ? proxy : proxy_)->address(), "--command-timeout 5s --cacert " + tls.ca_file +
+    return Etcdctl((proxy != nullptr ? proxy : proxy_.get())->address(), "--command-timeout 5s --cacert " + tls.ca_file +
                                                                         " --cert " + tls.cert_file + " --key " +
                                                                         tls.key_file + " " + args);
   }
@@ -147,15 +150,15 @@ class CertIdentityTest : public ::testing::Test {
     return future.get();
   }
 
-  static TestCertificates* certs_;
-  static TempDir* dir_;
-  static EtcdCluster* shards_[2];
-  static ProxyProcess* proxy_;
+  static std::unique_ptr<TestCertificates> certs_;
+  static std::unique_ptr<TempDir> dir_;
+  static std::unique_ptr<EtcdCluster> shards_[2];
+  static std::unique_ptr<ProxyProcess> proxy_;
 };
-TestCertificates* CertIdentityTest::certs_ = nullptr;
-TempDir* CertIdentityTest::dir_ = nullptr;
-EtcdCluster* CertIdentityTest::shards_[2] = {nullptr, nullptr};
-ProxyProcess* CertIdentityTest::proxy_ = nullptr;
+std::unique_ptr<TestCertificates> CertIdentityTest::certs_;
+std::unique_ptr<TempDir> CertIdentityTest::dir_;
+std::unique_ptr<EtcdCluster> CertIdentityTest::shards_[2];
+std::unique_ptr<ProxyProcess> CertIdentityTest::proxy_;
 
 TEST_F(CertIdentityTest, ReaderCertificateReadsItsRangeButCannotWriteOrReadOutside) {
   EXPECT_EQ(As("reader", "get b").output, "b\n1\n") << proxy_->process().Log();
@@ -254,7 +257,7 @@ TEST_F(CertIdentityTest, DefragmentRunsAsTheCertificateUserOrTheToken) {
 }
 
 TEST_F(CertIdentityTest, GrpcDataPlaneCarriesTheIdentityToo) {
-  std::unique_ptr<ProxyProcess> proxy(NewProxy({"--data-plane", "grpc"}));
+  const std::unique_ptr<ProxyProcess> proxy = NewProxy({"--data-plane", "grpc"});
   proxy->StartWithoutProbe();
   ASSERT_TRUE(WaitFor([&] { return As("reader", "get b --print-value-only", proxy.get()).exit_code == 0; }, 20s))
       << proxy->process().Log();
@@ -300,7 +303,7 @@ TEST_F(CertIdentityTest, AnUntrustedIdentityCaFailsTheCallNotTheMember) {
 
 TEST_F(CertIdentityTest, TheGrpcUpstreamTransportIsRefusedWithIdentities) {
   // The config only: the proxy must refuse it before listening.
-  const std::unique_ptr<ProxyProcess> proxy(NewProxy({}));
+  const std::unique_ptr<ProxyProcess> proxy = NewProxy({});
   const auto result = RunCommand(std::string(ESP_PROXY_BINARY_FOR_TESTS) + " --config " +
                                      proxy->config_path().string() + " --listen-addr 127.0.0.1:" +
                                      std::to_string(FreePort()) + " --upstream-transport grpc",

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <csignal>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <set>
 #include <sstream>
@@ -68,12 +69,13 @@ class H2PlaneTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     metrics_port_ = FreePort();
-    setup_ = new ShardedSetup({1, 1, 1}, {"--data-plane=h2", "--data-plane-stream-buffer", "4194304",
-                                          "--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
+    setup_ = std::make_unique<ShardedSetup>(
+        std::vector<int>{1, 1, 1},
+        std::vector<std::string>{"--data-plane=h2", "--data-plane-stream-buffer", "4194304", "--listen-metrics-addr",
+                                 "127.0.0.1:" + std::to_string(metrics_port_)});
   }
   static void TearDownTestSuite() {
-    delete setup_;
-    setup_ = nullptr;
+    setup_.reset();
   }
   static int port() { return PortOf(setup_->proxy().address()); }
 
@@ -90,10 +92,10 @@ class H2PlaneTest : public ::testing::Test {
     return 0;
   }
 
-  static ShardedSetup* setup_;
+  static std::unique_ptr<ShardedSetup> setup_;
   static int metrics_port_;
 };
-ShardedSetup* H2PlaneTest::setup_ = nullptr;
+std::unique_ptr<ShardedSetup> H2PlaneTest::setup_;
 int H2PlaneTest::metrics_port_ = 0;
 
 TEST_F(H2PlaneTest, EtcdctlOverCleartextHttp2) {

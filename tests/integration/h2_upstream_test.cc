@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <future>
+#include <memory>
 
 #include "support/fixtures.h"
 #include "upstream/h2_shard_transport.h"
@@ -42,12 +43,11 @@ PutRequest Put(const std::string& key, const std::string& value) {
 class H2UpstreamTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    etcd_ = new EtcdCluster(1, "h2up");
+    etcd_ = std::make_unique<EtcdCluster>(1, "h2up");
     etcd_->Start();
   }
   static void TearDownTestSuite() {
-    delete etcd_;
-    etcd_ = nullptr;
+    etcd_.reset();
   }
   static std::shared_ptr<H2ShardTransport> Transport(std::vector<std::string> endpoints) {
     ShardConfig shard;
@@ -56,9 +56,9 @@ class H2UpstreamTest : public ::testing::Test {
     return std::make_shared<H2ShardTransport>(shard, "shard \"s1\"");
   }
   static std::string Dead() { return "127.0.0.1:" + std::to_string(FreePort()); }
-  static EtcdCluster* etcd_;
+  static std::unique_ptr<EtcdCluster> etcd_;
 };
-EtcdCluster* H2UpstreamTest::etcd_ = nullptr;
+std::unique_ptr<EtcdCluster> H2UpstreamTest::etcd_;
 
 // Issue #4's shared loops: a call started on one of the pool's loops (as the h2 data plane does,
 // its client connections living on these loops) uses that loop's connection and completes on that

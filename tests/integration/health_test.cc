@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -25,11 +26,12 @@ class HealthTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     metrics_port_ = FreePort();
-    setup_ = new ShardedSetup({1, 1, 1}, {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
+    setup_ = std::make_unique<ShardedSetup>(
+        std::vector<int>{1, 1, 1},
+        std::vector<std::string>{"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
   }
   static void TearDownTestSuite() {
-    delete setup_;
-    setup_ = nullptr;
+    setup_.reset();
   }
   static std::string proxy() { return setup_->proxy().address(); }
   static double Gauge(const std::string& metric, const std::vector<std::string>& labels = {}) {
@@ -47,10 +49,10 @@ class HealthTest : public ::testing::Test {
     if (!s.ok()) return std::nullopt;
     return response.status();
   }
-  static ShardedSetup* setup_;
+  static std::unique_ptr<ShardedSetup> setup_;
   static int metrics_port_;
 };
-ShardedSetup* HealthTest::setup_ = nullptr;
+std::unique_ptr<ShardedSetup> HealthTest::setup_;
 int HealthTest::metrics_port_ = 0;
 
 TEST_F(HealthTest, GaugesCountClientWatchesUpstreamWatchersAndLeasesKeptAlive) {

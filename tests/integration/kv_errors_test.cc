@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <string>
 
 #include "support/fixtures.h"
@@ -21,10 +22,9 @@ using etcdserverpb::TxnResponse;
 
 class KvErrorsTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { setup_ = new ShardedSetup(); }
+  static void SetUpTestSuite() { setup_ = std::make_unique<ShardedSetup>(); }
   static void TearDownTestSuite() {
-    delete setup_;
-    setup_ = nullptr;
+    setup_.reset();
   }
   void SetUp() override { kv_ = KV::NewStub(Connect(setup_->proxy().address())); }
 
@@ -40,10 +40,10 @@ class KvErrorsTest : public ::testing::Test {
     return kv_->Txn(Ctx().get(), req, out ? out : &resp);
   }
 
-  static ShardedSetup* setup_;
+  static std::unique_ptr<ShardedSetup> setup_;
   std::unique_ptr<KV::Stub> kv_;
 };
-ShardedSetup* KvErrorsTest::setup_ = nullptr;
+std::unique_ptr<ShardedSetup> KvErrorsTest::setup_;
 
 void ExpectStatus(const grpc::Status& s, grpc::StatusCode code, const std::string& message) {
   EXPECT_EQ(s.error_code(), code) << s.error_message();

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 #include <future>
+#include <memory>
 #include <set>
 #include <thread>
 
@@ -27,10 +28,9 @@ using etcdserverpb::LeaseTimeToLiveResponse;
 
 class LeaseMultiProxyTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { setup_ = new ShardedSetup(); }
+  static void SetUpTestSuite() { setup_ = std::make_unique<ShardedSetup>(); }
   static void TearDownTestSuite() {
-    delete setup_;
-    setup_ = nullptr;
+    setup_.reset();
   }
 
   // A second proxy per test (some tests kill it), and every shard running.
@@ -103,10 +103,10 @@ class LeaseMultiProxyTest : public ::testing::Test {
     return {response.keys().begin(), response.keys().end()};
   }
 
-  static ShardedSetup* setup_;
+  static std::unique_ptr<ShardedSetup> setup_;
   std::unique_ptr<ProxyProcess> other_;
 };
-ShardedSetup* LeaseMultiProxyTest::setup_ = nullptr;
+std::unique_ptr<ShardedSetup> LeaseMultiProxyTest::setup_;
 
 // One keep-alive on a fresh stream; the answer's TTL, or -1 if the stream failed.
 int64_t KeepAliveOnce(const std::string& address, int64_t id, const std::string& token = "") {

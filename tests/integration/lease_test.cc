@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <memory>
 #include <regex>
 #include <thread>
 
@@ -19,10 +20,9 @@ using namespace std::chrono_literals;
 
 class LeaseTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { setup_ = new ShardedSetup(); }
+  static void SetUpTestSuite() { setup_ = std::make_unique<ShardedSetup>(); }
   static void TearDownTestSuite() {
-    delete setup_;
-    setup_ = nullptr;
+    setup_.reset();
   }
 
   // A test that failed half-way may have left a shard stopped.
@@ -67,9 +67,9 @@ class LeaseTest : public ::testing::Test {
     setup_->shard(i).WaitReady();
   }
 
-  static ShardedSetup* setup_;
+  static std::unique_ptr<ShardedSetup> setup_;
 };
-ShardedSetup* LeaseTest::setup_ = nullptr;
+std::unique_ptr<ShardedSetup> LeaseTest::setup_;
 
 int64_t ParseHex(const std::string& hex) { return static_cast<int64_t>(std::stoull(hex, nullptr, 16)); }
 

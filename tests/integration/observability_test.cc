@@ -2,6 +2,7 @@
 // /health follows a shard going down and coming back, /livez, /readyz and /shards answer.
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <sstream>
 #include <thread>
 
@@ -15,17 +16,18 @@ class ObservabilityTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     metrics_port_ = FreePort();
-    setup_ = new ShardedSetup({1, 1, 1}, {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
+    setup_ = std::make_unique<ShardedSetup>(
+        std::vector<int>{1, 1, 1},
+        std::vector<std::string>{"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
   }
   static void TearDownTestSuite() {
-    delete setup_;
-    setup_ = nullptr;
+    setup_.reset();
   }
   static std::string proxy() { return setup_->proxy().address(); }
-  static ShardedSetup* setup_;
+  static std::unique_ptr<ShardedSetup> setup_;
   static int metrics_port_;
 };
-ShardedSetup* ObservabilityTest::setup_ = nullptr;
+std::unique_ptr<ShardedSetup> ObservabilityTest::setup_;
 int ObservabilityTest::metrics_port_ = 0;
 
 // A client that gives up cancels the proxy's call to the shard too: the call does not linger
@@ -139,23 +141,24 @@ TEST_F(ObservabilityTest, HealthFollowsAShardDownAndBack) {
 class MultiMemberTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    shard_ = new EtcdCluster(3, "multi");
+    shard_ = std::make_unique<EtcdCluster>(3, "multi");
     shard_->Start();
     metrics_port_ = FreePort();
-    proxy_ = new ProxyProcess({{"", "", shard_->ClientAddresses()}},
-                              {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
+    proxy_ = std::make_unique<ProxyProcess>(
+        std::vector<ShardSpec>{{"", "", shard_->ClientAddresses()}},
+        std::vector<std::string>{"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
     proxy_->Start();
   }
   static void TearDownTestSuite() {
-    delete proxy_;
-    delete shard_;
+    proxy_.reset();
+    shard_.reset();
   }
-  static EtcdCluster* shard_;
-  static ProxyProcess* proxy_;
+  static std::unique_ptr<EtcdCluster> shard_;
+  static std::unique_ptr<ProxyProcess> proxy_;
   static int metrics_port_;
 };
-EtcdCluster* MultiMemberTest::shard_ = nullptr;
-ProxyProcess* MultiMemberTest::proxy_ = nullptr;
+std::unique_ptr<EtcdCluster> MultiMemberTest::shard_;
+std::unique_ptr<ProxyProcess> MultiMemberTest::proxy_;
 int MultiMemberTest::metrics_port_ = 0;
 
 TEST_F(MultiMemberTest, DefragmentReachesEveryMember) {

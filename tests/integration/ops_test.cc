@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <sstream>
 
@@ -14,15 +15,14 @@ namespace {
 
 class OpsTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { setup_ = new ShardedSetup(); }
+  static void SetUpTestSuite() { setup_ = std::make_unique<ShardedSetup>(); }
   static void TearDownTestSuite() {
-    delete setup_;
-    setup_ = nullptr;
+    setup_.reset();
   }
   static std::string proxy() { return setup_->proxy().address(); }
-  static ShardedSetup* setup_;
+  static std::unique_ptr<ShardedSetup> setup_;
 };
-ShardedSetup* OpsTest::setup_ = nullptr;
+std::unique_ptr<ShardedSetup> OpsTest::setup_;
 
 bool Contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;

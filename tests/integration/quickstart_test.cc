@@ -1,6 +1,8 @@
 // The original project's Quick Start, through the real etcdctl, against three real etcd shards.
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include "support/fixtures.h"
 
 namespace esp::test {
@@ -8,14 +10,13 @@ namespace {
 
 class QuickStartTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { setup_ = new ShardedSetup(); }
+  static void SetUpTestSuite() { setup_ = std::make_unique<ShardedSetup>(); }
   static void TearDownTestSuite() {
-    delete setup_;
-    setup_ = nullptr;
+    setup_.reset();
   }
-  static ShardedSetup* setup_;
+  static std::unique_ptr<ShardedSetup> setup_;
 };
-ShardedSetup* QuickStartTest::setup_ = nullptr;
+std::unique_ptr<ShardedSetup> QuickStartTest::setup_;
 
 TEST_F(QuickStartTest, PutsLandOnTheirShardsAndAFromKeyGetSeesAll) {
   const std::string proxy = setup_->proxy().address();

@@ -2,6 +2,8 @@
 // certificates, the proxy serving mutual TLS, and the real etcdctl with --cacert/--cert/--key.
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include "support/fixtures.h"
 
 namespace esp::test {
@@ -10,31 +12,32 @@ namespace {
 class TlsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    certs_ = new TestCertificates();
+    certs_ = std::make_unique<TestCertificates>();
     const EtcdTls tls{certs_->ca(), certs_->cert(), certs_->key()};
-    shard_ = new EtcdCluster(1, "tlsshard", tls);
+    shard_ = std::make_unique<EtcdCluster>(1, "tlsshard", tls);
     shard_->Start();
-    proxy_ = new ProxyProcess({{"", "", shard_->ClientAddresses(), tls}},
-                              {"--cert-file", certs_->cert(), "--key-file", certs_->key(), "--trusted-ca-file",
-                               certs_->ca(), "--client-cert-auth"});
+    proxy_ = std::make_unique<ProxyProcess>(
+        std::vector<ShardSpec>{{"", "", shard_->ClientAddresses(), tls}},
+        std::vector<std::string>{"--cert-file", certs_->cert(), "--key-file", certs_->key(), "--trusted-ca-file",
+                                 certs_->ca(), "--client-cert-auth"});
     proxy_->StartWithoutProbe();
   }
   static void TearDownTestSuite() {
-    delete proxy_;
-    delete shard_;
-    delete certs_;
+    proxy_.reset();
+    shard_.reset();
+    certs_.reset();
   }
   static CommandResult Secure(const std::string& args) {
     return Etcdctl(proxy_->address(),
                    "--cacert " + certs_->ca() + " --cert " + certs_->cert() + " --key " + certs_->key() + " " + args);
   }
-  static TestCertificates* certs_;
-  static EtcdCluster* shard_;
-  static ProxyProcess* proxy_;
+  static std::unique_ptr<TestCertificates> certs_;
+  static std::unique_ptr<EtcdCluster> shard_;
+  static std::unique_ptr<ProxyProcess> proxy_;
 };
-TestCertificates* TlsTest::certs_ = nullptr;
-EtcdCluster* TlsTest::shard_ = nullptr;
-ProxyProcess* TlsTest::proxy_ = nullptr;
+std::unique_ptr<TestCertificates> TlsTest::certs_;
+std::unique_ptr<EtcdCluster> TlsTest::shard_;
+std::unique_ptr<ProxyProcess> TlsTest::proxy_;
 
 TEST_F(TlsTest, EtcdctlWithACertificateReachesTheTlsShard) {
   auto result = Secure("put k v");
@@ -86,7 +89,7 @@ namespace {
 class TlsServerNameTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new TempDir();
+    dir_ = std::make_unique<TempDir>();
     const std::string d = dir_->path().string();
     const std::string script =
         "set -e; cd " + d + "; "
@@ -99,20 +102,20 @@ class TlsServerNameTest : public ::testing::Test {
     ASSERT_EQ(made.exit_code, 0) << made.output;
     tls_ = EtcdTls{d + "/ca.crt", d + "/shard.crt", d + "/shard.key", "shard0.test"};
     // The fixture's own readiness probe verifies the name too.
-    shard_ = new EtcdCluster(1, "namedshard", tls_);
+    shard_ = std::make_unique<EtcdCluster>(1, "namedshard", tls_);
     shard_->Start();
   }
   static void TearDownTestSuite() {
-    delete shard_;
-    delete dir_;
+    shard_.reset();
+    dir_.reset();
   }
-  static TempDir* dir_;
+  static std::unique_ptr<TempDir> dir_;
   static EtcdTls tls_;
-  static EtcdCluster* shard_;
+  static std::unique_ptr<EtcdCluster> shard_;
 };
-TempDir* TlsServerNameTest::dir_ = nullptr;
+std::unique_ptr<TempDir> TlsServerNameTest::dir_;
 EtcdTls TlsServerNameTest::tls_;
-EtcdCluster* TlsServerNameTest::shard_ = nullptr;
+std::unique_ptr<EtcdCluster> TlsServerNameTest::shard_;
 
 TEST_F(TlsServerNameTest, WithServerNameTheShardIsVerifiedUnderThatName) {
   ProxyProcess proxy({{"", "", shard_->ClientAddresses(), tls_}});

@@ -27,14 +27,15 @@ std::size_t ShardOf(const std::string& key) { return key < "i" ? 0 : key < "s" ?
 class WatchResilienceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    setup_ = new ShardedSetup({3, 1, 1}, {}, {"--experimental-watch-progress-notify-interval", "300ms"});
+    setup_ = std::make_unique<ShardedSetup>(
+        std::vector<int>{3, 1, 1}, std::vector<std::string>{},
+        std::vector<std::string>{"--experimental-watch-progress-notify-interval", "300ms"});
   }
   static void TearDownTestSuite() {
     if (::testing::UnitTest::GetInstance()->failed_test_count() > 0) {
       std::cerr << "proxy log:\n" << setup_->proxy().process().Log() << std::endl;
     }
-    delete setup_;
-    setup_ = nullptr;
+    setup_.reset();
   }
   void SetUp() override { kv_ = etcdserverpb::KV::NewStub(Connect(proxy())); }
 
@@ -74,10 +75,10 @@ class WatchResilienceTest : public ::testing::Test {
     return create;
   }
 
-  static ShardedSetup* setup_;
+  static std::unique_ptr<ShardedSetup> setup_;
   std::unique_ptr<etcdserverpb::KV::Stub> kv_;
 };
-ShardedSetup* WatchResilienceTest::setup_ = nullptr;
+std::unique_ptr<ShardedSetup> WatchResilienceTest::setup_;
 
 TEST_F(WatchResilienceTest, ProgressNotifyOnASingleShardWatch) {
   WatchClient client(proxy());

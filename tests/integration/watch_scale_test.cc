@@ -32,13 +32,12 @@ long RssKiB(pid_t pid) {
 
 class WatchScaleTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { setup_ = new ShardedSetup(); }
+  static void SetUpTestSuite() { setup_ = std::make_unique<ShardedSetup>(); }
   static void TearDownTestSuite() {
     if (::testing::UnitTest::GetInstance()->failed_test_count() > 0) {
       std::cerr << "proxy log:\n" << setup_->proxy().process().Log() << std::endl;
     }
-    delete setup_;
-    setup_ = nullptr;
+    setup_.reset();
   }
   void SetUp() override { kv_ = etcdserverpb::KV::NewStub(Connect(proxy())); }
 
@@ -74,10 +73,10 @@ class WatchScaleTest : public ::testing::Test {
     return clients;
   }
 
-  static ShardedSetup* setup_;
+  static std::unique_ptr<ShardedSetup> setup_;
   std::unique_ptr<etcdserverpb::KV::Stub> kv_;
 };
-ShardedSetup* WatchScaleTest::setup_ = nullptr;
+std::unique_ptr<ShardedSetup> WatchScaleTest::setup_;
 
 constexpr int kStreams = 4;
 constexpr int kPerStream = 2500;  // 10,000 client watches in all

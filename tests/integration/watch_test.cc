@@ -7,6 +7,7 @@
 #include <deque>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -29,15 +30,14 @@ using namespace std::chrono_literals;
 
 class WatchTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { setup_ = new ShardedSetup(); }
+  static void SetUpTestSuite() { setup_ = std::make_unique<ShardedSetup>(); }
   static void TearDownTestSuite() {
     if (::testing::UnitTest::GetInstance()->failed_test_count() > 0) {
       auto& process = setup_->proxy().process();
       std::cerr << "proxy running: " << process.running() << " exit " << process.exit_status().value_or(-1)
                 << " log:\n" << process.Log() << std::endl;
     }
-    delete setup_;
-    setup_ = nullptr;
+    setup_.reset();
   }
   void SetUp() override { kv_ = etcdserverpb::KV::NewStub(Connect(proxy())); }
 
@@ -77,10 +77,10 @@ class WatchTest : public ::testing::Test {
     return created;
   }
 
-  static ShardedSetup* setup_;
+  static std::unique_ptr<ShardedSetup> setup_;
   std::unique_ptr<etcdserverpb::KV::Stub> kv_;
 };
-ShardedSetup* WatchTest::setup_ = nullptr;
+std::unique_ptr<ShardedSetup> WatchTest::setup_;
 
 // Runs `etcdctl watch <args>` as a child; its output is read from its log.
 class EtcdctlWatch {
