@@ -4,7 +4,7 @@
 # etcd CPU (utime+stime from /proc/PID/stat) around each run; prints medians. Everything started
 # here is stopped by pid on exit.
 # Environment: ROUNDS (5), DURATION (3 s), CONNS (4), INFLIGHT (50), WORKLOADS ("put get-ser get-lin";
-# also range20, txn, watch: per delivered event, 10 watchers),
+# also range20, txn, watch: per delivered event, 10 watchers; lease-keepalive: per answered renewal),
 # VARIANT_FLAG (--data-plane; --upstream-transport compares the two transports towards etcd instead).
 # PROXY_A and PROXY_B (two binaries, e.g. before/after a change): compares the two builds with
 # their default flags instead; they appear as the targets "grpc" (A) and "h2" (B) in the table.
@@ -63,6 +63,7 @@ args_for() {
     range20) echo "--mode range --range-keys 20 --no-preload" ;;
     txn) echo "--mode txn --no-preload" ;;
     watch) echo "--mode watch --key-prefix watch/ --watchers 10" ;;
+    lease-keepalive) echo "--mode lease-keepalive --timeout 3" ;;
     *) echo "bench-data-plane: unknown workload $1" >&2; exit 2 ;;
   esac
 }

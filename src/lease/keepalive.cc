@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "common/methods.h"
+#include "transport/event_loop.h"
 #include "transport/peer_identity.h"
 
 namespace esp {
@@ -151,8 +152,15 @@ KeepAliveHub::Identity KeepAliveHub::IdentityOf(const Metadata& metadata) {
 }
 
 std::shared_ptr<StreamHandler> KeepAliveHub::NewClientStream(CallContextPtr ctx, std::shared_ptr<StreamSink> sink) {
-  return std::make_shared<ClientStream>(weak_from_this(), ctx ? IdentityOf(ctx->metadata()) : Identity{},
-                                        std::move(sink));
+  Identity identity = ctx ? IdentityOf(ctx->metadata()) : Identity{};
+  // A lane per event loop as well: a lane's upstream streams are opened from, and so live on,
+  // the loop of the client that first renewed over them. A client served by another loop would
+  // cross threads twice per renewal (its request posted over, the answer posted back).
+  if (const EventLoop* loop = EventLoop::Current()) {
+    identity.key.push_back('\x01');  // cannot start a metadata key: the tag is unambiguous
+    identity.key.append(std::to_string(reinterpret_cast<std::uintptr_t>(loop)));
+  }
+  return std::make_shared<ClientStream>(weak_from_this(), std::move(identity), std::move(sink));
 }
 
 std::size_t KeepAliveHub::LaneCount() const {

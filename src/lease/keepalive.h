@@ -4,7 +4,8 @@
 // shard and lane, opened on first use and reopened after it broke). A lane is one client
 // identity as a shard sees it: the `token` and client-certificate entries of the metadata.
 // etcd 3.5 checks each renewal against the stream's identity, so clients of different
-// identities must not share a stream; without auth every client is in the one empty lane.
+// identities must not share a stream; without auth every client is in the empty lane. On the
+// h2 data plane lanes are per event loop too, so that a renewal stays on its client's loop.
 // Per lane and lease at most one upstream round is in flight: requests arriving meanwhile (from
 // any client of the lane) wait for the next round, which starts as soon as the current one
 // completes and answers all of them. Hence upstream traffic per lease is bounded by the shards'
@@ -48,7 +49,8 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
                std::chrono::milliseconds shard_timeout,
                std::chrono::milliseconds lane_idle = std::chrono::seconds(60));
 
-  // The client's identity lane comes from ctx->metadata() (none when ctx is null).
+  // The client's identity lane comes from ctx->metadata() (none when ctx is null) and from the
+  // event loop it is called on (EventLoop::Current(), if any).
   std::shared_ptr<StreamHandler> NewClientStream(CallContextPtr ctx, std::shared_ptr<StreamSink> sink);
   // Renews `id` on every shard in `identity`'s lane; `answer` gets the merged response (TTL:
   // smallest positive TTL of the shards, 0 when no shard has the lease), a shard's refusal

@@ -33,9 +33,16 @@ EventLoop::~EventLoop() {
   close(epoll_fd_);
 }
 
+namespace {
+thread_local EventLoop* current_loop = nullptr;
+}  // namespace
+
+EventLoop* EventLoop::Current() { return current_loop; }
+
 void EventLoop::Start() {
   thread_ = std::thread([this] {
     thread_id_ = std::this_thread::get_id();
+    current_loop = this;
     Run();
   });
 }

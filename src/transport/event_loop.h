@@ -33,6 +33,8 @@ class EventLoop {
   // Thread-safe.
   void Post(Task task);
   bool InLoopThread() const { return std::this_thread::get_id() == thread_id_; }
+  // The loop whose thread is calling, or null off the loops' threads.
+  static EventLoop* Current();
 
   // Loop thread only.
   void AddFd(int fd, std::uint32_t events, FdHandler handler);

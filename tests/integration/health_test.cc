@@ -95,7 +95,7 @@ TEST_F(HealthTest, GaugesCountClientWatchesUpstreamWatchersAndLeasesKeptAlive) {
     EXPECT_GT(renewed.ttl(), 0);
   }
   EXPECT_EQ(Gauge("etcd_proxy_leases_kept_alive"), 1);
-  EXPECT_EQ(Gauge("etcd_proxy_keepalive_lanes"), 1);  // no auth: every client in the one lane
+  EXPECT_EQ(Gauge("etcd_proxy_keepalive_lanes"), 1);  // no auth, one client: the empty lane of its loop
 
   // Closed streams count nothing.
   watch->WritesDone();

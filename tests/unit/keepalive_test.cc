@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <future>
+
+#include "transport/event_loop.h"
+
 namespace esp {
 namespace {
 
@@ -294,6 +298,47 @@ TEST_F(KeepAliveHubTest, EachIdentityRenewsOverStreamsOfItsOwn) {
   client->OnMessage(request.SerializeAsString());
   EXPECT_EQ(hub_->LaneCount(), 3u);
   for (auto& shard : shards_) EXPECT_EQ(shard->streams[1]->writes(), (std::vector<int64_t>{7, 7}));
+}
+
+// On the h2 data plane each event loop has lanes of its own: a renewal from a client served by
+// one loop goes over upstream streams opened from (and so living on) that loop, never crossing
+// to another loop's thread. Clients of one loop still share their lane.
+TEST_F(KeepAliveHubTest, EachEventLoopRenewsOverStreamsOfItsOwn) {
+  EventLoop first, second;
+  first.Start();
+  second.Start();
+  std::vector<std::shared_ptr<FakeSink>> sinks;
+  std::vector<std::shared_ptr<StreamHandler>> clients;
+  // A client stream created and fed on `loop`, as the h2 plane does; returns once it ran there.
+  const auto renew_on = [&](EventLoop& loop, int64_t id) {
+    auto sink = std::make_shared<FakeSink>();
+    std::promise<std::shared_ptr<StreamHandler>> made;
+    loop.Post([&] {
+      auto client = hub_->NewClientStream(std::make_shared<CallContext>(std::nullopt, Metadata{}), sink);
+      LeaseKeepAliveRequest request;
+      request.set_id(id);
+      client->OnMessage(request.SerializeAsString());
+      made.set_value(client);
+    });
+    clients.push_back(made.get_future().get());
+    sinks.push_back(sink);
+  };
+  renew_on(first, 7);
+  renew_on(second, 7);
+  EXPECT_EQ(hub_->LaneCount(), 2u);
+  for (auto& shard : shards_) {
+    ASSERT_EQ(shard->streams.size(), 2u);
+    for (auto& stream : shard->streams) EXPECT_EQ(stream->writes(), std::vector<int64_t>{7});  // a round per loop
+  }
+  renew_on(first, 8);  // the first loop's lane again
+  EXPECT_EQ(hub_->LaneCount(), 2u);
+  for (auto& shard : shards_) EXPECT_EQ(shard->streams[0]->writes(), (std::vector<int64_t>{7, 8}));
+  // Off the loops (the gRPC C++ plane, these tests) there is the one lane of before.
+  Got off_loop;
+  hub_->KeepAlive(7, Record(off_loop));
+  EXPECT_EQ(hub_->LaneCount(), 3u);
+  first.Stop();
+  second.Stop();
 }
 
 TEST_F(KeepAliveHubTest, RefusalEndsEveryRoundWaitingOnTheStreamWithEtcdsError) {
