@@ -279,8 +279,11 @@ Status H2ShardTransport::BackoffStatus(std::size_t index) const {
 std::shared_ptr<H2ClientConnection> H2ShardTransport::ConnectionTo(std::size_t loop, std::size_t member,
                                                                     const std::string& identity) {
   if (identity.empty()) {
+    // The common case first: an open connection, without building the callback below.
+    auto& slot = connections_[loop][member];
+    if (slot && slot->usable()) return slot;
     const std::weak_ptr<H2ShardTransport> weak = shared_from_this();
-    return Connect(connections_[loop][member], loop, member, ssl_ctx_, [weak, member](bool ok, const std::string& error) {
+    return Connect(slot, loop, member, ssl_ctx_, [weak, member](bool ok, const std::string& error) {
       if (const auto self = weak.lock()) self->NoteConnectResult(member, ok, error);
     });
   }
