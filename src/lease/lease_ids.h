@@ -4,7 +4,7 @@
 
 namespace esp {
 
-// A random positive 63-bit id from the operating system's CSPRNG (OpenSSL RAND_bytes).
+// A random positive 63-bit id from OpenSSL's CSPRNG (RAND_bytes, drawn in batches per thread).
 // Several proxies grant side by side without coordinating; with 2^63 values the chance that two
 // of them pick the same id is negligible (birthday bound: ~1e-7 after 1.4 million live leases),
 // and the rare collision with a live lease is caught by the shards themselves ("lease already
