@@ -10,7 +10,7 @@ namespace esp {
 namespace {
 
 // Ids are drawn from OpenSSL in batches, per thread: one RAND_bytes call costs OpenSSL 3 about
-// 7,000 instructions whatever its size (provider and parameter lookups), as much as all the rest
+// 5,000 instructions whatever its size (provider and parameter lookups), a tenth of all the rest
 // of forwarding a grant to a shard.
 constexpr std::size_t kBatch = 64;
 
