@@ -16,13 +16,14 @@ std::size_t ShardMap::ShardForKey(std::string_view key) const {
 }
 
 std::vector<RangePiece> ShardMap::Split(std::string_view key, std::string_view range_end) const {
-  const std::size_t first = ShardForKey(key);
-  const bool to_infinity = range_end == kRangeEndAll;
-  if (range_end.empty() || (!to_infinity && range_end <= key)) {
-    return {RangePiece{first, std::string(key), std::string(range_end)}};
+  // Inside one shard (a single key, an empty or inverted range included) the one piece is the
+  // client's range unchanged: the shard's bounds cannot clip it.
+  if (const auto shard = SingleShard(key, range_end)) {
+    return {RangePiece{*shard, std::string(key), std::string(range_end)}};
   }
+  const bool to_infinity = range_end == kRangeEndAll;
   std::vector<RangePiece> pieces;
-  for (std::size_t i = first; i < shards_.size(); ++i) {
+  for (std::size_t i = ShardForKey(key); i < shards_.size(); ++i) {
     const ShardBounds& s = shards_[i];
     if (!to_infinity && std::string_view(s.start) >= range_end) break;
     RangePiece piece{i, std::max(std::string(key), s.start), {}};
@@ -42,7 +43,7 @@ std::optional<std::size_t> ShardMap::SingleShard(std::string_view key, std::stri
   const std::size_t first = ShardForKey(key);
   const bool to_infinity = range_end == kRangeEndAll;
   if (range_end.empty() || (!to_infinity && range_end <= key)) return first;
-  // As in Split: the next shard gets a piece unless the range ends at or before its start.
+  // The next shard is touched unless the range ends at or before its start.
   if (first + 1 == shards_.size() || (!to_infinity && range_end <= std::string_view(shards_[first + 1].start))) {
     return first;
   }

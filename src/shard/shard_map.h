@@ -39,8 +39,8 @@ class ShardMap {
   // owning `key`, unchanged, so that the shard gives etcd's own answer for it.
   std::vector<RangePiece> Split(std::string_view key, std::string_view range_end) const;
 
-  // The one shard Split would give the whole range to, or nullopt if it spans shards. Allocates
-  // nothing: the common path of every single-shard request asks this first.
+  // The one shard [key, range_end) lies in (Split's single piece), or nullopt if it spans shards.
+  // Allocates nothing: the common path of every single-shard request asks this first.
   std::optional<std::size_t> SingleShard(std::string_view key, std::string_view range_end) const;
 
   // The shards that [key, range_end) touches (same conventions as Split), in key order.
