@@ -1,8 +1,8 @@
 #pragma once
 // Walks the top-level fields of serialized protobuf bytes as protobuf's parser reads them,
 // without building the message, through protobuf's own coded stream. For the few fields the
-// proxy reads out of bytes it forwards as they came: a put's key and lease, a range's or delete's key range (kv/request_scan.h), a
-// watch response's id (watch/watch_encoding.h).
+// proxy reads out of bytes it forwards as they came: a put's key and lease, a range's or a
+// delete's key range (kv/request_scan.h), a watch response's id (watch/watch_encoding.h).
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/wire_format_lite.h>
 

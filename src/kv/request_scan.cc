@@ -1,9 +1,8 @@
 #include "kv/request_scan.h"
 
-#include "etcdserverpb/rpc.pb.h"
-
 #include "common/etcd_errors.h"
 #include "common/wire_fields.h"
+#include "etcdserverpb/rpc.pb.h"
 
 namespace esp {
 namespace {
