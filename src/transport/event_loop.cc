@@ -41,7 +41,6 @@ EventLoop* EventLoop::Current() { return current_loop; }
 
 void EventLoop::Start() {
   thread_ = std::thread([this] {
-    thread_id_ = std::this_thread::get_id();
     current_loop = this;
     Run();
   });

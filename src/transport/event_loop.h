@@ -3,7 +3,6 @@
 // their nghttp2 sessions) is touched only on that thread; other threads hand work over with
 // Post(), which wakes the loop through an eventfd. Work posted from the loop itself runs later in
 // the same turn, so completions never re-enter nghttp2 from inside its callbacks.
-#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -32,9 +31,9 @@ class EventLoop {
 
   // Thread-safe.
   void Post(Task task);
-  bool InLoopThread() const { return std::this_thread::get_id() == thread_id_; }
   // The loop whose thread is calling, or null off the loops' threads.
   static EventLoop* Current();
+  bool InLoopThread() const { return Current() == this; }
 
   // Loop thread only.
   void AddFd(int fd, std::uint32_t events, FdHandler handler);
@@ -66,7 +65,6 @@ class EventLoop {
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
   std::thread thread_;
-  std::atomic<std::thread::id> thread_id_{};
   bool stop_ = false;  // loop thread only
 
   mutable std::mutex mu_;
