@@ -40,8 +40,8 @@ ProxyIdentity MakeProxyIdentity(const ShardMap& map, std::vector<std::string> cl
                                 std::vector<std::string> peer_proxies) {
   // Length-prefixed fields: ("ab","c") and ("a","bc") must not hash alike.
   std::string layout;
-  for (std::size_t i = 0; i < map.size(); ++i) {
-    for (const auto* field : {&map.shard(i).name, &map.shard(i).start, &map.shard(i).end}) {
+  for (const auto& range : map.ranges()) {
+    for (const auto* field : {&map.shard(range.shard).name, &range.start, &range.end}) {
       layout += std::to_string(field->size()) + ":" + *field;
     }
   }
@@ -74,6 +74,16 @@ void ClusterService::Register(Router& router) {
         self->set_id(identity_.member_id);
         self->set_name(identity_.name);
         for (const auto& url : identity_.client_urls) self->add_clienturls(url);
+        if (peers_) {
+          for (const auto& peer : peers_()) {
+            if (peer.member_id == identity_.member_id || peer.client_urls.empty()) continue;
+            auto* member = response.add_members();
+            member->set_id(peer.member_id);
+            member->set_name(peer.name.empty() ? peer.client_urls.front() : peer.name);
+            for (const auto& url : peer.client_urls) member->add_clienturls(url);
+          }
+          return done(Status::Ok(), std::move(response));
+        }
         // The same config file may serve every proxy, so `proxies:` may list this one too.
         for (const auto& url : identity_.peer_proxies) {
           if (std::find(identity_.client_urls.begin(), identity_.client_urls.end(), url) == identity_.client_urls.end()) {

@@ -1,25 +1,20 @@
 #include "config/config.h"
 
-#include <openssl/evp.h>
 #include <yaml-cpp/yaml.h>
 
 #include <fstream>
 #include <set>
 #include <sstream>
 
+#include "common/base64.h"
+
 namespace esp {
 namespace {
 
-std::string DecodeBase64(const std::string& text, const std::string& where) {
-  std::string out((text.size() / 4 + 1) * 3, '\0');
-  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                                reinterpret_cast<const unsigned char*>(text.data()),
-                                static_cast<int>(text.size()));
-  if (n < 0 || text.size() % 4 != 0) throw ConfigError(where + ": invalid base64 '" + text + "'");
-  std::size_t padding = 0;
-  for (auto it = text.rbegin(); it != text.rend() && *it == '='; ++it) ++padding;
-  out.resize(static_cast<std::size_t>(n) - padding);
-  return out;
+std::string DecodeBase64OrThrow(const std::string& text, const std::string& where) {
+  auto out = DecodeBase64(text);
+  if (!out) throw ConfigError(where + ": invalid base64 '" + text + "'");
+  return std::move(*out);
 }
 
 std::string ShardLabel(std::size_t index, const ShardConfig& shard) {
@@ -35,7 +30,7 @@ std::string ReadBoundary(const YAML::Node& node, const char* field, const std::s
   const std::string b64_field = std::string(field) + "_base64";
   if (node[b64_field]) {
     if (node[field]) throw ConfigError(where + ": give either '" + field + "' or '" + b64_field + "', not both");
-    return DecodeBase64(node[b64_field].as<std::string>(), where);
+    return DecodeBase64OrThrow(node[b64_field].as<std::string>(), where);
   }
   if (!node[field] || node[field].IsNull()) return "";
   return node[field].as<std::string>();

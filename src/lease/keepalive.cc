@@ -264,6 +264,7 @@ std::pair<std::shared_ptr<UpstreamStream>, uint64_t> KeepAliveHub::StreamFor(uin
                                                                               std::size_t shard) {
   const auto topology = topology_.Get();
   Metadata metadata;
+  std::shared_ptr<UpstreamStream> stale;
   {
     const std::lock_guard lock(mu_);
     const auto it = lanes_by_number_.find(lane_number);
@@ -271,9 +272,16 @@ std::pair<std::shared_ptr<UpstreamStream>, uint64_t> KeepAliveHub::StreamFor(uin
     if (shut_down_ || it == lanes_by_number_.end()) return {nullptr, 0};
     Lane& lane = *it->second;
     if (lane.streams.size() < topology->shards.size()) lane.streams.resize(topology->shards.size());
-    if (lane.streams[shard].stream) return {lane.streams[shard].stream, lane.streams[shard].generation};
+    if (shard >= topology->shards.size()) return {nullptr, 0};
+    ShardStream& slot = lane.streams[shard];
+    if (slot.stream && slot.transport == topology->shards[shard].get()) return {slot.stream, slot.generation};
+    if (slot.stream) {
+      stale = std::move(slot.stream);  // opened on a transport that is no longer this shard's
+      slot = ShardStream{};
+    }
     metadata = lane.metadata;
   }
+  if (stale) stale->Cancel();
   // Opened outside the lock: a failing stream may report its end from inside OpenStream.
   const uint64_t generation = next_generation_.fetch_add(1);
   auto observer = std::make_shared<ShardObserver>(weak_from_this(), lane_number, shard, generation);
@@ -291,7 +299,7 @@ std::pair<std::shared_ptr<UpstreamStream>, uint64_t> KeepAliveHub::StreamFor(uin
       loser = stream;  // another request opened one meanwhile: use that
       result = {slot.stream, slot.generation};
     } else {
-      slot = ShardStream{stream, generation};
+      slot = ShardStream{stream, generation, topology->shards[shard].get()};
     }
   }
   if (loser) loser->Cancel();

@@ -104,6 +104,9 @@ class KeepAliveHub : public std::enable_shared_from_this<KeepAliveHub> {
   struct ShardStream {
     std::shared_ptr<UpstreamStream> stream;
     uint64_t generation = 0;
+    // The shard's transport it was opened on: after a map change the same index may name
+    // another shard (or another set of members), and the stream is then opened anew.
+    const ShardTransport* transport = nullptr;
   };
   struct Lane {
     uint64_t number = 0;

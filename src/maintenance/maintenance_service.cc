@@ -216,7 +216,7 @@ void MaintenanceService::RegisterAggregates(Router& router) {
   router.AddTyped<pb::DefragmentRequest, pb::DefragmentResponse>(
       kDefragment, [this](CallContextPtr ctx, const pb::DefragmentRequest&, Reply<pb::DefragmentResponse> done) {
         auto topology = topology_.Get();
-        auto configs = std::make_shared<std::vector<ShardConfig>>(shards_);
+        auto configs = std::make_shared<std::vector<ShardConfig>>(topology->configs);
         CallEveryShard<pb::MemberListResponse>(
             topology, kMemberList, ctx, pb::MemberListRequest{},
             [this, topology, configs, ctx, done](std::vector<ShardAnswer<pb::MemberListResponse>> lists) {

@@ -25,9 +25,9 @@ std::string HostPortOfUrl(const std::string& url);
 
 class MaintenanceService {
  public:
-  // `shards` gives the TLS settings used for per-member connections (Defragment).
-  MaintenanceService(const TopologyHolder& topology, std::vector<ShardConfig> shards, ProxyIdentity identity)
-      : topology_(topology), shards_(std::move(shards)), identity_(std::move(identity)) {}
+  // Per-member connections (Defragment) take each shard's TLS settings from the topology.
+  MaintenanceService(const TopologyHolder& topology, ProxyIdentity identity)
+      : topology_(topology), identity_(std::move(identity)) {}
   void Register(Router& router);
   // How Defragment reaches one member (default: a GrpcShardTransport); the proxy passes the
   // transport kind it was started with.
@@ -39,7 +39,6 @@ class MaintenanceService {
   void RegisterAggregates(Router& router);
   void RegisterRefusals(Router& router);
   const TopologyHolder& topology_;
-  std::vector<ShardConfig> shards_;
   ProxyIdentity identity_;
   MemberTransportFactory member_transport_;
 };

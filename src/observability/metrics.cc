@@ -251,9 +251,15 @@ void Metrics::InstrumentRouter(Router& router) {
 std::shared_ptr<const Topology> Metrics::InstrumentTopology(std::shared_ptr<const Topology> topology) {
   std::vector<std::shared_ptr<ShardTransport>> shards;
   for (std::size_t i = 0; i < topology->shards.size(); ++i) {
-    shards.push_back(std::make_shared<InstrumentedTransport>(topology->shards[i], topology->map.shard(i).name, *this));
+    shards.push_back(InstrumentTransport(topology->shards[i], topology->map.shard(i).name));
   }
-  return std::make_shared<const Topology>(Topology{topology->map, std::move(shards)});
+  return std::make_shared<const Topology>(
+      Topology{topology->map, std::move(shards), topology->configs, topology->map_version});
+}
+
+std::shared_ptr<ShardTransport> Metrics::InstrumentTransport(std::shared_ptr<ShardTransport> transport,
+                                                             const std::string& shard) {
+  return std::make_shared<InstrumentedTransport>(std::move(transport), shard, *this);
 }
 
 }  // namespace esp

@@ -51,6 +51,7 @@ class Metrics {
   void InstrumentRouter(Router& router);
   // A topology whose transports count their calls, errors and latency under the shard's name.
   std::shared_ptr<const Topology> InstrumentTopology(std::shared_ptr<const Topology> topology);
+  std::shared_ptr<ShardTransport> InstrumentTransport(std::shared_ptr<ShardTransport> transport, const std::string& shard);
   void SetShardUp(const std::string& shard, bool up);
   // A gauge whose value `read` gives at scrape time: the services keep their own counts (client
   // watches, upstream watchers, leases kept alive) and need no Metrics on their paths.

@@ -1,5 +1,7 @@
 #include "observability/shard_health.h"
 
+#include <algorithm>
+
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
@@ -73,20 +75,33 @@ HealthVerdict JudgeServing(const std::vector<ShardState>& shards) {
   return Judge(shards, [](const std::string&) { return false; });
 }
 
-ShardHealthMonitor::ShardHealthMonitor(const TopologyHolder& topology, std::vector<std::vector<std::string>> endpoints,
-                                       Metrics& metrics, std::chrono::milliseconds interval)
-    : topology_(topology), endpoints_(std::move(endpoints)), metrics_(metrics), interval_(interval) {
-  const auto t = topology_.Get();
-  for (std::size_t i = 0; i < t->map.size(); ++i) {
+ShardHealthMonitor::ShardHealthMonitor(const TopologyHolder& topology, Metrics& metrics,
+                                       std::chrono::milliseconds interval)
+    : topology_(topology), metrics_(metrics), interval_(interval) {
+  const std::lock_guard lock(mu_);
+  FollowTopologyLocked(topology_.Get());
+}
+
+void ShardHealthMonitor::FollowTopologyLocked(std::shared_ptr<const Topology> topology) {
+  const Topology& t = *topology;
+  std::vector<ShardState> next;
+  for (std::size_t i = 0; i < t.map.size(); ++i) {
     ShardState s;
-    s.name = t->map.shard(i).name;
-    s.description = t->map.Describe(i);
-    s.start = t->map.shard(i).start;
-    s.end = t->map.shard(i).end;
-    if (i < endpoints_.size()) s.endpoints = endpoints_[i];
-    s.error = "not probed yet";
-    states_.push_back(std::move(s));
+    const auto before = std::find_if(states_.begin(), states_.end(),
+                                     [&](const ShardState& old) { return old.name == t.map.shard(i).name; });
+    if (before != states_.end()) {
+      s = *before;
+    } else {
+      s.name = t.map.shard(i).name;
+      s.error = "not probed yet";
+    }
+    s.description = t.map.Describe(i);
+    s.ranges = t.map.shard(i).ranges;
+    s.endpoints = i < t.configs.size() ? t.configs[i].endpoints : std::vector<std::string>{};
+    next.push_back(std::move(s));
   }
+  states_ = std::move(next);
+  states_topology_ = std::move(topology);
 }
 
 ShardHealthMonitor::~ShardHealthMonitor() { Stop(); }
@@ -155,6 +170,7 @@ void ShardHealthMonitor::ProbeOnce() {
   std::vector<ShardState> snapshot;
   {
     const std::lock_guard lock(mu_);
+    if (states_topology_ != topology) FollowTopologyLocked(topology);
     // Every shard's cluster id first, so that a twin is seen from both sides in the same probe.
     for (std::size_t i = 0; i < status_answers.size() && i < states_.size(); ++i) {
       if (status_answers[i].status.ok()) states_[i].cluster_id = status_answers[i].response.header().cluster_id();
@@ -223,12 +239,16 @@ std::string HealthJson(const HealthVerdict& verdict) {
       -1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-std::string ShardsJson(const std::vector<ShardState>& shards) {
+std::string ShardsJson(const std::vector<ShardState>& shards, std::int64_t map_version) {
   auto out = nlohmann::ordered_json::array();
   for (const auto& s : shards) {
+    auto ranges = nlohmann::ordered_json::array();
+    for (const auto& r : s.ranges) ranges.push_back({{"start", r.start}, {"end", r.end}});
     out.push_back({{"name", s.name},
-                   {"start", s.start},
-                   {"end", s.end},
+                   // One range (the static layout): its bounds at the top level, as before.
+                   {"start", s.ranges.size() == 1 ? s.ranges[0].start : ""},
+                   {"end", s.ranges.size() == 1 ? s.ranges[0].end : ""},
+                   {"ranges", ranges},
                    {"endpoints", s.endpoints},
                    {"health", s.healthy},
                    {"error", s.error},
@@ -239,7 +259,8 @@ std::string ShardsJson(const std::vector<ShardState>& shards) {
                    {"cluster_id", std::to_string(s.cluster_id)},
                    {"revision", s.revision},
                    {"db_size", s.db_size},
-                   {"version", s.version}});
+                   {"version", s.version},
+                   {"map_version", map_version}});
   }
   // Binary range boundaries are not UTF-8: replaced rather than failing the whole page.
   return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";

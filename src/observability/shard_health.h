@@ -23,7 +23,7 @@ namespace esp {
 struct ShardState {
   std::string name;
   std::string description;  // shard "name" [start, end)
-  std::string start, end;
+  std::vector<KeyRange> ranges;  // what it owns in the map the probe used
   std::vector<std::string> endpoints;
   bool probed = false;  // false until the first probe completed
   bool healthy = false;  // reachable, with a leader
@@ -59,8 +59,9 @@ class ShardHealthMonitor {
   // Called on the probe thread after a probe that changed JudgeServing's answer (and after the first).
   using ServingListener = std::function<void(bool serving)>;
 
-  ShardHealthMonitor(const TopologyHolder& topology, std::vector<std::vector<std::string>> endpoints,
-                     Metrics& metrics, std::chrono::milliseconds interval = std::chrono::seconds(1));
+  // Each shard's endpoints come from the topology, which may change between probes.
+  ShardHealthMonitor(const TopologyHolder& topology, Metrics& metrics,
+                     std::chrono::milliseconds interval = std::chrono::seconds(1));
   ~ShardHealthMonitor();
   // Register listeners and credentials before Start. The credentials are the proxy's own
   // identity for the probes: etcd 3.5+ with auth on refuses Status and Alarm without a token.
@@ -73,12 +74,13 @@ class ShardHealthMonitor {
  private:
   void Run();
   void ProbeOnce();
+  // A new shard map: one state per shard of `topology`, carried over by name.
+  void FollowTopologyLocked(std::shared_ptr<const Topology> topology);
   // The metadata a probe of `shard` carries: the proxy's token when credentials are set. Waits
   // (probe thread only) at most until `deadline`.
   Metadata ProbeMetadata(std::size_t shard, Clock::time_point deadline) const;
 
   const TopologyHolder& topology_;
-  std::vector<std::vector<std::string>> endpoints_;
   Metrics& metrics_;
   std::chrono::milliseconds interval_;
   std::vector<ServingListener> listeners_;
@@ -88,11 +90,13 @@ class ShardHealthMonitor {
   std::condition_variable wake_;
   bool stopping_ = false;
   std::vector<ShardState> states_;
+  std::shared_ptr<const Topology> states_topology_;  // which topology states_ is laid out for
   std::thread thread_;
 };
 
 // JSON bodies of the operator endpoints.
 std::string HealthJson(const HealthVerdict& verdict);  // etcd's {"health":"true","reason":""}
-std::string ShardsJson(const std::vector<ShardState>& shards);
+// `map_version`: the shard map the proxy serves (0 for a static layout), in every entry.
+std::string ShardsJson(const std::vector<ShardState>& shards, std::int64_t map_version = 0);
 
 }  // namespace esp

@@ -6,9 +6,11 @@
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <iostream>
 
 #include "common/go_duration.h"
 #include "config/config.h"
+#include "meta/map_commands.h"
 #include "observability/grpc_log.h"
 #include "server/proxy.h"
 #include "upstream/h2_client_connection.h"
@@ -29,6 +31,136 @@ void AddDurationOption(CLI::App& app, const std::string& name, std::chrono::nano
       ->default_str(default_text);
 }
 
+// How to reach the meta store: flags shared by the proxy and the `map` commands.
+struct MetaFlags {
+  std::vector<std::string> endpoints;
+  std::string prefix = esp::meta::kDefaultPrefix;
+  std::string ca_file, cert_file, key_file, server_name;
+  std::string user, password_file;
+};
+
+void AddMetaFlags(CLI::App& app, MetaFlags& flags) {
+  app.add_option("--meta-endpoints", flags.endpoints,
+                 "members of the meta etcd cluster holding the shard map (comma-separated host:port)")
+      ->delimiter(',');
+  app.add_option("--meta-prefix", flags.prefix, "key prefix of the shard map in the meta store")->capture_default_str();
+  app.add_option("--meta-cacert", flags.ca_file, "CA bundle for TLS towards the meta store (enables TLS)");
+  app.add_option("--meta-cert", flags.cert_file, "client certificate towards the meta store (mutual TLS)");
+  app.add_option("--meta-key", flags.key_file, "key of --meta-cert");
+  app.add_option("--meta-server-name", flags.server_name, "name checked in the meta store members' certificates");
+  app.add_option("--meta-user", flags.user, "etcd user for the meta store (with --meta-password-file)");
+  app.add_option("--meta-password-file", flags.password_file, "file holding --meta-user's password (one line)");
+}
+
+esp::meta::EtcdClientOptions ClientOptions(const MetaFlags& flags) {
+  esp::meta::EtcdClientOptions options;
+  options.endpoints = flags.endpoints;
+  if (!flags.ca_file.empty() || !flags.cert_file.empty()) {
+    options.tls = esp::TlsClientConfig{flags.ca_file, flags.cert_file, flags.key_file, flags.server_name};
+  }
+  if (flags.user.empty() != flags.password_file.empty()) {
+    throw esp::ConfigError("--meta-user and --meta-password-file go together");
+  }
+  options.user = flags.user;
+  if (!flags.password_file.empty()) options.password = esp::meta::ReadPasswordFile(flags.password_file);
+  return options;
+}
+
+// The `map` subcommands. Each runs to its end before main returns its status.
+struct MapCommand {
+  MetaFlags meta;
+  std::string config_path;
+  bool force = false;
+  std::string output = "table";
+  std::string name;
+  std::vector<std::string> endpoints;
+  std::string ca_file, cert_file, key_file, server_name;
+  std::function<int(esp::meta::MapStore&, esp::meta::CommandIo)> run;
+};
+
+esp::meta::OutputFormat Format(const std::string& output) {
+  return output == "json" ? esp::meta::OutputFormat::kJson : esp::meta::OutputFormat::kTable;
+}
+
+CLI::App* AddMapCommands(CLI::App& app, MapCommand& command) {
+  auto* map = app.add_subcommand("map", "read and change the shard map kept in the meta store");
+  map->require_subcommand(1);
+  AddMetaFlags(*map, command.meta);
+  const auto sub = [&](const char* name, const char* help) {
+    auto* s = map->add_subcommand(name, help);
+    s->fallthrough();  // the meta flags may follow the subcommand's name
+    return s;
+  };
+  auto* init = sub("init", "write the first shard map from a YAML layout (the proxy's --config format)");
+  init->add_option("--config", command.config_path, "YAML shard layout")->required();
+  init->add_flag("--force", command.force, "replace an existing map (no proxy serving; keys are not moved)");
+  init->callback([&] {
+    command.run = [&](esp::meta::MapStore& store, esp::meta::CommandIo io) {
+      return esp::meta::MapInit(store, esp::LoadConfigFile(command.config_path), command.force, io);
+    };
+  });
+  for (const char* name : {"show", "history"}) {
+    auto* s = sub(name, std::string(name) == "show" ? "print the current map and the live proxies" : "print every version of the map");
+    s->add_option("-w,--write-out", command.output, "table or json")->check(CLI::IsMember({"table", "json"}));
+    const bool show = std::string(name) == "show";
+    s->callback([&, show] {
+      command.run = [&, show](esp::meta::MapStore& store, esp::meta::CommandIo io) {
+        return show ? esp::meta::MapShow(store, Format(command.output), io)
+                    : esp::meta::MapHistory(store, Format(command.output), io);
+      };
+    });
+  }
+  auto* add = sub("add-shard", "add an etcd cluster that owns no range yet (made ready to serve first)");
+  add->add_option("name", command.name, "the new shard's name")->required();
+  add->add_option("--endpoints", command.endpoints, "its members, host:port,...")->delimiter(',')->required();
+  add->add_option("--cacert", command.ca_file, "TLS towards the new shard: CA bundle");
+  add->add_option("--cert", command.cert_file, "TLS towards the new shard: client certificate");
+  add->add_option("--key", command.key_file, "TLS towards the new shard: client key");
+  add->add_option("--server-name", command.server_name, "TLS towards the new shard: name in its certificates");
+  add->callback([&] {
+    command.run = [&](esp::meta::MapStore& store, esp::meta::CommandIo io) {
+      esp::ShardConfig shard;
+      shard.name = command.name;
+      shard.endpoints = command.endpoints;
+      if (!command.ca_file.empty() || !command.cert_file.empty()) {
+        shard.tls = esp::TlsClientConfig{command.ca_file, command.cert_file, command.key_file, command.server_name};
+      }
+      return esp::meta::MapAddShard(store, shard, {}, io);
+    };
+  });
+  auto* remove = sub("remove-shard", "remove a shard that owns no range");
+  remove->add_option("name", command.name, "the shard's name")->required();
+  remove->callback([&] {
+    command.run = [&](esp::meta::MapStore& store, esp::meta::CommandIo io) {
+      return esp::meta::MapRemoveShard(store, command.name, io);
+    };
+  });
+  auto* set = sub("set-endpoints", "replace a shard's member list (the same cluster, other members)");
+  set->add_option("name", command.name, "the shard's name")->required();
+  set->add_option("endpoints", command.endpoints, "its members, host:port ...")->required()->delimiter(',');
+  set->callback([&] {
+    command.run = [&](esp::meta::MapStore& store, esp::meta::CommandIo io) {
+      return esp::meta::MapSetEndpoints(store, command.name, command.endpoints, io);
+    };
+  });
+  return map;
+}
+
+int RunMapCommand(MapCommand& command) {
+  try {
+    if (command.meta.endpoints.empty()) throw esp::ConfigError("--meta-endpoints is required");
+    esp::meta::EtcdClient client(ClientOptions(command.meta));
+    esp::meta::MapStore store(client, command.meta.prefix);
+    return command.run(store, esp::meta::CommandIo{std::cout, std::cerr});
+  } catch (const esp::ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const esp::meta::MetaError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -36,7 +168,17 @@ int main(int argc, char** argv) {
   std::string config_path;
   std::string log_level = "info";
   esp::ProxyOptions options;
-  app.add_option("--config", config_path, "YAML file with the shard layout")->required();
+  app.add_option("--config", config_path,
+                 "YAML file with the shard layout (with --meta-endpoints: its other settings only)");
+  MetaFlags meta_flags;
+  AddMetaFlags(app, meta_flags);
+  long lease_ttl_seconds = 10;
+  app.add_option("--meta-lease-ttl", lease_ttl_seconds,
+                 "seconds: this proxy's registration in the meta store outlives a crash by at most this")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 3600));
+  MapCommand map_command;
+  auto* map = AddMapCommands(app, map_command);
   app.add_option("--listen-addr", options.listen_address, "address for etcd clients")->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.add_option("--max-request-bytes", options.max_request_bytes, "largest client request accepted, as etcd's flag")
@@ -76,6 +218,15 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"grpc", "h2"}))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (map->parsed()) {
+    // `--meta-*` flags given before `map` count too.
+    if (map_command.meta.endpoints.empty()) map_command.meta = meta_flags;
+    return RunMapCommand(map_command);
+  }
+  if (config_path.empty() && meta_flags.endpoints.empty()) {
+    std::cerr << "--config or --meta-endpoints is required\nRun with --help for more information.\n";
+    return 2;
+  }
 
   spdlog::set_level(spdlog::level::from_str(log_level));
   esp::RouteGrpcLogsToSpdlog();
@@ -85,7 +236,15 @@ int main(int argc, char** argv) {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   esp::Config config;
   try {
-    config = esp::LoadConfigFile(config_path);
+    if (!config_path.empty()) config = esp::LoadConfigFile(config_path);
+    if (!meta_flags.endpoints.empty()) {
+      options.meta.client = ClientOptions(meta_flags);
+      options.meta.prefix = meta_flags.prefix;
+      options.meta.lease_ttl = std::chrono::seconds(lease_ttl_seconds);
+      if (!config_path.empty()) {
+        spdlog::info("the shard layout in {} is not used: the meta store's map is served", config_path);
+      }
+    }
   } catch (const esp::ConfigError& e) {
     spdlog::error("invalid configuration {}: {}", config_path, e.what());
     return 2;
@@ -119,6 +278,10 @@ int main(int argc, char** argv) {
   } catch (const esp::ConfigError& e) {
     spdlog::error("{}", e.what());
     return 2;
+  } catch (const esp::meta::MetaError& e) {
+    // Without a map there is nothing to serve: refuse rather than guess a layout.
+    spdlog::error("cannot start: {}", e.what());
+    return 1;
   }
   return 0;
 }

@@ -41,32 +41,73 @@ std::shared_ptr<auth::IdentityIssuer> MakeIdentityIssuer(const Config& config, c
 
 }  // namespace
 
+namespace {
+
+bool SameTls(const std::optional<TlsClientConfig>& a, const std::optional<TlsClientConfig>& b) {
+  if (a.has_value() != b.has_value()) return false;
+  return !a || (a->ca_file == b->ca_file && a->cert_file == b->cert_file && a->key_file == b->key_file &&
+                a->server_name == b->server_name);
+}
+
+// The previous topology's transport for `shard`, if it reaches the same cluster the same way.
+std::shared_ptr<ShardTransport> ReusableTransport(const Topology* previous, const ShardConfig& shard) {
+  if (previous == nullptr) return nullptr;
+  const auto index = previous->map.Find(shard.name);
+  if (!index || *index >= previous->configs.size()) return nullptr;
+  const ShardConfig& before = previous->configs[*index];
+  if (before.endpoints != shard.endpoints || !SameTls(before.tls, shard.tls)) return nullptr;
+  return previous->shards[*index];
+}
+
+std::shared_ptr<ShardTransport> NewTransport(const ShardConfig& shard, std::string description, Metrics* metrics,
+                                             const std::string& upstream_transport,
+                                             std::shared_ptr<auth::IdentityIssuer> identity_issuer) {
+  UpstreamTuning tuning;
+  tuning.identity_issuer = std::move(identity_issuer);
+  if (metrics != nullptr) {
+    tuning.on_retry = [metrics, name = shard.name](const std::string& method) { metrics->RecordRetry(name, method); };
+  }
+  tuning.translate_token = [name = shard.name](std::string_view token) { return auth::TokenForShard(token, name); };
+  std::shared_ptr<ShardTransport> transport;
+  if (upstream_transport == "h2") {
+    transport = std::make_shared<H2ShardTransport>(shard, std::move(description), std::move(tuning));
+  } else {
+    transport = std::make_shared<GrpcShardTransport>(shard, std::move(description), std::move(tuning));
+  }
+  return metrics != nullptr ? metrics->InstrumentTransport(std::move(transport), shard.name) : transport;
+}
+
+}  // namespace
+
+ShardLayout LayoutFromConfig(const Config& config) {
+  ShardLayout layout;
+  for (std::size_t i = 0; i < config.shards.size(); ++i) {
+    layout.shards.push_back(config.shards[i]);
+    layout.ranges.push_back({config.shards[i].start, config.shards[i].end, i});
+  }
+  return layout;
+}
+
+std::shared_ptr<const Topology> BuildTopology(const ShardLayout& layout, Metrics* metrics,
+                                              const std::string& upstream_transport,
+                                              std::shared_ptr<auth::IdentityIssuer> identity_issuer,
+                                              const Topology* previous) {
+  std::vector<std::string> names;
+  for (const auto& shard : layout.shards) names.push_back(shard.name);
+  ShardMap map(std::move(names), layout.ranges);
+  std::vector<std::shared_ptr<ShardTransport>> transports;
+  for (std::size_t i = 0; i < layout.shards.size(); ++i) {
+    auto transport = ReusableTransport(previous, layout.shards[i]);
+    if (!transport) transport = NewTransport(layout.shards[i], map.Describe(i), metrics, upstream_transport, identity_issuer);
+    transports.push_back(std::move(transport));
+  }
+  return std::make_shared<const Topology>(Topology{std::move(map), std::move(transports), layout.shards, layout.version});
+}
+
 std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics,
                                               const std::string& upstream_transport,
                                               std::shared_ptr<auth::IdentityIssuer> identity_issuer) {
-  std::vector<ShardBounds> bounds;
-  for (const auto& shard : config.shards) bounds.push_back({shard.name, shard.start, shard.end});
-  ShardMap map(std::move(bounds));
-  std::vector<std::shared_ptr<ShardTransport>> transports;
-  for (std::size_t i = 0; i < config.shards.size(); ++i) {
-    UpstreamTuning tuning;
-    tuning.identity_issuer = identity_issuer;
-    if (metrics != nullptr) {
-      tuning.on_retry = [metrics, shard = map.shard(i).name](const std::string& method) {
-        metrics->RecordRetry(shard, method);
-      };
-    }
-    tuning.translate_token = [shard = map.shard(i).name](std::string_view token) {
-      return auth::TokenForShard(token, shard);
-    };
-    if (upstream_transport == "h2") {
-      transports.push_back(std::make_shared<H2ShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
-    } else {
-      transports.push_back(std::make_shared<GrpcShardTransport>(config.shards[i], map.Describe(i), std::move(tuning)));
-    }
-  }
-  auto topology = std::make_shared<const Topology>(Topology{std::move(map), std::move(transports)});
-  return metrics != nullptr ? metrics->InstrumentTopology(std::move(topology)) : topology;
+  return BuildTopology(LayoutFromConfig(config), metrics, upstream_transport, std::move(identity_issuer));
 }
 
 namespace {
@@ -90,10 +131,31 @@ std::shared_ptr<grpc::ServerCredentials> ServerCredentials(const ClientTlsOption
   return grpc::SslServerCredentials(options);
 }
 
-std::vector<std::vector<std::string>> ShardEndpoints(const Config& config) {
-  std::vector<std::vector<std::string>> out;
-  for (const auto& shard : config.shards) out.push_back(shard.endpoints);
-  return out;
+std::unique_ptr<meta::MapFollower> MakeFollower(const ProxyOptions& options, meta::MapFollower::ApplyMap apply) {
+  if (!options.meta.enabled()) return nullptr;
+  meta::FollowerOptions follower;
+  follower.prefix = options.meta.prefix;
+  follower.lease_ttl = options.meta.lease_ttl;
+  const auto urls = AdvertisedUrls(options);
+  follower.self.name = urls.front();
+  follower.self.member_id = Fnv1a64(urls.front());  // as MakeProxyIdentity
+  follower.self.client_urls = urls;
+  follower.self.started_at = meta::NowRfc3339();
+  return std::make_unique<meta::MapFollower>(std::make_unique<meta::EtcdClient>(options.meta.client),
+                                             std::move(follower), std::move(apply));
+}
+
+std::optional<meta::MapDocument> LoadInitialMap(meta::MapFollower* follower) {
+  if (follower == nullptr) return std::nullopt;
+  return follower->LoadInitial();
+}
+
+ProxyIdentity Identity(const ShardMap& map, const ProxyOptions& options, const Config& config,
+                       const std::optional<meta::MapDocument>& initial_map) {
+  auto identity = MakeProxyIdentity(map, AdvertisedUrls(options), config.proxies);
+  // One id for every proxy of the map, whatever the map's version: chosen at `map init`.
+  if (initial_map) identity.cluster_id = initial_map->cluster_id;
+  return identity;
 }
 
 }  // namespace
@@ -101,12 +163,15 @@ std::vector<std::vector<std::string>> ShardEndpoints(const Config& config) {
 Proxy::Proxy(const Config& config, ProxyOptions options)
     : options_(std::move(options)),
       identity_issuer_(MakeIdentityIssuer(config, options_.upstream_transport)),
-      topology_(BuildTopology(config, &metrics_, options_.upstream_transport, identity_issuer_)),
+      follower_(MakeFollower(options_, [this](const meta::MapDocument& doc) { return ApplyMap(doc); })),
+      initial_map_(LoadInitialMap(follower_.get())),
+      topology_(BuildTopology(initial_map_ ? initial_map_->ToLayout() : LayoutFromConfig(config), &metrics_,
+                              options_.upstream_transport, identity_issuer_)),
       kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
-      cluster_(topology_, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
-      maintenance_(topology_, config.shards, MakeProxyIdentity(topology_.Get()->map, AdvertisedUrls(options_), config.proxies)),
+      cluster_(topology_, Identity(topology_.Get()->map, options_, config, initial_map_)),
+      maintenance_(topology_, Identity(topology_.Get()->map, options_, config, initial_map_)),
       watch_(topology_, options_.watch_buffer_bytes),
-      health_(std::make_unique<ShardHealthMonitor>(topology_, ShardEndpoints(config), metrics_)),
+      health_(std::make_unique<ShardHealthMonitor>(topology_, metrics_)),
       grpc_health_(*health_),
       pending_leases_(std::make_shared<PendingLeases>(topology_)),
       keepalive_(std::make_shared<KeepAliveHub>(topology_, pending_leases_, kKeepAliveShardTimeout)),
@@ -115,6 +180,15 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       auth_(topology_, LoadCredentials(config)),
       housekeeper_(kHousekeepingTick) {
   kv_.SetLeaseHook(lease_repair_);
+  if (follower_) {
+    cluster_.SetPeerSource([follower = follower_.get()] {
+      std::vector<PeerProxy> peers;
+      for (const auto& record : follower->LiveProxies()) {
+        peers.push_back({record.member_id, record.name, record.client_urls});
+      }
+      return peers;
+    });
+  }
   if (options_.upstream_transport == "h2") {
     // Per-member calls (Defragment) carry the caller's identity like any other: the shard's own
     // token for a composite one, the client certificate's CN.
@@ -185,6 +259,13 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
 Proxy::~Proxy() { Shutdown(); }
 
 void Proxy::RegisterGauges() {
+  metrics_.AddSampledGauge("etcd_proxy_map_version", "Version of the shard map this proxy serves (0: a static YAML layout)",
+                           [this] { return static_cast<double>(topology_.Get()->map_version); });
+  if (follower_) {
+    metrics_.AddSampledGauge("etcd_proxy_meta_store_up",
+                             "1 while the meta store (shard map, proxy registration) is reachable",
+                             [follower = follower_.get()] { return follower->connected() ? 1.0 : 0.0; });
+  }
   metrics_.AddSampledGauge("etcd_proxy_client_watches", "Watches open on client Watch streams",
                            [hub = watch_.hub()] { return static_cast<double>(hub->ClientWatchCount()); });
   metrics_.AddSampledGauge("etcd_proxy_upstream_watchers", "Watchers the proxy holds on shards' Watch streams",
@@ -208,7 +289,12 @@ void Proxy::RegisterHttpEndpoints() {
     for (const auto& [key, value] : request.query) {
       if (key == "exclude") excluded.insert(value);
     }
-    const HealthVerdict verdict = JudgeHealth(health_->Snapshot(), excluded);
+    HealthVerdict verdict = JudgeHealth(health_->Snapshot(), excluded);
+    // The proxy serves its last map without the meta store: healthy, with the reason said.
+    if (verdict.healthy && follower_ && !follower_->connected()) {
+      verdict.reason = fmt::format("meta store unreachable for {:.0f} s; serving shard map version {}",
+                                   follower_->SecondsDisconnected(), follower_->served_version());
+    }
     return HttpResponse{verdict.healthy ? 200 : 503, "application/json", HealthJson(verdict)};
   });
   // Alive while the process serves HTTP at all: a shard outage must not get the proxy restarted.
@@ -220,7 +306,7 @@ void Proxy::RegisterHttpEndpoints() {
                            : HttpResponse{503, "application/json", HealthJson(verdict)};
   });
   http_->Handle("/shards", [this](const HttpRequest&) {
-    return HttpResponse{200, "application/json", ShardsJson(health_->Snapshot())};
+    return HttpResponse{200, "application/json", ShardsJson(health_->Snapshot(), topology_.Get()->map_version)};
   });
   http_->Handle("/auth/consistency", [this](const HttpRequest&) {
     const auto report = auth_.CheckConsistency();
@@ -232,18 +318,38 @@ bool Proxy::Start() {
   if (!(h2_server_ ? h2_server_->Start() : server_->Start())) return false;
   health_->Start();
   if (http_ && !http_->Start()) return false;
+  if (follower_) follower_->Start(topology_.Get()->map_version);
   housekeeper_.Start();
   auth_.StartConsistencyCheck();
   const auto topology = topology_.Get();
   spdlog::info("serving the etcd v3 API on {}{} ({} data plane) over {} shard(s)", options_.listen_address,
                options_.tls.enabled() ? (options_.tls.client_cert_auth ? " (mutual TLS)" : " (TLS)") : "",
                options_.data_plane, topology->map.size());
+  if (follower_) {
+    spdlog::info("shard map version {} from the meta store {}{}", topology->map_version,
+                 options_.meta.client.endpoints.front(), options_.meta.client.endpoints.size() > 1 ? ", ..." : "");
+  }
   for (std::size_t i = 0; i < topology->map.size(); ++i) spdlog::info("  {}", topology->map.Describe(i));
   if (http_) spdlog::info("operator endpoints (/metrics, /health, /livez, /readyz, /shards, /auth/consistency) on {}", options_.metrics_address);
   return true;
 }
 
+bool Proxy::ApplyMap(const meta::MapDocument& doc) {
+  try {
+    const auto previous = topology_.Get();
+    topology_.Publish(BuildTopology(doc.ToLayout(), &metrics_, options_.upstream_transport, identity_issuer_,
+                                    previous.get()));
+    return true;
+  } catch (const std::exception& e) {
+    spdlog::error("cannot serve shard map version {}: {}; still serving version {}", doc.version, e.what(),
+                  topology_.Get()->map_version);
+    return false;
+  }
+}
+
 void Proxy::Shutdown() {
+  // First: a stopping proxy leaves MemberList at once (its registration is revoked).
+  if (follower_) follower_->Stop();
   grpc_health_.Shutdown();
   if (server_) server_->Shutdown(std::chrono::seconds(2));
   if (h2_server_) h2_server_->Shutdown(std::chrono::seconds(2));

@@ -18,6 +18,7 @@
 #include "lease/keepalive.h"
 #include "lease/lease_service.h"
 #include "lease/pending.h"
+#include "meta/map_follower.h"
 #include "transport/grpc_server.h"
 #include "transport/h2_server.h"
 #include "transport/router.h"
@@ -37,6 +38,15 @@ struct ClientTlsOptions {
   std::string trusted_ca_file;
   bool client_cert_auth = false;  // mutual TLS: refuse clients without a certificate from the CA
   bool enabled() const { return !cert_file.empty(); }
+};
+
+// The meta store holding the shard map shared by every proxy (--meta-endpoints). Without
+// endpoints the YAML file's layout is served and never changes.
+struct MetaStoreOptions {
+  meta::EtcdClientOptions client;
+  std::string prefix = meta::kDefaultPrefix;
+  std::chrono::seconds lease_ttl{10};  // this proxy's registration
+  bool enabled() const { return !client.endpoints.empty(); }
 };
 
 struct ProxyOptions {
@@ -61,6 +71,7 @@ struct ProxyOptions {
   std::size_t watch_buffer_bytes = kDefaultWatchBufferBytes;
   // Towards the shards: "h2" (our nghttp2 client on event loops) or "grpc" (gRPC C++ client).
   std::string upstream_transport = "h2";
+  MetaStoreOptions meta;
 };
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.
@@ -69,15 +80,26 @@ struct ProxyOptions {
 std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics = nullptr,
                                               const std::string& upstream_transport = "h2",
                                               std::shared_ptr<auth::IdentityIssuer> identity_issuer = nullptr);
+// The same from a layout. A shard of `previous` with the same name, endpoints and TLS keeps its
+// transport (its connections, and the upstream watch and keep-alive streams keyed by it).
+std::shared_ptr<const Topology> BuildTopology(const ShardLayout& layout, Metrics* metrics,
+                                              const std::string& upstream_transport,
+                                              std::shared_ptr<auth::IdentityIssuer> identity_issuer,
+                                              const Topology* previous = nullptr);
 
 class Proxy {
  public:
+  // With options.meta enabled the shard layout comes from the meta store (config.shards is
+  // ignored): throws meta::MetaError when the store cannot be read, ConfigError when it holds
+  // no valid map.
   Proxy(const Config& config, ProxyOptions options);
   ~Proxy();
 
   bool Start();
   int port() const { return h2_server_ ? h2_server_->port() : server_->port(); }
   void Shutdown();
+  // Serves `doc` from now on (the follower's thread); false, keeping the old map, if it cannot.
+  bool ApplyMap(const meta::MapDocument& doc);
 
  private:
   void RegisterGauges();
@@ -86,6 +108,8 @@ class Proxy {
   ProxyOptions options_;
   Metrics metrics_;
   std::shared_ptr<auth::IdentityIssuer> identity_issuer_;  // before topology_: its transports use it
+  std::unique_ptr<meta::MapFollower> follower_;  // with a meta store; before topology_: it reads the map
+  std::optional<meta::MapDocument> initial_map_;  // the meta store's map at start-up
   TopologyHolder topology_;
   Router router_;
   KvService kv_;

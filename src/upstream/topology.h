@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "config/config.h"
 #include "shard/shard_map.h"
 #include "upstream/shard_transport.h"
 
@@ -13,7 +14,19 @@ namespace esp {
 struct Topology {
   ShardMap map;
   std::vector<std::shared_ptr<ShardTransport>> shards;  // indexed like map
+  std::vector<ShardConfig> configs;  // how each shard is reached (endpoints, TLS), indexed like map
+  std::int64_t map_version = 0;      // the meta store's map version; 0 for a static YAML layout
 };
+
+// What a Topology is built from: the shards (name, endpoints, TLS) and the ranges they own.
+struct ShardLayout {
+  std::vector<ShardConfig> shards;
+  std::vector<OwnedRange> ranges;  // indexes into shards
+  std::int64_t version = 0;
+};
+
+// The YAML layout: one range per shard, as the file says.
+ShardLayout LayoutFromConfig(const Config& config);
 
 class TopologyHolder {
  public:

@@ -30,11 +30,11 @@ etcdserverpb::WatchResponse Response(const etcdserverpb::ResponseHeader& header,
 
 }  // namespace
 
-WatchStream::WatchStream(CallContextPtr ctx, std::shared_ptr<StreamSink> sink, std::shared_ptr<const Topology> topology,
+WatchStream::WatchStream(CallContextPtr ctx, std::shared_ptr<StreamSink> sink, const TopologyHolder& topology,
                          std::shared_ptr<UpstreamWatchHub> hub, std::size_t buffer_bytes)
     : ctx_(std::move(ctx)),
       sink_(std::move(sink)),
-      topology_(std::move(topology)),
+      topology_(topology),
       hub_(std::move(hub)),
       buffer_bytes_(buffer_bytes) {}
 
@@ -81,7 +81,8 @@ std::int64_t WatchStream::AssignIdLocked(std::int64_t requested) {
 
 void WatchStream::OnCreate(const etcdserverpb::WatchCreateRequest& request) {
   const std::string key = request.key().empty() ? std::string(kRangeEndAll) : request.key();
-  auto pieces = topology_->map.Split(key, request.range_end());
+  const auto topology = topology_.Get();
+  auto pieces = topology->map.Split(key, request.range_end());
   auto watch = std::make_shared<Watch>();
   std::vector<std::pair<std::shared_ptr<Piece>, etcdserverpb::WatchCreateRequest>> to_create;
   {
@@ -122,7 +123,7 @@ void WatchStream::OnCreate(const etcdserverpb::WatchCreateRequest& request) {
       auto piece = std::make_shared<Piece>();
       piece->owner = weak_from_this();
       piece->watch = watch;
-      piece->shard = range.shard;
+      piece->shard = topology->shards[range.shard];
       piece->self = piece;
       watch->pieces.push_back(piece);
       etcdserverpb::WatchCreateRequest upstream = request;
@@ -139,7 +140,7 @@ void WatchStream::OnCreate(const etcdserverpb::WatchCreateRequest& request) {
   // Outside our lock: the hub takes its own, and responses may already arrive meanwhile.
   Handles release;
   for (auto& [piece, upstream] : to_create) {
-    auto handle = hub_->Create(topology_->shards[piece->shard], ctx_->metadata(), std::move(upstream), piece);
+    auto handle = hub_->Create(piece->shard, ctx_->metadata(), std::move(upstream), piece);
     const std::lock_guard lock(mu_);
     piece->handle = handle;
     if (watch->done || closed_) release.push_back(handle);  // canceled before we knew the id
@@ -165,15 +166,19 @@ void WatchStream::OnProgress() {
   // `created` has not gone out yet counts for where the request goes (it gets no answer itself):
   // etcd 3.5+ answers only on an upstream stream that has watchers, all synced, so the request
   // must follow the new watcher's create to its shard, as it follows it on a direct stream.
-  std::map<std::size_t, std::vector<std::int64_t>> by_shard;
+  std::map<const ShardTransport*, std::pair<std::shared_ptr<ShardTransport>, std::vector<std::int64_t>>> by_shard;
   {
     const std::lock_guard lock(mu_);
     for (const auto& [id, watch] : watches_) {
-      for (const auto& piece : watch->pieces) by_shard[piece->shard].push_back(id);
+      for (const auto& piece : watch->pieces) {
+        auto& [transport, ids] = by_shard[piece->shard.get()];
+        transport = piece->shard;
+        ids.push_back(id);
+      }
     }
     for (const auto& watch : create_order_) {
       if (watch->done) continue;
-      for (const auto& piece : watch->pieces) by_shard.try_emplace(piece->shard);
+      for (const auto& piece : watch->pieces) by_shard[piece->shard.get()].first = piece->shard;
     }
   }
   // No watch at all: nothing to answer for. etcd 3.5+ sends nothing on a stream without
@@ -182,8 +187,8 @@ void WatchStream::OnProgress() {
   std::weak_ptr<WatchStream> weak = weak_from_this();
   if (by_shard.size() == 1) {
     // One shard: exactly etcd's answer, watch_id -1 with that shard's revision.
-    const std::size_t shard = by_shard.begin()->first;
-    hub_->Progress(topology_->shards[shard], ctx_->metadata(),
+    const ShardTransport* shard = by_shard.begin()->first;
+    hub_->Progress(by_shard.begin()->second.first, ctx_->metadata(),
                    [weak, shard](std::optional<etcdserverpb::WatchResponse> response) {
                      auto self = weak.lock();
                      if (!response || !self) return;
@@ -193,9 +198,10 @@ void WatchStream::OnProgress() {
   }
   // Several shards: one -1 answer would carry a revision wrong for some watches; answer per
   // watch with its shard's revision instead.
-  for (auto& [shard, ids] : by_shard) {
+  for (auto& [shard, entry] : by_shard) {
+    auto& [transport, ids] = entry;
     if (ids.empty()) continue;  // only creates still pending there: they get no answer
-    hub_->Progress(topology_->shards[shard], ctx_->metadata(),
+    hub_->Progress(transport, ctx_->metadata(),
                    [weak, shard, ids = std::move(ids)](std::optional<etcdserverpb::WatchResponse> response) {
                      auto self = weak.lock();
                      if (!response || !self) return;
@@ -211,12 +217,12 @@ void WatchStream::OnProgressAnswer(PendingProgress progress) {
   FlushProgressLocked();
 }
 
-bool WatchStream::SyncedLocked(const Watch& watch, std::size_t shard) const {
+bool WatchStream::SyncedLocked(const Watch& watch, const ShardTransport* shard) const {
   // Synced as far as the proxy is concerned: nothing of this watch waits in the proxy (held
   // behind its `created`, deferred behind a fragment) and no piece on the shard is resuming.
   if (!watch.created_sent || !watch.deferred.empty() || watch.fragmenting != nullptr) return false;
   return std::none_of(watch.pieces.begin(), watch.pieces.end(), [shard](const auto& piece) {
-    return piece->shard == shard && (!piece->created || piece->resuming || piece->shared_resuming);
+    return piece->shard.get() == shard && (!piece->created || piece->resuming || piece->shared_resuming);
   });
 }
 
@@ -386,7 +392,7 @@ void WatchStream::Resume(const std::shared_ptr<Piece>& piece) {
     // From the first revision not yet delivered: nothing lost, nothing twice.
     if (piece->created) request.set_start_revision(piece->next_revision);
   }
-  auto handle = hub_->Create(topology_->shards[piece->shard], ctx_->metadata(), std::move(request), piece);
+  auto handle = hub_->Create(piece->shard, ctx_->metadata(), std::move(request), piece);
   Handles release;
   {
     const std::lock_guard lock(mu_);
@@ -543,7 +549,7 @@ void WatchStream::OnClose() {
 
 void WatchService::Register(Router& router) {
   router.AddStream(kWatchMethod, [this](CallContextPtr ctx, std::shared_ptr<StreamSink> sink) {
-    return std::make_shared<WatchStream>(std::move(ctx), std::move(sink), topology_.Get(), hub_, buffer_bytes_);
+    return std::make_shared<WatchStream>(std::move(ctx), std::move(sink), topology_, hub_, buffer_bytes_);
   });
 }
 

@@ -28,7 +28,7 @@ inline constexpr std::size_t kDefaultWatchBufferBytes = 16 * 1024 * 1024;
 
 class WatchStream final : public StreamHandler, public std::enable_shared_from_this<WatchStream> {
  public:
-  WatchStream(CallContextPtr ctx, std::shared_ptr<StreamSink> sink, std::shared_ptr<const Topology> topology,
+  WatchStream(CallContextPtr ctx, std::shared_ptr<StreamSink> sink, const TopologyHolder& topology,
               std::shared_ptr<UpstreamWatchHub> hub, std::size_t buffer_bytes = kDefaultWatchBufferBytes);
   ~WatchStream() override;
 
@@ -68,7 +68,7 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
   // A shard's answer to a progress request, held until the watches it speaks for are synced:
   // a progress revision promises that every event up to it has been delivered.
   struct PendingProgress {
-    std::size_t shard = 0;
+    const ShardTransport* shard = nullptr;
     bool stream_wide = false;        // one watch_id -1 answer for the whole stream
     std::vector<std::int64_t> ids;   // otherwise one answer per watch
     etcdserverpb::WatchResponse response;
@@ -79,7 +79,7 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
   void OnProgress();
   void OnProgressAnswer(PendingProgress progress);
   void FlushProgressLocked();
-  bool SyncedLocked(const Watch& watch, std::size_t shard) const;
+  bool SyncedLocked(const Watch& watch, const ShardTransport* shard) const;
   void RegisterLocked(const WatchPtr& watch);
   void WriteLocked(std::string bytes);
   // A broadcast body behind this stream's watch id, not joined into one string first.
@@ -102,7 +102,8 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
 
   CallContextPtr ctx_;
   std::shared_ptr<StreamSink> sink_;
-  std::shared_ptr<const Topology> topology_;
+  // Each create routes by the map current at that moment, not the one the stream began under.
+  const TopologyHolder& topology_;
   std::shared_ptr<UpstreamWatchHub> hub_;
   const std::size_t buffer_bytes_;
 
@@ -120,7 +121,9 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
 struct WatchStream::Piece final : UpstreamWatchTarget {
   std::weak_ptr<WatchStream> owner;
   std::weak_ptr<Watch> watch;
-  std::size_t shard = 0;
+  // The shard's transport in the map the watch was created under: a later map never moves a
+  // running watch (a move cancels it instead).
+  std::shared_ptr<ShardTransport> shard;
   bool created = false;
   UpstreamWatcherHandle handle;
   // What was sent upstream, to re-create the watcher after its stream broke.

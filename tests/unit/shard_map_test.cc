@@ -101,10 +101,10 @@ TEST(ShardMapTest, PiecesPartitionRandomRanges) {
     const auto pieces = map.Split(key, end);
     ASSERT_FALSE(pieces.empty());
     EXPECT_EQ(pieces.front().key, key);
-    EXPECT_EQ(pieces.back().range_end, end == kAll && map.shard(pieces.back().shard).end.empty() ? kAll : end);
+    EXPECT_EQ(pieces.back().range_end, end == kAll && map.shard(pieces.back().shard).ranges.back().end.empty() ? kAll : end);
     for (std::size_t i = 0; i < pieces.size(); ++i) {
       const auto& p = pieces[i];
-      const auto& s = map.shard(p.shard);
+      const auto& s = map.shard(p.shard).ranges.front();  // one range per shard here
       EXPECT_GE(p.key, s.start);
       if (!s.end.empty()) EXPECT_LE(p.range_end, s.end);
       if (i > 0) {

@@ -1,0 +1,168 @@
+#include "meta/map_document.h"
+
+#include <nlohmann/json.hpp>
+#include <openssl/rand.h>
+
+#include <chrono>
+#include <ctime>
+#include <set>
+
+#include "common/base64.h"
+
+namespace esp::meta {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+Json TlsToJson(const TlsClientConfig& tls) {
+  return {{"ca_file", tls.ca_file}, {"cert_file", tls.cert_file}, {"key_file", tls.key_file},
+          {"server_name", tls.server_name}};
+}
+
+TlsClientConfig TlsFromJson(const Json& j) {
+  TlsClientConfig tls;
+  tls.ca_file = j.value("ca_file", "");
+  tls.cert_file = j.value("cert_file", "");
+  tls.key_file = j.value("key_file", "");
+  tls.server_name = j.value("server_name", "");
+  return tls;
+}
+
+std::string KeyFromJson(const Json& j, const char* field) {
+  const auto text = j.value(field, "");
+  auto key = DecodeBase64(text);
+  if (!key) throw ConfigError(std::string("map document: invalid base64 in '") + field + "': " + text);
+  return std::move(*key);
+}
+
+}  // namespace
+
+void MapDocument::Validate() const {
+  if (shards.empty()) throw ConfigError("the map has no shard");
+  std::set<std::string> names;
+  for (const auto& s : shards) {
+    if (s.name.empty()) throw ConfigError("a shard has an empty name");
+    if (!names.insert(s.name).second) throw ConfigError("duplicate shard name '" + s.name + "'");
+    if (s.endpoints.empty()) throw ConfigError("shard '" + s.name + "': no endpoint");
+    for (const auto& e : s.endpoints) {
+      if (e.empty()) throw ConfigError("shard '" + s.name + "': empty endpoint address");
+    }
+  }
+  for (const auto& r : ranges) {
+    if (!names.contains(r.shard)) {
+      throw ConfigError("range " + DescribeRange(r.start, r.end) + " is owned by unknown shard '" + r.shard + "'");
+    }
+  }
+  ValidateRanges(ShardNames(), OwnedRanges());
+}
+
+const ShardConfig* MapDocument::FindShard(const std::string& name) const {
+  for (const auto& s : shards) {
+    if (s.name == name) return &s;
+  }
+  return nullptr;
+}
+
+bool MapDocument::Owns(const std::string& name) const {
+  for (const auto& r : ranges) {
+    if (r.shard == name) return true;
+  }
+  return false;
+}
+
+std::vector<std::string> MapDocument::ShardNames() const {
+  std::vector<std::string> names;
+  for (const auto& s : shards) names.push_back(s.name);
+  return names;
+}
+
+std::vector<OwnedRange> MapDocument::OwnedRanges() const {
+  std::vector<OwnedRange> out;
+  for (const auto& r : ranges) {
+    std::size_t index = shards.size();  // unknown: ValidateRanges names it
+    for (std::size_t i = 0; i < shards.size(); ++i) {
+      if (shards[i].name == r.shard) index = i;
+    }
+    out.push_back({r.start, r.end, index});
+  }
+  return out;
+}
+
+ShardLayout MapDocument::ToLayout() const { return ShardLayout{shards, OwnedRanges(), version}; }
+
+std::string MapDocument::ToJson() const {
+  Json j;
+  j["version"] = version;
+  // As a string: JSON numbers do not carry 64 bits exactly.
+  j["cluster_id"] = std::to_string(cluster_id);
+  j["change"] = change;
+  j["changed_at"] = changed_at;
+  j["shards"] = Json::array();
+  for (const auto& s : shards) {
+    Json shard{{"name", s.name}, {"endpoints", s.endpoints}};
+    if (s.tls) shard["tls"] = TlsToJson(*s.tls);
+    j["shards"].push_back(std::move(shard));
+  }
+  j["ranges"] = Json::array();
+  for (const auto& r : ranges) {
+    j["ranges"].push_back({{"start_base64", EncodeBase64(r.start)}, {"end_base64", EncodeBase64(r.end)},
+                           {"shard", r.shard}});
+  }
+  return j.dump();
+}
+
+MapDocument MapDocument::FromJson(const std::string& text) {
+  MapDocument doc;
+  try {
+    const Json j = Json::parse(text);
+    doc.version = j.at("version").get<std::int64_t>();
+    doc.cluster_id = std::stoull(j.value("cluster_id", "0"));
+    doc.change = j.value("change", "");
+    doc.changed_at = j.value("changed_at", "");
+    for (const auto& s : j.at("shards")) {
+      ShardConfig shard;
+      shard.name = s.at("name").get<std::string>();
+      shard.endpoints = s.at("endpoints").get<std::vector<std::string>>();
+      if (s.contains("tls")) shard.tls = TlsFromJson(s.at("tls"));
+      doc.shards.push_back(std::move(shard));
+    }
+    for (const auto& r : j.at("ranges")) {
+      doc.ranges.push_back({KeyFromJson(r, "start_base64"), KeyFromJson(r, "end_base64"), r.at("shard").get<std::string>()});
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(std::string("map document does not parse: ") + e.what());
+  } catch (const std::logic_error& e) {  // stoull
+    throw ConfigError(std::string("map document: invalid cluster_id: ") + e.what());
+  }
+  doc.Validate();
+  return doc;
+}
+
+MapDocument MapDocument::FromConfig(const Config& config) {
+  MapDocument doc;
+  for (const auto& s : config.shards) {
+    ShardConfig shard = s;
+    shard.start.clear();
+    shard.end.clear();
+    doc.shards.push_back(std::move(shard));
+    doc.ranges.push_back({s.start, s.end, s.name});
+  }
+  return doc;
+}
+
+std::uint64_t NewClusterId() {
+  std::uint64_t id = 0;
+  while (id == 0) RAND_bytes(reinterpret_cast<unsigned char*>(&id), sizeof id);
+  return id;
+}
+
+std::string NowRfc3339() {
+  const std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
+
+}  // namespace esp::meta
