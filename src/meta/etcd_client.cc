@@ -75,6 +75,15 @@ EtcdClient::Endpoint& EtcdClient::Current() {
   return endpoints_[current_];
 }
 
+// A blocking call waits, up to its deadline, for a connection: gRPC C++ drives a connection's
+// handshake only from threads that poll for it, and a fail-fast call on a channel in backoff
+// returns at once without polling; a reconnect after the member came back then never completes
+// (seen: "timed out before receiving SETTINGS frame" for as long as calls kept failing fast).
+static void Bound(grpc::ClientContext& context, std::chrono::milliseconds timeout) {
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  context.set_wait_for_ready(true);
+}
+
 grpc::Status EtcdClient::EnsureToken(Endpoint& endpoint, bool renew) {
   if (options_.user.empty()) return grpc::Status::OK;
   {
@@ -86,7 +95,7 @@ grpc::Status EtcdClient::EnsureToken(Endpoint& endpoint, bool renew) {
   request.set_password(options_.password);
   etcdserverpb::AuthenticateResponse response;
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + options_.call_timeout);
+  Bound(context, options_.call_timeout);
   const auto status = endpoint.auth->Authenticate(&context, request, &response);
   if (!status.ok()) return status;
   const std::lock_guard lock(mu_);
@@ -97,7 +106,7 @@ grpc::Status EtcdClient::EnsureToken(Endpoint& endpoint, bool renew) {
 grpc::Status EtcdClient::Prepare(grpc::ClientContext& context, bool renew_token) {
   auto& endpoint = Current();
   if (auto status = EnsureToken(endpoint, renew_token); !status.ok()) return status;
-  context.set_deadline(std::chrono::system_clock::now() + options_.call_timeout);
+  Bound(context, options_.call_timeout);
   const std::lock_guard lock(mu_);
   if (!token_.empty()) context.AddMetadata("token", token_);
   return grpc::Status::OK;
@@ -118,7 +127,7 @@ grpc::Status EtcdClient::WithFailover(Call call) {
       last = EnsureToken(endpoint, auth_try > 0);
       if (last.ok()) {
         grpc::ClientContext context;
-        context.set_deadline(std::chrono::system_clock::now() + options_.call_timeout);
+        Bound(context, options_.call_timeout);
         {
           const std::lock_guard lock(mu_);
           if (!token_.empty()) context.AddMetadata("token", token_);
@@ -127,7 +136,9 @@ grpc::Status EtcdClient::WithFailover(Call call) {
       }
       if (!TokenRefused(last) || options_.user.empty()) break;
     }
-    if (last.error_code() != grpc::StatusCode::UNAVAILABLE) {
+    // Not answered (a dead or hung member): the next member. A write may have been applied;
+    // every write this client makes is a compare-and-swap, a lease or a put of the same value.
+    if (last.error_code() != grpc::StatusCode::UNAVAILABLE && last.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
       const std::lock_guard lock(mu_);
       current_ = index;
       return last;

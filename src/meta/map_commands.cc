@@ -218,24 +218,15 @@ int MapAddShard(MapStore& store, const ShardConfig& requested, const PrepareShar
            << Join(other->endpoints) << "): a shard must be a cluster of its own; nothing was written\n";
     return 1;
   }
-  const auto cluster_id = ClusterIdOf(shard);
-  if (!cluster_id) {
-    io.err << "add-shard " << shard.name << ": no member answers at " << Join(shard.endpoints)
-           << "; nothing was written\n";
-    return 1;
-  }
-  for (const auto& existing : read->doc.shards) {
-    if (ClusterIdOf(existing) == cluster_id) {
-      io.err << "add-shard " << shard.name << ": " << Join(shard.endpoints) << " is the cluster of shard '"
-             << existing.name << "' (same cluster id): a shard must be a cluster of its own; nothing was written\n";
-      return 1;
-    }
-  }
+  // `prepare` checks the rest: the cluster answers, is none of the shards, holds no key.
   try {
     if (prepare) prepare(read->doc, shard, io.out);
   } catch (const ConfigError& e) {
     io.err << "add-shard " << shard.name << ": refused: " << e.what() << "; nothing was written to the meta store\n";
     return 1;
+  } catch (const DryRunDone&) {
+    io.out << "dry run: the shard map was not changed\n";
+    return 0;
   }
   MapDocument next = read->doc;
   shard.start.clear();

@@ -23,12 +23,15 @@ struct CommandIo {
 
 enum class OutputFormat { kTable, kJson };
 
+struct DryRunDone {};
+
 int MapInit(MapStore& store, const Config& layout, bool force, CommandIo io);
 int MapShow(MapStore& store, OutputFormat format, CommandIo io);
 int MapHistory(MapStore& store, OutputFormat format, CommandIo io);
 
 // Called with the current map and the new shard before anything is written: makes the new
-// cluster ready to serve (users, roles, auth, leases) or throws ConfigError with the reason.
+// cluster ready to serve (users, roles, auth, leases) or throws ConfigError with the reason, or
+// DryRunDone after a check that was only to report.
 using PrepareShard = std::function<void(const MapDocument& current, const ShardConfig& shard, std::ostream& out)>;
 int MapAddShard(MapStore& store, const ShardConfig& shard, const PrepareShard& prepare, CommandIo io);
 int MapRemoveShard(MapStore& store, const std::string& name, CommandIo io);

@@ -132,7 +132,10 @@ void MapFollower::FollowOnce() {
   pb::RangeRequest map_read;
   map_read.set_key(store_.MapKey());
   pb::RangeResponse map_answer;
-  if (!client_->Range(map_read, &map_answer).ok()) return;
+  if (const auto status = client_->Range(map_read, &map_answer); !status.ok()) {
+    spdlog::debug("meta store: reading the map failed: {}", DescribeStatus(status));
+    return;
+  }
   const std::int64_t revision = map_answer.header().revision();
   pb::RangeRequest proxies_read;
   proxies_read.set_key(store_.ProxiesPrefix());
@@ -224,6 +227,7 @@ bool MapFollower::RenewOnce() {
   }
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + client_->options().call_timeout);
+  context.set_wait_for_ready(true);  // as EtcdClient's calls: poll while the channel reconnects
   auto stream = client_->LeaseKeepAlive(context);
   if (!stream) return false;
   pb::LeaseKeepAliveRequest request;
@@ -231,8 +235,11 @@ bool MapFollower::RenewOnce() {
   pb::LeaseKeepAliveResponse response;
   const bool answered = stream->Write(request) && stream->Read(&response);
   stream->WritesDone();
-  stream->Finish();
-  if (!answered) return false;
+  const auto status = stream->Finish();
+  if (!answered) {
+    spdlog::debug("meta store: renewing lease {:x} failed: {}", lease, DescribeStatus(status));
+    return false;
+  }
   if (response.ttl() <= 0) {  // expired while we were away: register anew
     const std::lock_guard lock(mu_);
     lease_id_ = 0;

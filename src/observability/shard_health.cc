@@ -82,7 +82,7 @@ ShardHealthMonitor::ShardHealthMonitor(const TopologyHolder& topology, Metrics& 
   FollowTopologyLocked(topology_.Get());
 }
 
-void ShardHealthMonitor::FollowTopologyLocked(std::shared_ptr<const Topology> topology) {
+void ShardHealthMonitor::FollowTopologyLocked(std::shared_ptr<const Topology> topology) const {
   const Topology& t = *topology;
   std::vector<ShardState> next;
   for (std::size_t i = 0; i < t.map.size(); ++i) {
@@ -121,6 +121,7 @@ void ShardHealthMonitor::Stop() {
 
 std::vector<ShardState> ShardHealthMonitor::Snapshot() const {
   const std::lock_guard lock(mu_);
+  if (auto topology = topology_.Get(); topology != states_topology_) FollowTopologyLocked(std::move(topology));
   return states_;
 }
 

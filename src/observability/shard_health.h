@@ -75,7 +75,7 @@ class ShardHealthMonitor {
   void Run();
   void ProbeOnce();
   // A new shard map: one state per shard of `topology`, carried over by name.
-  void FollowTopologyLocked(std::shared_ptr<const Topology> topology);
+  void FollowTopologyLocked(std::shared_ptr<const Topology> topology) const;
   // The metadata a probe of `shard` carries: the proxy's token when credentials are set. Waits
   // (probe thread only) at most until `deadline`.
   Metadata ProbeMetadata(std::size_t shard, Clock::time_point deadline) const;
@@ -89,8 +89,9 @@ class ShardHealthMonitor {
   mutable std::mutex mu_;
   std::condition_variable wake_;
   bool stopping_ = false;
-  std::vector<ShardState> states_;
-  std::shared_ptr<const Topology> states_topology_;  // which topology states_ is laid out for
+  // Mutable: a snapshot taken after a map change shows the new shards ("not probed yet").
+  mutable std::vector<ShardState> states_;
+  mutable std::shared_ptr<const Topology> states_topology_;  // which topology states_ is laid out for
   std::thread thread_;
 };
 

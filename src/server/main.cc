@@ -11,6 +11,7 @@
 #include "common/go_duration.h"
 #include "config/config.h"
 #include "meta/map_commands.h"
+#include "meta/shard_bootstrap.h"
 #include "observability/grpc_log.h"
 #include "server/proxy.h"
 #include "upstream/h2_client_connection.h"
@@ -75,8 +76,35 @@ struct MapCommand {
   std::string name;
   std::vector<std::string> endpoints;
   std::string ca_file, cert_file, key_file, server_name;
+  // add-shard: the shards' root credentials and the passwords of the users it copies.
+  std::string shard_user, shard_password_file, user_passwords_file;
+  std::vector<std::string> no_password_users;
+  bool dry_run = false;
   std::function<int(esp::meta::MapStore&, esp::meta::CommandIo)> run;
 };
+
+// add-shard's preparation of the new cluster (meta/shard_bootstrap.h), with the command's flags.
+esp::meta::PrepareShard PrepareWith(const MapCommand& command) {
+  return [&command](const esp::meta::MapDocument& current, const esp::ShardConfig& shard, std::ostream& out) {
+    esp::meta::BootstrapOptions options;
+    options.existing = current.shards;
+    options.target = shard;
+    options.user = command.shard_user;
+    if (!command.shard_password_file.empty()) options.password = esp::meta::ReadPasswordFile(command.shard_password_file);
+    if (!command.user_passwords_file.empty()) {
+      options.user_passwords = esp::meta::LoadUserPasswordFile(command.user_passwords_file);
+    }
+    options.no_password_users = {command.no_password_users.begin(), command.no_password_users.end()};
+    options.dry_run = command.dry_run;
+    const auto report = esp::meta::PrepareNewShard(options);
+    out << (report.dry_run ? "would prepare " : "prepared ") << shard.name << ": " << report.roles_created
+        << " roles, " << report.users_created << " users, " << report.leases_created << " leases"
+        << (report.auth_switched_on ? ", auth enabled" : "") << "\n";
+    for (const auto& note : report.notes) out << "  note: " << note << "\n";
+    // A dry run stops here: nothing is written to the meta store either.
+    if (command.dry_run) throw esp::meta::DryRunDone();
+  };
+}
 
 esp::meta::OutputFormat Format(const std::string& output) {
   return output == "json" ? esp::meta::OutputFormat::kJson : esp::meta::OutputFormat::kTable;
@@ -117,6 +145,14 @@ CLI::App* AddMapCommands(CLI::App& app, MapCommand& command) {
   add->add_option("--cert", command.cert_file, "TLS towards the new shard: client certificate");
   add->add_option("--key", command.key_file, "TLS towards the new shard: client key");
   add->add_option("--server-name", command.server_name, "TLS towards the new shard: name in its certificates");
+  add->add_option("--user", command.shard_user, "a user with the root role on the shards (when auth is on)");
+  add->add_option("--password-file", command.shard_password_file, "file holding --user's password (one line)");
+  add->add_option("--user-passwords", command.user_passwords_file,
+                  "file of user:password lines: the passwords the shards' users get on the new cluster");
+  add->add_option("--no-password-users", command.no_password_users,
+                  "certificate-only users (needed when auth is off on the shards)")
+      ->delimiter(',');
+  add->add_flag("--dry-run", command.dry_run, "check and report; write nothing anywhere");
   add->callback([&] {
     command.run = [&](esp::meta::MapStore& store, esp::meta::CommandIo io) {
       esp::ShardConfig shard;
@@ -125,7 +161,7 @@ CLI::App* AddMapCommands(CLI::App& app, MapCommand& command) {
       if (!command.ca_file.empty() || !command.cert_file.empty()) {
         shard.tls = esp::TlsClientConfig{command.ca_file, command.cert_file, command.key_file, command.server_name};
       }
-      return esp::meta::MapAddShard(store, shard, {}, io);
+      return esp::meta::MapAddShard(store, shard, PrepareWith(command), io);
     };
   });
   auto* remove = sub("remove-shard", "remove a shard that owns no range");
