@@ -6,6 +6,9 @@
 // the unit of SETTINGS_MAX_HEADER_LIST_SIZE, of grpc-go's MaxHeaderListSize and of gRPC core's
 // metadata limits, so a client that honours our advertised setting never reaches the refusal.
 #include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
 #include <string_view>
 
 namespace esp {
@@ -45,6 +48,24 @@ constexpr HeaderVerdict JudgeHeaderField(std::size_t fields, std::size_t list_by
   }
   if (connection_bytes + field_size > limits.max_connection_bytes) return HeaderVerdict::kConnectionFull;
   return HeaderVerdict::kKeep;
+}
+
+// Why a request whose header list is `list_size` (HPACK's count) must not be sent, or nullopt:
+// over the peer's SETTINGS_MAX_HEADER_LIST_SIZE (`peer_limit`; UINT32_MAX when it sent none, as
+// etcd does) in grpc-go's client words, or over `own_limit`, the largest block our encoder may
+// produce (past it nghttp2 fails the block and ends the whole connection). A list never encodes
+// larger than its HPACK size, so checking the list is enough.
+inline std::optional<std::string> SendHeaderListError(std::size_t list_size, std::uint32_t peer_limit,
+                                                      std::size_t own_limit) {
+  if (list_size > peer_limit) {
+    return "header list size to send violates the maximum size (" + std::to_string(peer_limit) +
+           " bytes) set by server";
+  }
+  if (list_size > own_limit) {
+    return "header list size to send (" + std::to_string(list_size) + " bytes) violates the maximum size (" +
+           std::to_string(own_limit) + " bytes) the proxy sends";
+  }
+  return std::nullopt;
 }
 
 }  // namespace esp

@@ -42,5 +42,14 @@ TEST(HeaderLimitsTest, DefaultsFitNghttp2sInflater) {
   EXPECT_GE(limits.max_connection_bytes, 64 * limits.max_list_bytes);
 }
 
+TEST(HeaderLimitsTest, SendCheck) {
+  EXPECT_FALSE(SendHeaderListError(1000, UINT32_MAX, 1000).has_value());
+  // The peer's SETTINGS_MAX_HEADER_LIST_SIZE, in grpc-go's client words.
+  EXPECT_EQ(SendHeaderListError(1001, 1000, 1 << 20),
+            "header list size to send violates the maximum size (1000 bytes) set by server");
+  EXPECT_EQ(SendHeaderListError(2000, UINT32_MAX, 1000),
+            "header list size to send (2000 bytes) violates the maximum size (1000 bytes) the proxy sends");
+}
+
 }  // namespace
 }  // namespace esp
