@@ -257,8 +257,8 @@ bool H2Connection::Start() {
   // No RFC 7540 priority tree (RFC 9218 section 2.1): gRPC clients send no priorities, and
   // without the tree nghttp2 schedules streams from a simple queue and keeps no closed streams.
   // MAX_HEADER_LIST_SIZE as a grpc-go server configured with MaxHeaderListSize sends it: grpc-go
-  // and gRPC core clients then fail an over-large call themselves, with a status naming the cause,
-  // instead of sending it to be reset.
+  // clients then fail an over-large call themselves, with a status naming the cause, instead of
+  // sending it to be refused (gRPC C++ 1.51 sends it anyway: AnswerRefusedHeaders says why).
   const std::array<nghttp2_settings_entry, 4> settings = {{
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, limits_.max_concurrent_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<std::uint32_t>(kInitialWindow)},
