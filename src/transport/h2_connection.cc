@@ -256,10 +256,14 @@ bool H2Connection::Start() {
   nghttp2_option_del(option);
   // No RFC 7540 priority tree (RFC 9218 section 2.1): gRPC clients send no priorities, and
   // without the tree nghttp2 schedules streams from a simple queue and keeps no closed streams.
-  const std::array<nghttp2_settings_entry, 3> settings = {{
+  // MAX_HEADER_LIST_SIZE as a grpc-go server configured with MaxHeaderListSize sends it: grpc-go
+  // clients then fail an over-large call themselves, with a status naming the cause, instead of
+  // sending it to be refused (gRPC C++ 1.51 sends it anyway: AnswerRefusedHeaders says why).
+  const std::array<nghttp2_settings_entry, 4> settings = {{
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, limits_.max_concurrent_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<std::uint32_t>(kInitialWindow)},
       {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, static_cast<std::uint32_t>(limits_.headers.max_list_bytes)},
   }};
   if (nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings.data(), settings.size()) != 0 ||
       nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0) {
@@ -470,7 +474,10 @@ int H2Connection::OnBeginHeaders(const nghttp2_frame* frame) {
 int H2Connection::OnHeader(const nghttp2_frame* frame, std::string_view name, std::string_view value) {
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   auto* stream = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
-  if (stream == nullptr) return 0;
+  // A refused list is still decoded to its end by nghttp2 (the HPACK table must stay in step with
+  // the client's), but nothing more of it is kept.
+  if (stream == nullptr || stream->header_refusal) return 0;
+  if (!KeepHeader(*stream, HeaderFieldSize(name, value))) return 0;
   if (name == ":path") {
     stream->path = value;
   } else if (name == ":method") {
@@ -503,9 +510,65 @@ int H2Connection::OnFrameRecv(const nghttp2_frame* frame) {
   if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
   auto* stream = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
   if (stream == nullptr) return 0;
-  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) BeginCall(*stream);
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+    if (stream->header_refusal) {
+      AnswerRefusedHeaders(*stream);
+      return 0;
+    }
+    BeginCall(*stream);
+  }
   if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0 && stream->connection != nullptr) OnRemoteClosed(*stream);
   return 0;
+}
+
+bool H2Connection::KeepHeader(H2Stream& stream, std::size_t field_size) {
+  switch (JudgeHeaderField(stream.header_fields, stream.header_bytes, header_bytes_, field_size, limits_.headers)) {
+    case HeaderVerdict::kKeep:
+      ++stream.header_fields;
+      stream.header_bytes += field_size;
+      header_bytes_ += field_size;
+      return true;
+    case HeaderVerdict::kListTooLarge:
+      // grpc-go's code for a list over its bound (FRAME_SIZE_ERROR: INTERNAL in gRPC clients).
+      RefuseHeaders(stream, NGHTTP2_FRAME_SIZE_ERROR);
+      return false;
+    case HeaderVerdict::kConnectionFull:
+      // The list itself is fine, the connection holds too much: RESOURCE_EXHAUSTED in gRPC clients.
+      RefuseHeaders(stream, NGHTTP2_ENHANCE_YOUR_CALM);
+      return false;
+  }
+  return false;
+}
+
+void H2Connection::RefuseHeaders(H2Stream& stream, std::uint32_t error_code) {
+  spdlog::debug("h2: {} stream {}: request headers over the bound ({} fields, {} bytes kept so far): resetting it",
+                peer_, stream.id, stream.header_fields, stream.header_bytes);
+  stream.header_refusal = error_code;
+  ReleaseHeaders(stream);
+  // Freed now, not when the stream closes: the client may hold it open.
+  Metadata().swap(stream.metadata);
+  std::string().swap(stream.path);
+  std::string().swap(stream.method);
+  std::string().swap(stream.encoding);
+}
+
+void H2Connection::AnswerRefusedHeaders(H2Stream& stream) {
+  // grpc-go (etcd) answers a list over its bound with RST_STREAM(FRAME_SIZE_ERROR) alone, which
+  // gRPC clients report as INTERNAL "... RST_STREAM with error code 6". A trailers-only status
+  // first says why; OnFrameSend then resets the stream with the same code as grpc-go.
+  const HeaderLimits& limits = limits_.headers;
+  Finish(stream, Status(StatusCode::kResourceExhausted,
+                        *stream.header_refusal == NGHTTP2_FRAME_SIZE_ERROR
+                            ? "request metadata too large: over " + std::to_string(limits.max_list_bytes) +
+                                  " bytes or " + std::to_string(limits.max_fields) +
+                                  " fields (name + value + 32 bytes each)"
+                            : "request metadata of the calls open on this connection over " +
+                                  std::to_string(limits.max_connection_bytes) + " bytes"));
+}
+
+void H2Connection::ReleaseHeaders(H2Stream& stream) {
+  header_bytes_ -= stream.header_bytes;
+  stream.header_bytes = 0;
 }
 
 void H2Connection::RefuseHttp(H2Stream& stream, const char* status) {
@@ -702,8 +765,10 @@ int H2Connection::OnFrameSend(const nghttp2_frame* frame) {
   if (frame->hd.type != NGHTTP2_HEADERS || (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) return 0;
   auto* stream = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
   // The call is over but the client may still be sending: tell it to stop (as gRPC servers do).
-  if (stream != nullptr && !stream->remote_closed) {
-    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+  // Refused headers are always reset, with grpc-go's code for them.
+  if (stream != nullptr && (!stream->remote_closed || stream->header_refusal)) {
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                              stream->header_refusal.value_or(NGHTTP2_NO_ERROR));
   }
   return 0;
 }
@@ -720,6 +785,7 @@ int H2Connection::OnStreamClose(std::int32_t stream_id, std::uint32_t) {
 
 void H2Connection::CloseStream(H2Stream& stream, bool cancelled) {
   stream.connection = nullptr;
+  ReleaseHeaders(stream);
   if (stream.deadline_timer != 0) loop_->CancelTimer(stream.deadline_timer);
   if (stream.sink) stream.sink->MarkDone();
   if (cancelled && stream.context) stream.context->cancellation().Cancel();

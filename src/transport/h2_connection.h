@@ -15,6 +15,7 @@
 #include "transport/call_context.h"
 #include "transport/event_loop.h"
 #include "transport/grpc_framing.h"
+#include "transport/header_limits.h"
 #include "transport/ping_policy.h"
 #include "transport/router.h"
 #include "transport/socket_io.h"
@@ -28,6 +29,9 @@ struct H2Limits {
   // without bound. A single message is never refused for its size.
   std::size_t max_pending_bytes_per_stream = 32 * 1024 * 1024;
   std::uint32_t max_concurrent_streams = 65536;
+  // Request headers decoded and kept (header_limits.h); the list bound is also advertised as
+  // SETTINGS_MAX_HEADER_LIST_SIZE.
+  HeaderLimits headers;
   // Client PINGs: how often they may come (etcd's --grpc-keepalive-min-time).
   PingPolicyOptions ping_policy;
   // Our own PINGs (etcd's --grpc-keepalive-interval / --grpc-keepalive-timeout): after this much
@@ -61,6 +65,13 @@ struct H2Stream {
   std::string encoding;
   std::optional<std::chrono::nanoseconds> timeout;
   Metadata metadata;
+  // The request headers' cost as HPACK counts it, charged to the connection until the stream
+  // closes (header_limits.h).
+  std::size_t header_fields = 0;
+  std::size_t header_bytes = 0;
+  // Set once the headers passed a bound: nothing more of them is kept, what was kept is freed,
+  // and the stream is reset with this HTTP/2 error code when its header block ends.
+  std::optional<std::uint32_t> header_refusal;
 
   CallContextPtr context;
   std::optional<MessageDeframer> deframer;
@@ -112,6 +123,8 @@ class H2Connection {
   // error the GOAWAY nghttp2 queued is flushed and the connection closes.
   void Receive(const std::uint8_t* data, std::size_t size);
   bool idle() const { return streams_.empty() && outbuf_.pending() == 0; }
+  // Request header bytes the open streams hold (HPACK's count), at most HeaderLimits's bound.
+  std::size_t header_bytes() const { return header_bytes_; }
   // The owner clears this when it flushes.
   void ClearDirty() { dirty_ = false; }
 
@@ -136,6 +149,13 @@ class H2Connection {
   bool WriteOut();
   void MarkDirty();
   void BeginCall(H2Stream& stream);
+  // Charges one request header field to its stream and the connection; false (and the stream
+  // refused) when that would pass a bound.
+  bool KeepHeader(H2Stream& stream, std::size_t field_size);
+  void RefuseHeaders(H2Stream& stream, std::uint32_t error_code);
+  // At the end of a refused header block: a RESOURCE_EXHAUSTED status, then RST_STREAM.
+  void AnswerRefusedHeaders(H2Stream& stream);
+  void ReleaseHeaders(H2Stream& stream);
   void DeliverMessages(H2Stream& stream);
   void OnRemoteClosed(H2Stream& stream);
   void RefuseHttp(H2Stream& stream, const char* status);
@@ -160,6 +180,7 @@ class H2Connection {
   H2ConnectionOwner& owner_;
   nghttp2_session* session_ = nullptr;
   std::map<std::int32_t, std::shared_ptr<H2Stream>> streams_;
+  std::size_t header_bytes_ = 0;  // the open streams' header_bytes, summed
   OutBuffer outbuf_;
   bool want_write_event_ = false;
   std::string peer_;  // "host:port", taken at accept: getpeername fails once the peer has gone

@@ -35,6 +35,10 @@ constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr int kMaxReadsPerEvent = 2;
 constexpr std::int32_t kStreamWindow = 1024 * 1024;
 constexpr std::int32_t kConnectionWindow = 16 * 1024 * 1024;
+// The largest header block we encode (nghttp2's default is 64 KiB, and a larger block makes it
+// end the whole connection with every call on it). Clients' lists are bounded at 64 KiB
+// (HeaderLimits), a call adds little to its forwarded metadata, and etcd takes up to 16 MiB.
+constexpr std::size_t kMaxSendHeaderBlock = 1024 * 1024;
 
 H2ClientConnection* Self(void* user) { return static_cast<H2ClientConnection*>(user); }
 
@@ -313,6 +317,7 @@ void H2ClientConnection::BecomeReady() {
   // The shard is etcd, not an arbitrary peer: its headers are not validated one by one (that was
   // a tenth of nghttp2's work per call); OnHeader reads the three it needs.
   nghttp2_option_set_no_http_messaging(option, 1);
+  nghttp2_option_set_max_send_header_block_length(option, kMaxSendHeaderBlock);
   nghttp2_session_client_new2(&session_, Callbacks(), this, option);
   nghttp2_option_del(option);
   // No RFC 7540 priority tree (RFC 9218 section 2.1): nghttp2 then schedules streams from a
@@ -449,6 +454,11 @@ void H2ClientConnection::Submit(const std::shared_ptr<H2ClientCall>& call) {
       headers.push_back(Header(key, value));
     }
   }
+  if (const auto error = HeaderListTooLarge(headers)) {
+    // Refused here, for this call only, with the cause: not sent (nghttp2 would have ended the
+    // connection, or the shard reset the stream), and not retried elsewhere (it cannot fit there).
+    return Complete(call, Status(StatusCode::kInternal, *error), false);
+  }
   nghttp2_data_provider provider{};
   provider.read_callback = ReadDataCb;
   const std::int32_t id = nghttp2_submit_request(session_, nullptr, headers.data(), headers.size(), &provider, nullptr);
@@ -460,6 +470,13 @@ void H2ClientConnection::Submit(const std::shared_ptr<H2ClientCall>& call) {
   call->id = id;
   calls_.emplace(id, call);
   MarkDirty();
+}
+
+std::optional<std::string> H2ClientConnection::HeaderListTooLarge(const std::vector<nghttp2_nv>& headers) const {
+  std::size_t size = 0;
+  for (const nghttp2_nv& nv : headers) size += nv.namelen + nv.valuelen + kHpackFieldOverhead;
+  const std::uint32_t peer_limit = nghttp2_session_get_remote_settings(session_, NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE);
+  return SendHeaderListError(size, peer_limit, kMaxSendHeaderBlock);
 }
 
 void H2ClientConnection::Write(const std::shared_ptr<H2ClientCall>& call, std::string_view message) {

@@ -20,6 +20,7 @@
 #include "transport/call_context.h"
 #include "transport/event_loop.h"
 #include "transport/grpc_framing.h"
+#include "transport/header_limits.h"
 #include "transport/socket_io.h"
 #include "transport/status.h"
 
@@ -136,6 +137,8 @@ class H2ClientConnection : public std::enable_shared_from_this<H2ClientConnectio
   void DoRead();
   void MarkDirty();
   void Submit(const std::shared_ptr<H2ClientCall>& call);
+  // Why a request with these headers must not be sent (header_limits.h), or nullopt.
+  std::optional<std::string> HeaderListTooLarge(const std::vector<nghttp2_nv>& headers) const;
   void Complete(const std::shared_ptr<H2ClientCall>& call, Status status, bool never_sent);
   void CloseWithError(const std::string& error);
   void ArmKeepalive();
