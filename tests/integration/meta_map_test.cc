@@ -227,6 +227,12 @@ TEST_F(MetaMapTest, MapChangesReachEveryProxyWhileClientsWriteWithoutErrors) {
   for (auto& w : writers) w.join();
   EXPECT_GT(writes.load(), 30);
   EXPECT_EQ(failures.load(), 0) << first_failure;
+  // A proxy restarted, its stale YAML still beside it, serves the current map.
+  ASSERT_TRUE(proxies_[2]->process->process().Terminate().has_value());
+  proxies_[2]->process->Start();
+  ASSERT_TRUE(Put(proxies_[2]->process->address(), "apricot", "restarted").ok());
+  EXPECT_EQ(GetDirect(*shards_[0], "apricot"), "restarted");
+  ASSERT_TRUE(WaitFor([&] { return AllServe(start + 3, 3); }, 10s));
 }
 
 TEST_F(MetaMapTest, OfTwoWritersThatReadTheSameVersionExactlyOneWins) {
@@ -292,6 +298,12 @@ TEST_F(MetaMapTest, BadInputIsRefusedAndChangesNothing) {
     EXPECT_NE(result.output.find(expected), std::string::npos) << args << "\n" << result.output;
     EXPECT_EQ(Version(), before) << args;
   }
+  // No map under the prefix.
+  for (const std::string command : {"show", "history", "remove-shard s0", "set-endpoints s0 127.0.0.1:1"}) {
+    const auto none = Map(command + " --meta-prefix /nothing-here/");
+    EXPECT_EQ(none.exit_code, 1) << command;
+    EXPECT_NE(none.output.find("no shard map under '/nothing-here/'"), std::string::npos) << command << "\n" << none.output;
+  }
   // Usage errors (CLI11) and an unreachable meta store.
   EXPECT_NE(Map("init").exit_code, 0);
   EXPECT_NE(Map("add-shard s9").exit_code, 0);
@@ -325,6 +337,49 @@ TEST_F(MetaMapTest, ProxyRefusesToStartWithoutAMap) {
                                 " --meta-prefix /nothing-here/ --listen-addr 127.0.0.1:" + std::to_string(FreePort()));
   EXPECT_EQ(empty.exit_code, 2);
   EXPECT_NE(empty.output.find("holds no shard map under '/nothing-here/'"), std::string::npos) << empty.output;
+}
+
+// A meta store with TLS and auth on: the proxy and the commands reach it with --meta-cacert and
+// --meta-user / --meta-password-file; without the credentials they are refused with the reason.
+TEST_F(MetaMapTest, SecuredMetaStoreNeedsItsCredentials) {
+  TestCertificates certs;
+  EtcdCluster secured(1, "metatls", EtcdTls{certs.ca(), certs.cert(), certs.key()});
+  secured.Start();
+  const std::string address = secured.ClientAddresses()[0];
+  const std::string tls = " --cacert " + certs.ca() + " --cert " + certs.cert() + " --key " + certs.key();
+  for (const char* command : {"user add root:rootpw", "auth enable"}) {
+    const auto result = Etcdctl(address, std::string(command) + tls);
+    ASSERT_EQ(result.exit_code, 0) << command << ": " << result.output;
+  }
+  const auto password = (dir_->path() / "meta.password").string();
+  std::ofstream(password) << "rootpw\n";
+  const std::string flags = " --meta-endpoints " + address + " --meta-cacert " + certs.ca() + " --meta-cert " +
+                            certs.cert() + " --meta-key " + certs.key();
+  const std::string binary = ESP_PROXY_BINARY_FOR_TESTS;
+  const auto anonymous = RunCommand(binary + " map init --config " + layout_ + flags);
+  EXPECT_EQ(anonymous.exit_code, 1);
+  EXPECT_NE(anonymous.output.find("cannot read the shard map at the meta store (" + address + "): etcdserver: "),
+            std::string::npos)
+      << anonymous.output;
+  const auto plain = RunCommand(binary + " map show --meta-endpoints " + address);
+  EXPECT_EQ(plain.exit_code, 1) << plain.output;
+  const std::string credentials = flags + " --meta-user root --meta-password-file " + password;
+  const auto init = RunCommand(binary + " map init --config " + layout_ + credentials);
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+
+  auto port = FreePort();
+  ProxyProcess proxy({{"", "", shards_[3]->ClientAddresses()}},
+                     {"--meta-endpoints", address, "--meta-cacert", certs.ca(), "--meta-cert", certs.cert(),
+                      "--meta-key", certs.key(), "--meta-user", "root", "--meta-password-file", password,
+                      "--meta-lease-ttl", std::to_string(kLeaseTtlSeconds), "--listen-metrics-addr",
+                      "127.0.0.1:" + std::to_string(port)});
+  proxy.Start();
+  ASSERT_TRUE(Put(proxy.address(), "kiwi", "secured").ok());
+  EXPECT_EQ(GetDirect(*shards_[1], "kiwi"), "secured");
+  ASSERT_TRUE(WaitFor([&] {
+    const auto show = RunCommand(binary + " map show -w json" + credentials);
+    return show.exit_code == 0 && nlohmann::json::parse(show.output)["proxies"].size() == 1;
+  }, 10s));
 }
 
 // Last: it stops and restarts the meta store.
