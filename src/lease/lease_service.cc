@@ -7,10 +7,10 @@
 
 #include "common/etcd_errors.h"
 #include "common/methods.h"
-#include "kv/delete_check.h"
 #include "lease/fanout.h"
-#include "lease/revoke_check.h"
 #include "lease/lease_ids.h"
+#include "lease/revoke_check.h"
+#include "transport/auth_metadata.h"
 
 namespace esp {
 namespace {
@@ -138,7 +138,7 @@ void LeaseService::GrantAttempt(CallContextPtr ctx, LeaseGrantRequest request, b
 
 void LeaseService::Revoke(CallContextPtr ctx, const LeaseRevokeRequest& request,
                           std::function<void(Status, LeaseRevokeResponse)> done) {
-  if (!CarriesToken(*ctx)) return RevokeOnShards(std::move(ctx), request, std::move(done));
+  if (!CarriesIdentity(ctx->metadata())) return RevokeOnShards(std::move(ctx), request, std::move(done));
   // With auth in use, one shard may refuse what the others permit: ask all first (revoke_check.h).
   CheckRevokePermitted(ctx, topology_.Get(), request.id(), repair_->credentials(),
                        [this, ctx, request, done = std::move(done)](Status status) mutable {
