@@ -377,6 +377,45 @@ std::string GrantLease(const std::string& address, int ttl) {
   return std::regex_search(grant.output, match, std::regex("lease ([0-9a-f]+) granted")) ? match[1].str() : "";
 }
 
+int64_t LeaseId(const std::string& hex) { return static_cast<int64_t>(std::stoull(hex, nullptr, 16)); }
+
+// A user who may only read (alice) finds a lease with a key on shard 2 and revokes it while shard 2
+// is down. etcd refuses her (she may not delete the key); the proxy cannot ask shard 2, and a
+// revoke completed there later would run with the proxy's own credentials. So it is refused,
+// naming the shard, and the key survives the shard's return (issue #19, 2).
+TEST_F(AuthTest, ReadOnlyUserCannotRevokeALeaseWhileAShardIsDown) {
+  const std::string lease = GrantLease(Second(), 60);
+  ASSERT_FALSE(lease.empty());
+  ASSERT_EQ(As(kRoot, "put xd 1 --lease=" + lease, Second()).output, "OK\n");
+  const auto alice = Authenticate(Second(), "alice", "alicepw");
+  ASSERT_TRUE(alice.status.ok()) << alice.status.error_message();
+  setup_->shard(2).KillMember(0);
+  auto stub = etcdserverpb::Lease::NewStub(Connect(Second()));
+  etcdserverpb::LeaseRevokeRequest request;
+  request.set_id(LeaseId(lease));
+  etcdserverpb::LeaseRevokeResponse response;
+  const auto status = stub->LeaseRevoke(TokenCtx(alice.token).get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_NE(status.error_message().find("\"shard-2\""), std::string::npos) << status.error_message();
+  setup_->shard(2).StartMember(0);
+  ASSERT_TRUE(WaitFor([] { return As(kRoot, "get xd", ShardAddress(2)).exit_code == 0; }, 20s, 200ms));
+  // A keep-alive would repair a split (none is left), and pending revokes are retried every
+  // second: three seconds without the key going is the absence of both.
+  EXPECT_NE(As(kRoot, "lease keep-alive --once " + lease, Second()).output.find("keepalived with TTL"),
+            std::string::npos);
+  EXPECT_FALSE(WaitFor([] { return As(kRoot, "get xd", ShardAddress(2)).output.empty(); }, 3s, 250ms))
+      << second_->process().Log();
+  for (std::size_t i = 0; i < 3; ++i) {
+    const auto ttl = As(kRoot, "lease timetolive " + lease, ShardAddress(i)).output;
+    EXPECT_NE(ttl.find("remaining("), std::string::npos) << "shard " << i << ": " << ttl;
+  }
+  // With every shard up she gets etcd's own answer, and root revokes as usual.
+  EXPECT_NE(As(kReader, "lease revoke " + lease, Second()).output.find("etcdserver: permission denied"),
+            std::string::npos);
+  EXPECT_EQ(As(kRoot, "lease revoke " + lease, Second()).output, "lease " + lease + " revoked\n");
+  EXPECT_EQ(As(kRoot, "get xd").output, "");
+}
+
 // etcd takes the token from `authorization` when there is no `token` (gRPC gateway clients and
 // some non-Go clients send it there). The proxy's composite token under that key is translated
 // for each shard as under `token`: reads within alice's range on two shards and a spanning one
@@ -637,8 +676,6 @@ class KeepAliveStream {
   std::unique_ptr<grpc::ClientReaderWriter<etcdserverpb::LeaseKeepAliveRequest, etcdserverpb::LeaseKeepAliveResponse>>
       stream_;
 };
-
-int64_t LeaseId(const std::string& hex) { return static_cast<int64_t>(std::stoull(hex, nullptr, 16)); }
 
 // A lease of 2 s with a key on every shard outlives its TTL only through root's renewals through
 // the proxy, which must reach every shard (the proxy's keep-alive streams carry root's token).
