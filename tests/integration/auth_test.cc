@@ -416,6 +416,32 @@ TEST_F(AuthTest, ReadOnlyUserCannotRevokeALeaseWhileAShardIsDown) {
   EXPECT_EQ(As(kRoot, "get xd").output, "");
 }
 
+// A grant of an existing lease's id while a shard is down fails ("lease already exists") on the
+// shards that answer. The proxy used to queue a revoke of that id for the down shard, as the
+// cleanup of a grant that might have reached it, and sent it with its own credentials when the
+// shard came back: the existing lease and its key there were gone.
+TEST_F(AuthTest, GrantingAnExistingIdWhileAShardIsDownLeavesTheLeaseAlone) {
+  const std::string lease = GrantLease(Second(), 60);
+  ASSERT_FALSE(lease.empty());
+  ASSERT_EQ(As(kRoot, "put xg 1 --lease=" + lease, Second()).output, "OK\n");
+  const auto alice = Authenticate(Second(), "alice", "alicepw");
+  ASSERT_TRUE(alice.status.ok()) << alice.status.error_message();
+  setup_->shard(2).KillMember(0);
+  auto stub = etcdserverpb::Lease::NewStub(Connect(Second()));
+  etcdserverpb::LeaseGrantRequest request;
+  request.set_id(LeaseId(lease));
+  request.set_ttl(60);
+  etcdserverpb::LeaseGrantResponse response;
+  const auto status = stub->LeaseGrant(TokenCtx(alice.token).get(), request, &response);
+  EXPECT_EQ(status.error_message(), "etcdserver: lease already exists");
+  setup_->shard(2).StartMember(0);
+  ASSERT_TRUE(WaitFor([] { return As(kRoot, "get xg", ShardAddress(2)).exit_code == 0; }, 20s, 200ms));
+  EXPECT_FALSE(WaitFor([] { return As(kRoot, "get xg", ShardAddress(2)).output.empty(); }, 3s, 250ms))
+      << second_->process().Log();
+  EXPECT_EQ(As(kRoot, "lease revoke " + lease, Second()).output, "lease " + lease + " revoked\n");
+  EXPECT_EQ(As(kRoot, "get xg").output, "");
+}
+
 // etcd takes the token from `authorization` when there is no `token` (gRPC gateway clients and
 // some non-Go clients send it there). The proxy's composite token under that key is translated
 // for each shard as under `token`: reads within alice's range on two shards and a spanning one
