@@ -139,5 +139,48 @@ TEST_F(FdLimitsTest, HealthAnswersWithMoreClientConnectionsThanFdSetSize) {
             << " MB\n";
 }
 
+// Out of descriptors, the acceptor used to fail and log on every loop turn (81 MB of log in 3 s).
+// Now it pauses, logs once per interval with a count, keeps serving its clients, and accepts again
+// when descriptors are free. The limit is lowered on the running proxy (prlimit(2)), just above
+// what it holds, so that the connections below exhaust it.
+TEST_F(FdLimitsTest, OutOfDescriptorsTheProxyLogsLittleAndRecovers) {
+  if (!RaiseOwnOpenFileLimit(1024)) GTEST_SKIP() << "the hard open-file limit is below 1024";
+  ProxyProcess proxy(Specs());
+  proxy.Start();
+  const pid_t pid = proxy.process().pid();
+  const auto client = Connect(proxy.address());
+  ASSERT_TRUE(PutWorks(client, "fd-c"));
+  rlimit original{};
+  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, nullptr, &original), 0);
+  // The soft limit only: what the proxy raised at start, and may be given back below.
+  const rlim_t low = OpenFiles(pid) + 20;
+  const rlimit lowered{low, original.rlim_max};
+  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, &lowered, nullptr), 0);
+  const auto log_before = LogBytes(proxy);
+  {
+    IdleConnections idle(proxy.port(), 200);
+    ASSERT_TRUE(WaitFor([&] { return OpenFiles(pid) >= low; }, 10s)) << OpenFiles(pid) << " of " << low;
+    // Held at the limit for 3 s: the old acceptor wrote tens of megabytes meanwhile.
+    const auto until = std::chrono::steady_clock::now() + 3s;
+    int puts = 0;
+    while (std::chrono::steady_clock::now() < until) {
+      EXPECT_TRUE(PutWorks(client, "fd-d")) << "the connected client is not served at the limit";
+      ++puts;
+      std::this_thread::sleep_for(100ms);  // pacing a client, not synchronisation
+    }
+    const auto grown = LogBytes(proxy) - log_before;
+    EXPECT_LT(grown, 4096u) << proxy.process().Log().substr(0, 4096);
+    EXPECT_NE(proxy.process().Log().find("Too many open files"), std::string::npos);
+    EXPECT_LT(RssKb(pid), kRssBoundKb);
+    std::cout << "3 s at the limit: " << grown << " bytes of log, " << puts << " puts served, RSS "
+              << RssKb(pid) / 1024 << " MB\n";
+  }
+  // Descriptors free again: the backlog drains and a new client is served.
+  EXPECT_TRUE(WaitFor([&] { return PutWorks(Connect(proxy.address()), "fd-e"); }, 10s, 200ms))
+      << proxy.process().Log().substr(0, 4096);
+  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, &original, nullptr), 0);
+  EXPECT_TRUE(proxy.process().running());
+}
+
 }  // namespace
 }  // namespace esp::test
