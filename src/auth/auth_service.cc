@@ -212,6 +212,7 @@ void WarnAboutCertificateIdentity(const Config& config, bool client_cert_auth) {
 
 std::optional<auth::Credentials> LoadCredentials(const Config& config) {
   if (!config.credentials) return std::nullopt;
+  CheckSecretFile(config.credentials->password_file, "credentials.password_file");
   std::string password = ReadFileOrThrow(config.credentials->password_file);
   while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) password.pop_back();
   return auth::Credentials{.user = config.credentials->user, .password = std::move(password)};

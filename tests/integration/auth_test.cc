@@ -92,6 +92,8 @@ class AuthTest : public ::testing::Test {
     }
     // A second proxy in front of the same shards, with the operator listener and credentials.
     std::ofstream(secrets_.path() / "root.password") << "rootpw\n";
+    // The proxy refuses a password file other users may read.
+    std::filesystem::permissions(secrets_.path() / "root.password", std::filesystem::perms::owner_read);
     metrics_port_ = FreePort();
     second_ = std::make_unique<ProxyProcess>(
         Specs(), std::vector<std::string>{"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
