@@ -76,15 +76,20 @@ void CheckUnlisted(const CallContextPtr& ctx, const std::shared_ptr<const Topolo
   std::vector<std::size_t> unlisted;
   std::optional<std::size_t> listed;
   std::optional<Status> unlisted_error;
+  std::size_t lacking = 0;  // shards that answered they do not hold the lease
   for (const auto& o : listings) {
     if (o.status.ok()) {
       if (!listed) listed = o.shard;
+      if (o.response.ttl() == -1) ++lacking;
       continue;
     }
     unlisted.push_back(o.shard);
     if (!unlisted_error) unlisted_error = o.status;
   }
-  if (unlisted.empty()) return ProbeListedKeys(ctx, topology, listings, std::move(done));
+  // Gone by the majority rule (lease/repair.h): the revoke answers etcd's "lease not found", and
+  // a copy on a shard that is down is a leftover any proxy's repair drops anyway.
+  const bool gone = 2 * lacking > listings.size();
+  if (unlisted.empty() || gone) return ProbeListedKeys(ctx, topology, listings, std::move(done));
   if (!listed) return done(*unlisted_error);  // no shard answers: the revoke could not succeed
   CallShard<etcdserverpb::TxnResponse>(
       *topology->shards[*listed], methods::kTxn, BoundedContext(ctx, kCheckTimeout), DeleteEverythingProbe(), kRead,
