@@ -145,21 +145,50 @@ namespace esp {
 // (and, at start-up, a clean shutdown), so a hung shard must not hold it for long.
 constexpr std::chrono::milliseconds kCheckCallTimeout(2000);
 
-auth::ConsistencyReport AuthService::CheckConsistency() const {
-  const auto report = auth::CheckAuthConsistency(*topology_.Get(), credentials_, kCheckCallTimeout);
-  for (const auto& difference : report.differences) spdlog::warn("auth consistency: {}", difference);
-  for (const auto& error : report.errors) spdlog::warn("auth consistency: cannot compare {}", error);
-  return report;
+void AuthService::RunConsistencyCheck() {
+  auto report = auth::CheckAuthConsistency(*topology_.Get(), credentials_, kCheckCallTimeout);
+  const std::lock_guard lock(check_mu_);
+  // Logged when the verdict changes only: a monitor polling the endpoint must not repeat the
+  // same differences in the log every few seconds.
+  if (report != latest_) {
+    for (const auto& difference : report.differences) spdlog::warn("auth consistency: {}", difference);
+    for (const auto& error : report.errors) spdlog::warn("auth consistency: cannot compare {}", error);
+    if (report.consistent()) spdlog::info("auth consistency: users, roles and auth status agree on every shard");
+  }
+  latest_ = std::move(report);
+  latest_time_ = std::chrono::steady_clock::now();
+  checking_ = false;
+}
+
+void AuthService::StartCheckLocked() {
+  if (checking_ || stopped_) return;
+  checking_ = true;
+  // The previous check has finished (checking_ was false): joining it does not wait on shards.
+  if (check_thread_.joinable()) check_thread_.join();
+  check_thread_ = std::thread([this] { RunConsistencyCheck(); });
 }
 
 void AuthService::StartConsistencyCheck() {
-  startup_check_ = std::thread([this] {
-    if (CheckConsistency().consistent()) spdlog::info("auth consistency: users, roles and auth status agree on every shard");
-  });
+  const std::lock_guard lock(check_mu_);
+  StartCheckLocked();
+}
+
+std::optional<AuthService::AgedReport> AuthService::LatestConsistency(std::chrono::seconds max_age) {
+  const std::lock_guard lock(check_mu_);
+  const auto age = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - latest_time_);
+  if (!latest_ || age >= max_age) StartCheckLocked();
+  if (!latest_) return std::nullopt;
+  return AgedReport{*latest_, age};
 }
 
 void AuthService::Stop() {
-  if (startup_check_.joinable()) startup_check_.join();
+  std::thread running;
+  {
+    const std::lock_guard lock(check_mu_);
+    stopped_ = true;
+    running = std::move(check_thread_);
+  }
+  if (running.joinable()) running.join();
 }
 
 void WarnAboutCertificateIdentity(const Config& config, bool client_cert_auth) {
@@ -183,6 +212,7 @@ void WarnAboutCertificateIdentity(const Config& config, bool client_cert_auth) {
 
 std::optional<auth::Credentials> LoadCredentials(const Config& config) {
   if (!config.credentials) return std::nullopt;
+  CheckSecretFile(config.credentials->password_file, "credentials.password_file");
   std::string password = ReadFileOrThrow(config.credentials->password_file);
   while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) password.pop_back();
   return auth::Credentials{.user = config.credentials->user, .password = std::move(password)};

@@ -2,6 +2,8 @@
 // The Auth service across shards: every shard holds the same users and roles, so management
 // requests go to every shard, reads compare every shard's answer, and Authenticate returns one
 // composite token (auth/token.h) that the upstream transport turns into each shard's own token.
+#include <chrono>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -24,11 +26,17 @@ class AuthService {
 
   void Register(Router& router);
 
-  // Compares users, roles, permissions and auth status across shards (blocking; for the
-  // operator endpoint). Differences are logged as warnings.
-  auth::ConsistencyReport CheckConsistency() const;
-  // Runs the check once on its own thread and logs the outcome (start-up).
+  // Runs the consistency check once on its own thread and logs the outcome (start-up).
   void StartConsistencyCheck();
+  // The last consistency report and its age, for the operator endpoint; nullopt before the first
+  // check has completed. Never blocks on the shards: a report older than `max_age` starts one
+  // check in the background (at most one at a time), whose result the next call sees. So a
+  // caller of the endpoint, however frequent, costs the shards at most one check per `max_age`.
+  struct AgedReport {
+    auth::ConsistencyReport report;
+    std::chrono::seconds age;
+  };
+  std::optional<AgedReport> LatestConsistency(std::chrono::seconds max_age);
   void Stop();
 
   // Tokens for the proxy's own calls that need one (pending lease revokes).
@@ -43,8 +51,19 @@ class AuthService {
 
   const TopologyHolder& topology_;
   const std::optional<auth::Credentials> credentials_;
+  // Compares users, roles, permissions and auth status across shards (blocking), keeps the
+  // report and logs it when it differs from the previous one.
+  void RunConsistencyCheck();
+  // Starts RunConsistencyCheck on check_thread_. Under check_mu_.
+  void StartCheckLocked();
+
   const std::shared_ptr<auth::InternalTokens> internal_tokens_;
-  std::thread startup_check_;
+  std::mutex check_mu_;
+  std::optional<auth::ConsistencyReport> latest_;
+  std::chrono::steady_clock::time_point latest_time_;
+  bool checking_ = false;
+  bool stopped_ = false;
+  std::thread check_thread_;
 };
 
 // The credentials of the config's `credentials:` block, the password read from its file (one

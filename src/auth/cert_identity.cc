@@ -60,6 +60,7 @@ IdentityIssuer::IdentityIssuer(const ClientCertIdentityConfig& config, std::chro
   if (X509_check_ca(ca_cert_.get()) == 0) {
     throw ConfigError("client_cert_identity: " + config.ca_cert_file + " is not a CA certificate");
   }
+  CheckSecretFile(config.ca_key_file, "client_cert_identity.ca_key_file");
   ca_key_.reset(PEM_read_PrivateKey(OpenOrThrow(config.ca_key_file).get(), nullptr, nullptr, nullptr));
   if (!ca_key_) throw ConfigError("client_cert_identity: no unencrypted PEM private key in " + config.ca_key_file);
   if (X509_check_private_key(ca_cert_.get(), ca_key_.get()) != 1) {

@@ -157,11 +157,13 @@ ConsistencyReport CheckAuthConsistency(const Topology& topology, const std::opti
   return CompareAuthStates(states);
 }
 
-std::string ConsistencyReport::ToJson() const {
+std::string ConsistencyReport::SummaryJson(std::chrono::seconds age) const {
   nlohmann::json j;
   j["consistent"] = consistent();
-  j["differences"] = differences;
-  j["errors"] = errors;
+  j["differences"] = differences.size();
+  j["errors"] = errors.size();
+  j["checked_seconds_ago"] = age.count();
+  if (!consistent()) j["detail"] = "in the proxy's log, lines \"auth consistency: ...\"";
   return j.dump() + "\n";
 }
 

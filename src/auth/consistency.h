@@ -32,7 +32,10 @@ struct ConsistencyReport {
   std::vector<std::string> differences;
   std::vector<std::string> errors;  // shards that could not be read
   bool consistent() const { return differences.empty() && errors.empty(); }
-  std::string ToJson() const;
+  bool operator==(const ConsistencyReport&) const = default;
+  // What the operator endpoint shows anyone who can reach it: the verdict and counts, not the
+  // user and role names or permission ranges (those go to the log). `age` since the check ran.
+  std::string SummaryJson(std::chrono::seconds age) const;
 };
 
 // Reads one shard (blocking, each call bounded by `timeout`).

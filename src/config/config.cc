@@ -1,7 +1,11 @@
 #include "config/config.h"
 
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -179,6 +183,12 @@ Config ParseConfig(const std::string& yaml_text) {
       for (const auto& url : proxies) config.proxies.push_back(url.as<std::string>());
     }
     if (const auto credentials = root["credentials"]) {
+      // A password written into the config would be used by no one (the file's is) yet sit in a
+      // file that is rarely guarded as a secret: refused rather than half used.
+      if (credentials.IsMap() && credentials["password"]) {
+        throw ConfigError("'credentials' has a 'password': a password is read only from 'password_file' (one line); "
+                          "remove it from the config");
+      }
       if (!credentials.IsMap() || !credentials["user"] || !credentials["password_file"]) {
         throw ConfigError("'credentials' needs 'user' and 'password_file' (a plain password is not accepted)");
       }
@@ -199,6 +209,21 @@ std::string ReadFileOrThrow(const std::string& path) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
+}
+
+void CheckSecretFile(const std::string& path, const std::string& what) {
+  struct stat info {};
+  if (stat(path.c_str(), &info) != 0) throw ConfigError("cannot read " + path + " (" + what + "): " + std::strerror(errno));
+  const auto mode = fmt::format("{:04o}", info.st_mode & 07777);
+  if ((info.st_mode & S_IRWXO) != 0) {
+    throw ConfigError(what + " " + path + " is accessible by other users (mode " + mode +
+                      "); it holds a secret: chmod o-rwx it (Kubernetes: defaultMode 0400, or 0440 with fsGroup)");
+  }
+  if ((info.st_mode & S_IRWXG) != 0) {
+    spdlog::warn("{} {} is accessible by its group (mode {}); it holds a secret: make sure only the proxy's group can "
+                 "read it",
+                 what, path, mode);
+  }
 }
 
 Config LoadConfigFile(const std::string& path) { return ParseConfig(ReadFileOrThrow(path)); }

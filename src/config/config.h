@@ -71,6 +71,13 @@ void ValidateConfig(const Config& config);
 // The whole content of a file; throws ConfigError naming it when it cannot be read.
 std::string ReadFileOrThrow(const std::string& path);
 
+// Checks a file that holds a secret (`what`: "credentials.password_file", ...) before it is read.
+// Refused (ConfigError) when other users may read or write it, as ssh refuses such a private
+// key: a secret anyone on the host can read is no longer one, and starting anyway would hide it.
+// Group access is the usual way to share a secret with a service's group (Kubernetes:
+// defaultMode 0440 with fsGroup), so it only earns a warning. Symbolic links are followed.
+void CheckSecretFile(const std::string& path, const std::string& what);
+
 // Printable form of a key for messages: printable ASCII as is, other bytes as \xNN.
 std::string PrintableKey(const std::string& key);
 

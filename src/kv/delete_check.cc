@@ -8,11 +8,6 @@
 
 namespace esp {
 
-bool CarriesToken(const CallContext& ctx) {
-  const auto& metadata = ctx.metadata();
-  return std::any_of(metadata.begin(), metadata.end(), [](const auto& entry) { return entry.first == "token"; });
-}
-
 etcdserverpb::TxnRequest DeletePermissionProbe(const etcdserverpb::DeleteRangeRequest& piece) {
   // No compare: a compare needs read permission on its key, which a delete does not.
   etcdserverpb::TxnRequest txn;

@@ -15,10 +15,6 @@
 
 namespace esp {
 
-// True when the client call carries an auth token, i.e. auth is in use for it. Without one a
-// shard with auth on refuses every piece alike, so no check is needed.
-bool CarriesToken(const CallContext& ctx);
-
 // The side-effect-free Txn that asks a shard whether `piece` may be deleted.
 etcdserverpb::TxnRequest DeletePermissionProbe(const etcdserverpb::DeleteRangeRequest& piece);
 

@@ -11,6 +11,7 @@
 #include "kv/request_scan.h"
 #include "kv/txn_routing.h"
 #include "kv/validation.h"
+#include "transport/auth_metadata.h"
 #include "upstream/scatter_gather.h"
 #include "upstream/typed_call.h"
 
@@ -192,7 +193,7 @@ void KvService::SpanningDelete(const CallContextPtr& ctx, const Topology& topolo
     clipped->back().set_key(piece.key);
     clipped->back().set_range_end(piece.range_end);
   }
-  if (!CarriesToken(*ctx)) return DeletePieces(ctx, shards, clipped, std::move(done));
+  if (!CarriesIdentity(ctx->metadata())) return DeletePieces(ctx, shards, clipped, std::move(done));
   // With auth in use a piece may be denied on one shard only: ask every shard first, so that a
   // denied request deletes nothing anywhere, as on one etcd. Costs one round trip, auth only.
   CheckDeletePermitted(ctx, *shards, *clipped,

@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "common/methods.h"
+#include "transport/auth_metadata.h"
 #include "transport/event_loop.h"
 #include "transport/peer_identity.h"
 
@@ -142,7 +143,7 @@ KeepAliveHub::KeepAliveHub(const TopologyHolder& topology, std::shared_ptr<Pendi
 KeepAliveHub::Identity KeepAliveHub::IdentityOf(const Metadata& metadata) {
   Identity identity;
   for (const auto& [key, value] : metadata) {
-    if (key != "token" && key != kClientCertCnKey) continue;
+    if (!IsAuthTokenKey(key) && key != kClientCertCnKey) continue;
     identity.metadata.emplace_back(key, value);
     // NUL cannot occur in metadata keys or values: the key is unambiguous.
     identity.key.append(key).push_back('\0');

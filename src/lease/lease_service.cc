@@ -7,10 +7,10 @@
 
 #include "common/etcd_errors.h"
 #include "common/methods.h"
-#include "kv/delete_check.h"
 #include "lease/fanout.h"
-#include "lease/revoke_check.h"
 #include "lease/lease_ids.h"
+#include "lease/revoke_check.h"
+#include "transport/auth_metadata.h"
 
 namespace esp {
 namespace {
@@ -113,8 +113,14 @@ void LeaseService::GrantAttempt(CallContextPtr ctx, LeaseGrantRequest request, b
         }
         if (etcd_error || granted.empty() || granted.size() < down.size()) {
           RevokeQuietly(*topology, granted, request.id(), ctx->metadata());
-          // A shard that timed out may have granted all the same.
-          for (std::size_t shard : down) pending_->AddRevoke(shard, request.id());
+          // A shard that timed out may have granted all the same: undo it there later, with the
+          // proxy's credentials, but only for an id the proxy drew (a new lease, without keys). A
+          // client-chosen id may name a lease the shard already held, keys and all, that the
+          // caller may not revoke. Left there, such a copy is either a minority (the repair drops
+          // it, keyless) or the lease as if the grant's answer had been lost, as on one etcd.
+          if (proxy_chose_id) {
+            for (std::size_t shard : down) pending_->AddRevoke(shard, request.id());
+          }
           if (etcd_error && proxy_chose_id && retries_left > 0 &&
               etcd_error->message() == etcd_errors::LeaseExists().message()) {
             request.set_id(NewLeaseId());
@@ -138,7 +144,7 @@ void LeaseService::GrantAttempt(CallContextPtr ctx, LeaseGrantRequest request, b
 
 void LeaseService::Revoke(CallContextPtr ctx, const LeaseRevokeRequest& request,
                           std::function<void(Status, LeaseRevokeResponse)> done) {
-  if (!CarriesToken(*ctx)) return RevokeOnShards(std::move(ctx), request, std::move(done));
+  if (!CarriesIdentity(ctx->metadata())) return RevokeOnShards(std::move(ctx), request, std::move(done));
   // With auth in use, one shard may refuse what the others permit: ask all first (revoke_check.h).
   CheckRevokePermitted(ctx, topology_.Get(), request.id(), repair_->credentials(),
                        [this, ctx, request, done = std::move(done)](Status status) mutable {

@@ -1,9 +1,12 @@
 #include "lease/revoke_check.h"
 
+#include <optional>
+
 #include "common/etcd_errors.h"
 #include "common/methods.h"
 #include "lease/fanout.h"
 #include "upstream/scatter_gather.h"
+#include "upstream/typed_call.h"
 
 namespace esp {
 
@@ -42,6 +45,64 @@ void ProbeListedKeys(const CallContextPtr& ctx, const std::shared_ptr<const Topo
       [done = std::move(done)](Status status, std::vector<etcdserverpb::TxnResponse>) { done(std::move(status)); });
 }
 
+// Every key there is: etcd reads a range end of "\0" as "to the end of the keyspace", and no key
+// is shorter than "\0" (etcd refuses empty keys).
+etcdserverpb::TxnRequest DeleteEverythingProbe() {
+  etcdserverpb::TxnRequest probe;
+  auto* everything = probe.add_failure()->mutable_request_delete_range();
+  everything->set_key(std::string(1, '\0'));
+  everything->set_range_end(std::string(1, '\0'));
+  return probe;
+}
+
+std::string ShardNames(const Topology& topology, const std::vector<std::size_t>& shards) {
+  std::string names;
+  for (std::size_t shard : shards) {
+    if (!names.empty()) names += ", ";
+    names += topology.map.Describe(shard);
+  }
+  return names;
+}
+
+// The shards that did not list the lease's keys (down, hung, or an error other than an auth
+// refusal) cannot be asked whether the caller may revoke there, and a revoke that succeeds now
+// is completed on them later, by whichever proxy sees the split, with the proxy's own
+// credentials. So the revoke goes on only if the caller may delete every key there is (root, or a
+// role writing the whole keyspace): then it is permitted on those shards whatever they hold
+// (every shard holds the same users and roles). Otherwise it is refused with UNAVAILABLE naming
+// the shards: etcd would answer either way, and the proxy cannot tell which until they answer.
+void CheckUnlisted(const CallContextPtr& ctx, const std::shared_ptr<const Topology>& topology, Listing listings,
+                   std::function<void(Status)> done) {
+  std::vector<std::size_t> unlisted;
+  std::optional<std::size_t> listed;
+  std::optional<Status> unlisted_error;
+  std::size_t lacking = 0;  // shards that answered they do not hold the lease
+  for (const auto& o : listings) {
+    if (o.status.ok()) {
+      if (!listed) listed = o.shard;
+      if (o.response.ttl() == -1) ++lacking;
+      continue;
+    }
+    unlisted.push_back(o.shard);
+    if (!unlisted_error) unlisted_error = o.status;
+  }
+  // Gone by the majority rule (lease/repair.h): the revoke answers etcd's "lease not found", and
+  // a copy on a shard that is down is a leftover any proxy's repair drops anyway.
+  const bool gone = 2 * lacking > listings.size();
+  if (unlisted.empty() || gone) return ProbeListedKeys(ctx, topology, listings, std::move(done));
+  if (!listed) return done(*unlisted_error);  // no shard answers: the revoke could not succeed
+  CallShard<etcdserverpb::TxnResponse>(
+      *topology->shards[*listed], methods::kTxn, BoundedContext(ctx, kCheckTimeout), DeleteEverythingProbe(), kRead,
+      [ctx, topology, listings = std::move(listings), unlisted = std::move(unlisted),
+       unlisted_error = *unlisted_error, done = std::move(done)](Status status, etcdserverpb::TxnResponse) mutable {
+        if (status.ok()) return ProbeListedKeys(ctx, topology, listings, std::move(done));
+        done(Status(StatusCode::kUnavailable,
+                    "etcd-sharding-proxy: the lease cannot be revoked while " + ShardNames(*topology, unlisted) +
+                        " cannot be asked whether the caller may delete its keys there (" + unlisted_error.message() +
+                        "); retry when it answers"));
+      });
+}
+
 }  // namespace
 
 void CheckRevokePermitted(const CallContextPtr& ctx, const std::shared_ptr<const Topology>& topology, int64_t id,
@@ -60,7 +121,7 @@ void CheckRevokePermitted(const CallContextPtr& ctx, const std::shared_ptr<const
           if (o.status.code() != StatusCode::kPermissionDenied || !credentials.metadata) return done(o.status);
           unlisted.push_back(o.shard);
         }
-        if (unlisted.empty()) return ProbeListedKeys(ctx, topology, listings, std::move(done));
+        if (unlisted.empty()) return CheckUnlisted(ctx, topology, std::move(listings), std::move(done));
         CallShardsAsProxy<etcdserverpb::LeaseTimeToLiveResponse>(
             credentials, topology, unlisted, methods::kLeaseTimeToLive, kCheckTimeout, request, kRead,
             [ctx, topology, listings = std::move(listings), done = std::move(done)](Listing relisted) mutable {
@@ -75,7 +136,7 @@ void CheckRevokePermitted(const CallContextPtr& ctx, const std::shared_ptr<const
                   if (mine.shard == o.shard) mine = std::move(o);
                 }
               }
-              ProbeListedKeys(ctx, topology, listings, std::move(done));
+              CheckUnlisted(ctx, topology, std::move(listings), std::move(done));
             });
       });
 }

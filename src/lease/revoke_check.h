@@ -27,8 +27,10 @@ inline constexpr std::size_t kRevokeProbeKeys = 64;
 // The probes for `keys`, kRevokeProbeKeys keys each.
 std::vector<etcdserverpb::TxnRequest> RevokePermissionProbes(const std::vector<std::string>& keys);
 
-// `done` gets OK when every shard that answers permits the revoke (a shard that does not answer
-// is left to the revoke itself), else the first refusal. etcd 3.5+ lists a lease's keys only to a
+// `done` gets OK when every shard permits the revoke, else the first refusal. A shard that does
+// not answer cannot be asked, and a revoke that succeeds is completed there later with the
+// proxy's own credentials: it counts as permitting only if the caller may delete every key
+// (asked of a shard that answers); otherwise `done` gets UNAVAILABLE naming it. etcd 3.5+ lists a lease's keys only to a
 // user who may read them; where it refuses the caller that, they are listed with `credentials`
 // (the proxy's own user) and the permission is still probed as the caller. Without credentials
 // that refusal is the answer.

@@ -197,6 +197,7 @@ void EtcdClient::Rotate() {
 }
 
 std::string ReadPasswordFile(const std::string& path) {
+  CheckSecretFile(path, "password file");
   std::string text = ReadFileOrThrow(path);
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
   if (text.empty()) throw ConfigError("password file " + path + " is empty");

@@ -93,7 +93,8 @@ class EtcdClient {
 // permissions ("etcdserver: revision of auth store is old": JWT tokens carry the auth revision).
 bool TokenRefused(const grpc::Status& status);
 
-// Reads a one-line password file (trailing newline dropped); throws ConfigError.
+// Reads a one-line password file (trailing newline dropped); throws ConfigError, also for a
+// file other users may read (CheckSecretFile).
 std::string ReadPasswordFile(const std::string& path);
 
 // "etcdserver: ..." for a failed status, with the endpoint list for UNAVAILABLE.

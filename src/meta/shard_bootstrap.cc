@@ -455,6 +455,7 @@ std::map<std::string, std::string> ParseUserPasswords(const std::string& text, c
 }
 
 std::map<std::string, std::string> LoadUserPasswordFile(const std::string& path) {
+  CheckSecretFile(path, "user passwords file");
   return ParseUserPasswords(ReadFileOrThrow(path), path);
 }
 

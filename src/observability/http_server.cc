@@ -76,7 +76,11 @@ bool HttpServer::Start() {
     spdlog::error("invalid metrics address {} (want IPv4 host:port)", address_);
     return false;
   }
-  daemon_.reset(MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, nullptr, nullptr,
+  // epoll, not select(): select() cannot watch a descriptor numbered FD_SETSIZE (1024) or more,
+  // and the data plane's client connections push the listener's numbers past it. In select mode
+  // libmicrohttpd then drops every operator connection, and /livez failing restarts a healthy
+  // proxy.
+  daemon_.reset(MHD_start_daemon(MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, nullptr, nullptr,
                                  &OnRequest, this, MHD_OPTION_SOCK_ADDR, &*addr,
                                  MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END));
   if (!daemon_) {

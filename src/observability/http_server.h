@@ -1,7 +1,7 @@
 #pragma once
 // The operator HTTP listener (/metrics, /health, /shards, ...) on libmicrohttpd. Its own polling
-// thread keeps the operator port independent of the gRPC data plane; handlers only read
-// snapshots, so they answer at once.
+// thread (epoll: descriptors of any number) keeps the operator port independent of the data
+// plane; handlers only read snapshots, so they answer at once.
 #include <functional>
 #include <map>
 #include <memory>

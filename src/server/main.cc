@@ -2,10 +2,13 @@
 #include <CLI/CLI.hpp>
 #include <absl/synchronization/mutex.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 
 #include "common/go_duration.h"
@@ -197,6 +200,28 @@ int RunMapCommand(MapCommand& command) {
   }
 }
 
+// Raises the soft open-file limit to the hard one, as etcd gets it (the Go runtime does this at
+// start since Go 1.19): every client, shard and operator connection is a descriptor, and the usual
+// soft default of 1024 is reached by a modest fleet of clients. The hard limit is the
+// administrator's ceiling; the soft one only a default.
+void RaiseOpenFileLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    spdlog::warn("open-file limit: getrlimit: {}", std::strerror(errno));
+    return;
+  }
+  const rlim_t before = limit.rlim_cur;
+  if (limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+      spdlog::warn("open-file limit: cannot raise {} to the hard limit {}: {}", before, limit.rlim_max,
+                   std::strerror(errno));
+      return;
+    }
+  }
+  spdlog::info("open-file limit: {} (was {}; hard limit {})", limit.rlim_cur, before, limit.rlim_max);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -286,6 +311,7 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  RaiseOpenFileLimit();
   // A peer that closed its connection must cost an EPIPE, not the process: OpenSSL writes TLS
   // records with write(2), which raises SIGPIPE (plain sockets use send(MSG_NOSIGNAL)).
   std::signal(SIGPIPE, SIG_IGN);

@@ -7,6 +7,7 @@
 #include <openssl/err.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -247,9 +248,11 @@ void H2Server::OnAcceptable() {
   for (;;) {
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) spdlog::warn("accept: {}", std::strerror(errno));
+      if (errno == EINTR || errno == ECONNABORTED) continue;  // this connection only
+      if (errno != EAGAIN && errno != EWOULDBLOCK) PauseAccepting(errno);
       return;
     }
+    if (failures_in_run_ != 0) ReportAcceptingAgain();
     const int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     SSL* ssl = nullptr;
@@ -263,11 +266,60 @@ void H2Server::OnAcceptable() {
   }
 }
 
+namespace {
+
+// How long accepting pauses after a failure, and how often a run of failures is reported.
+constexpr std::chrono::milliseconds kAcceptPause(250);
+constexpr std::chrono::seconds kAcceptReportInterval(10);
+
+std::string OpenFileLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return "unknown";
+  return std::to_string(limit.rlim_cur);
+}
+
+}  // namespace
+
+void H2Server::PauseAccepting(int error) {
+  EventLoop& loop = loops_.front()->loop();
+  loop.ModifyFd(listen_fd_, 0);
+  // epoll reports errors even without interest: a failure while paused must not stack timers.
+  if (resume_timer_ != 0) loop.CancelTimer(resume_timer_);
+  resume_timer_ = loop.AddTimer(std::chrono::steady_clock::now() + kAcceptPause, [this] { ResumeAccepting(); });
+  ++unreported_failures_;
+  ++failures_in_run_;
+  // At most one line per interval, however long the limit holds and however often it flaps.
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_failure_report_ < kAcceptReportInterval) return;
+  spdlog::warn("accept: {} (open-file limit {}): new connections wait in the listen backlog, accepting is retried "
+               "every {} ms; {} failed attempt(s) since the last report",
+               std::strerror(error), OpenFileLimit(), kAcceptPause.count(), unreported_failures_);
+  unreported_failures_ = 0;
+  last_failure_report_ = now;
+}
+
+void H2Server::ReportAcceptingAgain() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_recovery_report_ >= kAcceptReportInterval) {
+    spdlog::info("accept: accepting connections again after {} failed attempt(s)", failures_in_run_);
+    last_recovery_report_ = now;
+  }
+  failures_in_run_ = 0;
+}
+
+void H2Server::ResumeAccepting() {
+  resume_timer_ = 0;
+  if (listen_fd_ < 0) return;
+  loops_.front()->loop().ModifyFd(listen_fd_, EPOLLIN);
+}
+
 void H2Server::Shutdown(std::chrono::milliseconds grace) {
   if (!running_) return;
   running_ = false;
   std::promise<void> closed;
   loops_.front()->loop().Post([this, &closed] {
+    if (resume_timer_ != 0) loops_.front()->loop().CancelTimer(resume_timer_);
+    resume_timer_ = 0;
     loops_.front()->loop().RemoveFd(listen_fd_);
     close(listen_fd_);
     listen_fd_ = -1;

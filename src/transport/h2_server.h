@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -52,6 +53,12 @@ class H2Server {
 
   bool Listen();
   void OnAcceptable();
+  // After a failed accept (the open-file limit, usually) the listener's read interest is off for
+  // a short while: level-triggered, it would otherwise wake the loop, fail and log on every turn
+  // until a descriptor is freed. Connections meanwhile wait in the listen backlog. Loop 0 only.
+  void PauseAccepting(int error);
+  void ResumeAccepting();
+  void ReportAcceptingAgain();
 
   const Router& router_;
   H2ServerOptions options_;
@@ -61,6 +68,13 @@ class H2Server {
   int port_ = 0;
   std::size_t next_loop_ = 0;
   bool running_ = false;
+  // Accept failures (loop 0 only): the timer that resumes accepting, failures not reported yet,
+  // failures since accepting last worked, and when each kind of line was last logged.
+  std::uint64_t resume_timer_ = 0;
+  std::uint64_t unreported_failures_ = 0;
+  std::uint64_t failures_in_run_ = 0;
+  std::chrono::steady_clock::time_point last_failure_report_{};
+  std::chrono::steady_clock::time_point last_recovery_report_{};
 
   // Open connections over all loops, for the drain at shutdown.
   std::mutex mu_;

@@ -13,6 +13,7 @@
 #include <optional>
 #include <sstream>
 
+#include "transport/auth_metadata.h"
 #include "transport/grpc_bytes.h"
 #include "transport/peer_identity.h"
 #include "upstream/retry_policy.h"
@@ -68,13 +69,14 @@ bool IsTransportFailure(const grpc::Status& status) {
 
 using TokenTranslator = std::function<std::string(std::string_view token)>;
 
-// etcd reads the auth token from the `token` metadata key (clientv3's TokenFieldNameGRPC).
+// etcd reads the auth token from the `token` metadata key (clientv3's TokenFieldNameGRPC) or from
+// `authorization` (transport/auth_metadata.h): a composite token under either is translated.
 void AddMetadata(grpc::ClientContext& ctx, const Metadata& metadata, const TokenTranslator& translate) {
   for (const auto& [key, value] : metadata) {
     // Client-certificate identities need the h2 upstream transport (the proxy refuses the config
     // otherwise); the reserved key never leaves the proxy.
     if (key == kClientCertCnKey) continue;
-    if (translate && key == "token") {
+    if (translate && IsAuthTokenKey(key)) {
       ctx.AddMetadata(key, translate(value));
     } else {
       ctx.AddMetadata(key, value);

@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "auth/cert_identity.h"
+#include "transport/auth_metadata.h"
 #include "upstream/retry_policy.h"
 
 namespace esp {
@@ -402,7 +403,7 @@ std::string H2ShardTransport::IdentityOf(const Metadata& metadata) const {
   if (!issuer_) return {};
   std::string identity;
   for (const auto& [key, value] : metadata) {
-    if (key == "token") return {};
+    if (IsAuthTokenKey(key)) return {};  // a token wins over the certificate, as on etcd
     if (key == kClientCertCnKey) identity = value;
   }
   return identity;
@@ -483,15 +484,16 @@ std::shared_ptr<UpstreamStream> H2ShardTransport::OpenStream(const std::string& 
   return stream;
 }
 
-// etcd reads the auth token from the `token` key (clientv3's TokenFieldNameGRPC); a client's
-// composite token becomes this shard's own (src/auth/token.h).
+// etcd reads the auth token from the `token` key (clientv3's TokenFieldNameGRPC) or from
+// `authorization` (transport/auth_metadata.h); a client's composite token under either becomes
+// this shard's own (src/auth/token.h).
 Metadata H2ShardTransport::Translated(const Metadata& metadata) const {
   Metadata out = metadata;
   // The identity was chosen from it (IdentityOf); the shard reads it from the certificate.
   std::erase_if(out, [](const auto& entry) { return entry.first == kClientCertCnKey; });
   if (!tuning_.translate_token) return out;
   for (auto& [key, value] : out) {
-    if (key == "token") value = tuning_.translate_token(value);
+    if (IsAuthTokenKey(key)) value = tuning_.translate_token(value);
   }
   return out;
 }

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <memory>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include "support/fixtures.h"
@@ -91,6 +92,8 @@ class AuthTest : public ::testing::Test {
     }
     // A second proxy in front of the same shards, with the operator listener and credentials.
     std::ofstream(secrets_.path() / "root.password") << "rootpw\n";
+    // The proxy refuses a password file other users may read.
+    std::filesystem::permissions(secrets_.path() / "root.password", std::filesystem::perms::owner_read);
     metrics_port_ = FreePort();
     second_ = std::make_unique<ProxyProcess>(
         Specs(), std::vector<std::string>{"--listen-metrics-addr", "127.0.0.1:" + std::to_string(metrics_port_)});
@@ -283,12 +286,19 @@ TEST_F(AuthTest, ConsistencyCheckNamesADifferenceMadeOnOneShard) {
 
   ASSERT_EQ(As(kRoot, "role add extra", ShardAddress(2)).exit_code, 0);
   ASSERT_EQ(As(kRoot, "user grant-role alice extra", ShardAddress(2)).exit_code, 0);
-  const auto check = HttpGet(metrics_port_, "/auth/consistency");
-  EXPECT_EQ(check.code, 409);
-  EXPECT_NE(check.body.find("role \\\"extra\\\" differs: [shard-0, shard-1] missing; [shard-2] permissions []"),
-            std::string::npos)
+  // The endpoint answers from a check at most 5 s old (and starts a new one when asked later).
+  HttpResult check;
+  EXPECT_TRUE(WaitFor([&] { return (check = HttpGet(metrics_port_, "/auth/consistency")).code == 409; }, 15s, 500ms))
       << check.body;
-  EXPECT_NE(check.body.find("user \\\"alice\\\" differs"), std::string::npos) << check.body;
+  // Counts only: user and role names and permission ranges are the log's, not every caller's.
+  EXPECT_NE(check.body.find("\"differences\":2"), std::string::npos) << check.body;
+  EXPECT_EQ(check.body.find("extra"), std::string::npos) << check.body;
+  EXPECT_EQ(check.body.find("alice"), std::string::npos) << check.body;
+  const std::string log = second_->process().Log();
+  EXPECT_NE(log.find("role \"extra\" differs: [shard-0, shard-1] missing; [shard-2] permissions []"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("user \"alice\" differs"), std::string::npos) << log;
   // Reads through the proxy refuse to pick one shard's answer.
   const auto roles = As(kRoot, "role list");
   EXPECT_NE(roles.exit_code, 0);
@@ -297,7 +307,7 @@ TEST_F(AuthTest, ConsistencyCheckNamesADifferenceMadeOnOneShard) {
   // Repair through the proxy: deleting on every shard is safe where it is already gone.
   EXPECT_EQ(As(kRoot, "user revoke-role alice extra").exit_code, 0);
   EXPECT_EQ(As(kRoot, "role delete extra").exit_code, 0);
-  EXPECT_EQ(HttpGet(metrics_port_, "/auth/consistency").code, 200);
+  EXPECT_TRUE(WaitFor([] { return HttpGet(metrics_port_, "/auth/consistency").code == 200; }, 15s, 500ms));
   EXPECT_EQ(As(kRoot, "role list").output, "reader\nroot\n");
 }
 
@@ -375,6 +385,137 @@ std::string GrantLease(const std::string& address, int ttl) {
   const auto grant = Etcdctl(address, "--user " + std::string(kRoot) + " lease grant " + std::to_string(ttl));
   std::smatch match;
   return std::regex_search(grant.output, match, std::regex("lease ([0-9a-f]+) granted")) ? match[1].str() : "";
+}
+
+int64_t LeaseId(const std::string& hex) { return static_cast<int64_t>(std::stoull(hex, nullptr, 16)); }
+
+// What a shard's own etcd counts of a method it handled (its /metrics on the client port).
+double HandledOnShard(const std::string& address, const std::string& method) {
+  const auto page = RunCommand("curl -s http://" + address + "/metrics").output;
+  std::istringstream in(page);
+  std::string line;
+  double total = 0;
+  while (std::getline(in, line)) {
+    if (line.starts_with("grpc_server_handled_total{") && line.find("grpc_method=\"" + method + "\"") != std::string::npos) {
+      total += std::stod(line.substr(line.rfind(' ') + 1));
+    }
+  }
+  return total;
+}
+
+// A user who may only read (alice) finds a lease with a key on shard 2 and revokes it while shard 2
+// is down. etcd refuses her (she may not delete the key); the proxy cannot ask shard 2, and a
+// revoke completed there later would run with the proxy's own credentials. So it is refused,
+// naming the shard, and the key survives the shard's return (issue #19, 2).
+TEST_F(AuthTest, ReadOnlyUserCannotRevokeALeaseWhileAShardIsDown) {
+  const std::string lease = GrantLease(Second(), 60);
+  ASSERT_FALSE(lease.empty());
+  ASSERT_EQ(As(kRoot, "put xd 1 --lease=" + lease, Second()).output, "OK\n");
+  const auto alice = Authenticate(Second(), "alice", "alicepw");
+  ASSERT_TRUE(alice.status.ok()) << alice.status.error_message();
+  setup_->shard(2).KillMember(0);
+  auto stub = etcdserverpb::Lease::NewStub(Connect(Second()));
+  etcdserverpb::LeaseRevokeRequest request;
+  request.set_id(LeaseId(lease));
+  etcdserverpb::LeaseRevokeResponse response;
+  const auto status = stub->LeaseRevoke(TokenCtx(alice.token).get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_NE(status.error_message().find("\"shard-2\""), std::string::npos) << status.error_message();
+  // A lease the shards that answer do not hold is gone by the majority rule: etcd's answer.
+  request.set_id(LeaseId(lease) ^ 1);
+  const auto unknown = stub->LeaseRevoke(TokenCtx(alice.token).get(), request, &response);
+  EXPECT_EQ(unknown.error_message(), "etcdserver: requested lease not found");
+  setup_->shard(2).StartMember(0);
+  ASSERT_TRUE(WaitFor([] { return As(kRoot, "get xd", ShardAddress(2)).exit_code == 0; }, 20s, 200ms));
+  // A keep-alive would repair a split (none is left), and pending revokes are retried every
+  // second: three seconds without the key going is the absence of both.
+  EXPECT_NE(As(kRoot, "lease keep-alive --once " + lease, Second()).output.find("keepalived with TTL"),
+            std::string::npos);
+  EXPECT_FALSE(WaitFor([] { return As(kRoot, "get xd", ShardAddress(2)).output.empty(); }, 3s, 250ms))
+      << second_->process().Log();
+  for (std::size_t i = 0; i < 3; ++i) {
+    const auto ttl = As(kRoot, "lease timetolive " + lease, ShardAddress(i)).output;
+    EXPECT_NE(ttl.find("remaining("), std::string::npos) << "shard " << i << ": " << ttl;
+  }
+  // With every shard up she gets etcd's own answer, and root revokes as usual.
+  EXPECT_NE(As(kReader, "lease revoke " + lease, Second()).output.find("etcdserver: permission denied"),
+            std::string::npos);
+  EXPECT_EQ(As(kRoot, "lease revoke " + lease, Second()).output, "lease " + lease + " revoked\n");
+  EXPECT_EQ(As(kRoot, "get xd").output, "");
+}
+
+// A grant of an existing lease's id while a shard is down fails ("lease already exists") on the
+// shards that answer. The proxy used to queue a revoke of that id for the down shard, as the
+// cleanup of a grant that might have reached it, and sent it with its own credentials when the
+// shard came back: the existing lease and its key there were gone.
+TEST_F(AuthTest, GrantingAnExistingIdWhileAShardIsDownLeavesTheLeaseAlone) {
+  const std::string lease = GrantLease(Second(), 60);
+  ASSERT_FALSE(lease.empty());
+  ASSERT_EQ(As(kRoot, "put xg 1 --lease=" + lease, Second()).output, "OK\n");
+  const auto alice = Authenticate(Second(), "alice", "alicepw");
+  ASSERT_TRUE(alice.status.ok()) << alice.status.error_message();
+  setup_->shard(2).KillMember(0);
+  auto stub = etcdserverpb::Lease::NewStub(Connect(Second()));
+  etcdserverpb::LeaseGrantRequest request;
+  request.set_id(LeaseId(lease));
+  request.set_ttl(60);
+  etcdserverpb::LeaseGrantResponse response;
+  const auto status = stub->LeaseGrant(TokenCtx(alice.token).get(), request, &response);
+  EXPECT_EQ(status.error_message(), "etcdserver: lease already exists");
+  setup_->shard(2).StartMember(0);
+  ASSERT_TRUE(WaitFor([] { return As(kRoot, "get xg", ShardAddress(2)).exit_code == 0; }, 20s, 200ms));
+  EXPECT_FALSE(WaitFor([] { return As(kRoot, "get xg", ShardAddress(2)).output.empty(); }, 3s, 250ms))
+      << second_->process().Log();
+  EXPECT_EQ(As(kRoot, "lease revoke " + lease, Second()).output, "lease " + lease + " revoked\n");
+  EXPECT_EQ(As(kRoot, "get xg").output, "");
+}
+
+// etcd takes the token from `authorization` when there is no `token` (gRPC gateway clients and
+// some non-Go clients send it there). The proxy's composite token under that key is translated
+// for each shard as under `token`: reads within alice's range on two shards and a spanning one
+// work, and a write outside her permission gets etcd's refusal, not "invalid auth token".
+TEST_F(AuthTest, TokenUnderAuthorizationIsTranslatedForEveryShard) {
+  const auto alice = Authenticate(Proxy(), "alice", "alicepw");
+  ASSERT_TRUE(alice.status.ok()) << alice.status.error_message();
+  auto kv = etcdserverpb::KV::NewStub(Connect(Proxy()));
+  const auto authorized = [&] {
+    auto ctx = Ctx();
+    ctx->AddMetadata("authorization", alice.token);
+    return ctx;
+  };
+  for (const auto& [key, end] : std::vector<std::pair<std::string, std::string>>{{"b", ""}, {"j", ""}, {"a", "k"}}) {
+    etcdserverpb::RangeRequest range;
+    range.set_key(key);
+    range.set_range_end(end);
+    etcdserverpb::RangeResponse response;
+    const auto status = kv->Range(authorized().get(), range, &response);
+    EXPECT_TRUE(status.ok()) << key << ": " << status.error_message();
+  }
+  etcdserverpb::PutRequest put;
+  put.set_key("b");
+  put.set_value("v");
+  etcdserverpb::PutResponse put_response;
+  const auto denied = kv->Put(authorized().get(), put, &put_response);
+  EXPECT_EQ(denied.error_message(), "etcdserver: permission denied");
+}
+
+// /auth/consistency reads every user and role of every shard as the proxy's own user. It answers
+// from a check at most 5 s old and starts at most one check per 5 s, however often it is asked,
+// and /health does not wait for it.
+TEST_F(AuthTest, ConsistencyEndpointAnswersFromARecentCheck) {
+  ASSERT_TRUE(WaitFor([] { return HttpGet(metrics_port_, "/auth/consistency").code == 200; }, 15s, 500ms));
+  const double before = HandledOnShard(ShardAddress(0), "UserList");
+  std::chrono::nanoseconds slowest_health{0};
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(HttpGet(metrics_port_, "/auth/consistency").code, 200);
+    const auto started = std::chrono::steady_clock::now();
+    EXPECT_EQ(HttpGet(metrics_port_, "/health").code, 200);
+    slowest_health = std::max(slowest_health, std::chrono::steady_clock::now() - started);
+  }
+  const double checks = HandledOnShard(ShardAddress(0), "UserList") - before;
+  EXPECT_LE(checks, 2) << "20 requests made " << checks << " checks";
+  std::cout << "20 GET /auth/consistency: " << checks << " check(s) on the shards; slowest /health "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(slowest_health).count() << " ms\n";
 }
 
 // Leases split by a shard that was down while a proxy that is gone since granted one lease and
@@ -608,8 +749,6 @@ class KeepAliveStream {
   std::unique_ptr<grpc::ClientReaderWriter<etcdserverpb::LeaseKeepAliveRequest, etcdserverpb::LeaseKeepAliveResponse>>
       stream_;
 };
-
-int64_t LeaseId(const std::string& hex) { return static_cast<int64_t>(std::stoull(hex, nullptr, 16)); }
 
 // A lease of 2 s with a key on every shard outlives its TTL only through root's renewals through
 // the proxy, which must reach every shard (the proxy's keep-alive streams carry root's token).

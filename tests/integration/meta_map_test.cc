@@ -353,6 +353,7 @@ TEST_F(MetaMapTest, SecuredMetaStoreNeedsItsCredentials) {
   }
   const auto password = (dir_->path() / "meta.password").string();
   std::ofstream(password) << "rootpw\n";
+  std::filesystem::permissions(password, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
   const std::string flags = " --meta-endpoints " + address + " --meta-cacert " + certs.ca() + " --meta-cert " +
                             certs.cert() + " --meta-key " + certs.key();
   const std::string binary = ESP_PROXY_BINARY_FOR_TESTS;

@@ -145,6 +145,7 @@ class ProxyProcess {
   ~ProxyProcess();
   void Start();
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  int port() const { return port_; }
   ChildProcess& process() { return *process_; }
   const std::filesystem::path& config_path() const { return config_path_; }
 

@@ -8,6 +8,7 @@
 #include "config/config.h"
 #include "kv/delete_check.h"
 #include "lease/revoke_check.h"
+#include "transport/auth_metadata.h"
 
 namespace esp::auth {
 namespace {
@@ -127,9 +128,15 @@ TEST(PermissionProbes, RevokeProbesCheckEveryKeyInTxnsOfBoundedSize) {
   EXPECT_TRUE(esp::RevokePermissionProbes({}).empty());
 }
 
-TEST(PermissionProbes, OnlyCallsWithATokenAreChecked) {
-  EXPECT_FALSE(esp::CarriesToken(esp::CallContext({}, {{"require-leader", "true"}})));
-  EXPECT_TRUE(esp::CarriesToken(esp::CallContext({}, {{"require-leader", "true"}, {"token", "esp1.x"}})));
+// etcd takes the token from `token`, else from `authorization`; a client certificate's CN is an
+// identity too (etcd's --client-cert-auth). Calls with any of them are checked.
+TEST(PermissionProbes, OnlyCallsWithAnIdentityAreChecked) {
+  EXPECT_FALSE(esp::CarriesIdentity({{"require-leader", "true"}}));
+  EXPECT_TRUE(esp::CarriesIdentity({{"require-leader", "true"}, {"token", "esp1.x"}}));
+  EXPECT_TRUE(esp::CarriesIdentity({{"authorization", "esp1.x"}}));
+  EXPECT_TRUE(esp::CarriesIdentity({{std::string(esp::kClientCertCnKey), "alice"}}));
+  EXPECT_TRUE(esp::IsAuthTokenKey("authorization"));
+  EXPECT_FALSE(esp::IsAuthTokenKey("authorization-bin"));
 }
 
 }  // namespace

@@ -53,6 +53,8 @@ class TestCa {
     std::FILE* f = std::fopen(path(name).c_str(), "w");
     write(f);
     std::fclose(f);
+    // Private to its owner, as the proxy requires of the CA's key (CheckSecretFile).
+    std::filesystem::permissions(path(name), std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
   }
   static inline int next_ = 0;
   std::filesystem::path dir_;
@@ -97,6 +99,20 @@ TEST(CertIdentityTest, CachesPerCnWithOneKeyAndRenewsPastHalfLife) {
   IdentityIssuer renewing(ca.config(), std::chrono::seconds(0));
   const auto first = renewing.For("alice");
   EXPECT_NE(renewing.For("alice"), first);
+}
+
+// The CA's key can mint any user's certificate, root's included: refused when others may read it.
+TEST(CertIdentityTest, CaKeyOthersMayReadIsRefused) {
+  const TestCa ca;
+  std::filesystem::permissions(ca.path("ca.key"), std::filesystem::perms::others_read, std::filesystem::perm_options::add);
+  try {
+    IdentityIssuer issuer(ca.config());
+    ADD_FAILURE() << "a CA key readable by others was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), "client_cert_identity.ca_key_file " + ca.path("ca.key") +
+                                         " is accessible by other users (mode 0604); it holds a secret: chmod o-rwx "
+                                         "it (Kubernetes: defaultMode 0400, or 0440 with fsGroup)");
+  }
 }
 
 TEST(CertIdentityTest, UnusableCaFilesAreNamed) {

@@ -1,6 +1,10 @@
 #include "config/config.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 namespace esp {
 namespace {
@@ -118,6 +122,50 @@ TEST(ConfigTest, UnsortedShardsAreReportedAsSuch) {
   const std::string unsorted =
       ErrorOf(R"(shards: [{start: "", end: s, address: x:1}, {start: s, end: z, address: y:1}, {start: i, end: "", address: z:1}])");
   EXPECT_NE(unsorted.find("shards are not sorted: shard 2 (shard-2) starts at \"i\""), std::string::npos) << unsorted;
+}
+
+
+// Half used is worse than refused: the inline password would be ignored (the file's is used), yet
+// it sits in a config file rarely guarded as a secret.
+TEST(ConfigTest, CredentialsWithBothPasswordFileAndPasswordAreRefused) {
+  const std::string shards = "shards:\n  - {start: \"\", end: \"\", address: 127.0.0.1:2379}\n";
+  EXPECT_EQ(ErrorOf(shards + "credentials: {user: root, password_file: /run/secret, password: hunter2}\n"),
+            "'credentials' has a 'password': a password is read only from 'password_file' (one line); remove it "
+            "from the config");
+  EXPECT_TRUE(ParseConfig(shards + "credentials: {user: root, password_file: /run/secret}\n").credentials);
+}
+
+// As ssh refuses a private key others may read: the proxy refuses such a password file or CA key
+// at start (exit 2), names it and says what to do. Group access only earns a warning.
+TEST(ConfigTest, SecretFilesOthersMayAccessAreRefused) {
+  const auto dir = std::filesystem::temp_directory_path() / ("esp-secret-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string file = (dir / "password").string();
+  std::ofstream(file) << "pw\n";
+  const auto error = [&](std::filesystem::perms mode) -> std::string {
+    std::filesystem::permissions(file, mode);
+    try {
+      CheckSecretFile(file, "credentials.password_file");
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  using P = std::filesystem::perms;
+  EXPECT_EQ(error(P::owner_read | P::owner_write | P::group_read | P::others_read),
+            "credentials.password_file " + file +
+                " is accessible by other users (mode 0644); it holds a secret: chmod o-rwx it (Kubernetes: "
+                "defaultMode 0400, or 0440 with fsGroup)");
+  EXPECT_NE(error(P::owner_read | P::others_write), "");
+  EXPECT_EQ(error(P::owner_read | P::owner_write), "");
+  EXPECT_EQ(error(P::owner_read | P::group_read), "");  // warned, not refused
+  std::filesystem::remove_all(dir);
+  try {
+    CheckSecretFile(file, "credentials.password_file");
+    ADD_FAILURE() << "a missing file passed";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot read " + file), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
