@@ -286,9 +286,15 @@ TEST_F(AuthTest, ConsistencyCheckNamesADifferenceMadeOnOneShard) {
 
   ASSERT_EQ(As(kRoot, "role add extra", ShardAddress(2)).exit_code, 0);
   ASSERT_EQ(As(kRoot, "user grant-role alice extra", ShardAddress(2)).exit_code, 0);
-  // The endpoint answers from a check at most 5 s old (and starts a new one when asked later).
+  // The endpoint answers from a check at most 5 s old (and starts a new one when asked later). A
+  // check may fall between the two changes above and count one difference: wait for both.
   HttpResult check;
-  EXPECT_TRUE(WaitFor([&] { return (check = HttpGet(metrics_port_, "/auth/consistency")).code == 409; }, 15s, 500ms))
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        check = HttpGet(metrics_port_, "/auth/consistency");
+        return check.code == 409 && check.body.find("\"differences\":2") != std::string::npos;
+      },
+      15s, 500ms))
       << check.body;
   // Counts only: user and role names and permission ranges are the log's, not every caller's.
   EXPECT_NE(check.body.find("\"differences\":2"), std::string::npos) << check.body;

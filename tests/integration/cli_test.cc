@@ -57,7 +57,7 @@ TEST(CliTest, ABadLayoutIsRefusedWithExitStatus2NamingTheShard) {
 TEST(CliTest, MissingConfigFlagIsAUsageError) {
   const auto result = RunCommand(std::string(ESP_PROXY_BINARY_FOR_TESTS));
   EXPECT_NE(result.exit_code, 0);
-  EXPECT_NE(result.output.find("--config is required"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("--config or --meta-endpoints is required"), std::string::npos) << result.output;
 }
 
 }  // namespace
