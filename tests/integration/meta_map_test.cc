@@ -298,6 +298,13 @@ TEST_F(MetaMapTest, BadInputIsRefusedAndChangesNothing) {
     EXPECT_NE(result.output.find(expected), std::string::npos) << args << "\n" << result.output;
     EXPECT_EQ(Version(), before) << args;
   }
+  // A cluster that holds a key cannot join (its keys would appear in nobody's range, or clash).
+  ASSERT_EQ(Etcdctl(shards_[3]->ClientAddresses()[0], "put stray 1").exit_code, 0);
+  const auto holds = Map("add-shard s9 --endpoints " + shards_[3]->ClientAddresses()[0]);
+  EXPECT_EQ(holds.exit_code, 1) << holds.output;
+  EXPECT_NE(holds.output.find(" holds 1 key"), std::string::npos) << holds.output;
+  EXPECT_EQ(Version(), before);
+  ASSERT_EQ(Etcdctl(shards_[3]->ClientAddresses()[0], "del stray").exit_code, 0);
   // No map under the prefix.
   for (const std::string command : {"show", "history", "remove-shard s0", "set-endpoints s0 127.0.0.1:1"}) {
     const auto none = Map(command + " --meta-prefix /nothing-here/");
