@@ -8,6 +8,7 @@ namespace {
 namespace pb = etcdserverpb;
 
 constexpr std::chrono::milliseconds kRetryPause(300);
+constexpr std::chrono::milliseconds kApplyRetryPause(5000);
 
 std::int64_t SteadyMillis() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -103,38 +104,45 @@ void MapFollower::SetLeaseUp(bool up) {
   UpdateConnected();
 }
 
-void MapFollower::ApplyIfNewer(const std::string& json) {
+bool MapFollower::ApplyIfNewer(const std::string& json) {
   MapDocument doc;
   try {
     doc = MapDocument::FromJson(json);
   } catch (const ConfigError& e) {
+    // Written by something else than our commands (they validate): nothing to retry.
     spdlog::error("ignoring an invalid shard map in the meta store: {}", e.what());
-    return;
+    return true;
   }
-  if (doc.version <= served_version_.load()) return;
-  if (!apply_(doc)) return;
+  if (doc.version <= served_version_.load()) return true;
+  if (!apply_(doc)) return false;
   served_version_ = doc.version;
   spdlog::info("serving shard map version {} ({})", doc.version, doc.change.empty() ? "no description" : doc.change);
   wake_.notify_all();  // the registration thread publishes the new version
+  return true;
 }
 
 void MapFollower::WatchLoop() {
   while (Pause(std::chrono::milliseconds(0))) {
-    FollowOnce();
+    if (FollowOnce() == SessionEnd::kApplyFailed) {
+      // The store is fine; this proxy could not build the new map (e.g. a TLS file it cannot
+      // read). Read it again a little later rather than never: the cause may be fixed.
+      if (!Pause(kApplyRetryPause)) return;
+      continue;
+    }
     SetWatchUp(false);
     client_->Rotate();
     if (!Pause(kRetryPause)) return;
   }
 }
 
-void MapFollower::FollowOnce() {
+MapFollower::SessionEnd MapFollower::FollowOnce() {
   // A snapshot of the map and the proxies at one revision, then every change after it.
   pb::RangeRequest map_read;
   map_read.set_key(store_.MapKey());
   pb::RangeResponse map_answer;
   if (const auto status = client_->Range(map_read, &map_answer); !status.ok()) {
     spdlog::debug("meta store: reading the map failed: {}", DescribeStatus(status));
-    return;
+    return SessionEnd::kStreamEnded;
   }
   const std::int64_t revision = map_answer.header().revision();
   pb::RangeRequest proxies_read;
@@ -142,8 +150,8 @@ void MapFollower::FollowOnce() {
   proxies_read.set_range_end(PrefixEnd(store_.ProxiesPrefix()));
   proxies_read.set_revision(revision);
   pb::RangeResponse proxies_answer;
-  if (!client_->Range(proxies_read, &proxies_answer).ok()) return;
-  if (map_answer.kvs_size() > 0) ApplyIfNewer(map_answer.kvs(0).value());
+  if (!client_->Range(proxies_read, &proxies_answer).ok()) return SessionEnd::kStreamEnded;
+  if (map_answer.kvs_size() > 0 && !ApplyIfNewer(map_answer.kvs(0).value())) return SessionEnd::kApplyFailed;
   {
     const std::lock_guard lock(mu_);
     proxies_.clear();
@@ -155,11 +163,11 @@ void MapFollower::FollowOnce() {
   auto context = std::make_shared<grpc::ClientContext>();
   {
     const std::lock_guard lock(mu_);
-    if (stopping_) return;
+    if (stopping_) return SessionEnd::kStreamEnded;
     watch_context_ = context;
   }
   auto stream = client_->Watch(*context);
-  if (!stream) return;
+  if (!stream) return SessionEnd::kStreamEnded;
   pb::WatchRequest create;
   auto* c = create.mutable_create_request();
   c->set_key(options_.prefix);
@@ -167,7 +175,7 @@ void MapFollower::FollowOnce() {
   c->set_start_revision(revision + 1);
   // A progress notification now and then proves an idle stream alive.
   c->set_progress_notify(true);
-  if (!stream->Write(create)) return;
+  if (!stream->Write(create)) return SessionEnd::kStreamEnded;
   pb::WatchResponse response;
   while (stream->Read(&response)) {
     if (response.created()) SetWatchUp(true);
@@ -176,7 +184,13 @@ void MapFollower::FollowOnce() {
     for (const auto& event : response.events()) {
       const auto& kv = event.kv();
       if (kv.key() == store_.MapKey()) {
-        if (event.type() == mvccpb::Event::PUT) ApplyIfNewer(kv.value());
+        if (event.type() == mvccpb::Event::PUT && !ApplyIfNewer(kv.value())) {
+          context->TryCancel();
+          stream->Finish();
+          const std::lock_guard lock(mu_);
+          watch_context_.reset();
+          return SessionEnd::kApplyFailed;
+        }
       } else if (kv.key().starts_with(store_.ProxiesPrefix())) {
         const std::lock_guard lock(mu_);
         if (event.type() == mvccpb::Event::DELETE) {
@@ -191,6 +205,7 @@ void MapFollower::FollowOnce() {
   stream->Finish();
   const std::lock_guard lock(mu_);
   watch_context_.reset();
+  return SessionEnd::kStreamEnded;
 }
 
 bool MapFollower::PutSelf(std::int64_t lease_id) {

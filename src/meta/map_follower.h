@@ -50,9 +50,12 @@ class MapFollower {
 
  private:
   void WatchLoop();
-  // One snapshot + watch session; returns when the stream ends.
-  void FollowOnce();
-  void ApplyIfNewer(const std::string& json);
+  // One snapshot + watch session; returns when the stream ends, or when a new map could not
+  // be applied (the session is then started again later).
+  enum class SessionEnd { kStreamEnded, kApplyFailed };
+  SessionEnd FollowOnce();
+  // False when the map is newer but could not be applied.
+  bool ApplyIfNewer(const std::string& json);
   void RegisterLoop();
   bool RenewOnce();
   bool PutSelf(std::int64_t lease_id);

@@ -251,6 +251,33 @@ TEST_F(MetaMapTest, OfTwoWritersThatReadTheSameVersionExactlyOneWins) {
   EXPECT_EQ(Store().Load()->doc.change, "writer a");
 }
 
+TEST_F(MetaMapTest, AMapAProxyCannotBuildLeavesItOnTheOldOneUntilAGoodOneComes) {
+  const auto start = Version();
+  ASSERT_TRUE(WaitFor([&] { return AllServe(start, 3); }, 10s));
+  // A version no proxy can build (a shard's CA file is missing), written past the commands'
+  // checks: every proxy keeps serving the old map and says why.
+  auto read = Store().Load();
+  auto broken = read->doc;
+  broken.shards[0].tls = TlsClientConfig{(dir_->path() / "missing-ca.pem").string(), "", "", ""};
+  broken.change = "broken";
+  ASSERT_EQ(Store().CompareAndSwap(read, broken).outcome, meta::CasOutcome::kWritten);
+  for (const auto& proxy : proxies_) {
+    ASSERT_TRUE(WaitFor([&] { return proxy->process->process().Log().find("cannot serve shard map version " +
+                                                                          std::to_string(start + 1)) != std::string::npos; },
+                        5s));
+    EXPECT_TRUE(Put(proxy->process->address(), "apple", "still-served").ok());
+  }
+  EXPECT_TRUE(AllServe(start, 3)) << Registrations();
+  EXPECT_EQ(GetDirect(*shards_[0], "apple"), "still-served");
+  // The next good version is served.
+  read = Store().Load();
+  auto fixed = read->doc;
+  fixed.shards[0].tls.reset();
+  fixed.change = "fixed";
+  ASSERT_EQ(Store().CompareAndSwap(read, fixed).outcome, meta::CasOutcome::kWritten);
+  EXPECT_TRUE(WaitFor([&] { return AllServe(start + 2, 3); }, 15s)) << Registrations();
+}
+
 TEST_F(MetaMapTest, ConcurrentCommandsNeverLoseAChange) {
   // Eight operators at once: each winner adds exactly one version, each loser says so and
   // writes nothing.
