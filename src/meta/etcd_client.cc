@@ -171,24 +171,22 @@ grpc::Status EtcdClient::Status(etcdserverpb::StatusResponse* response) {
 
 etcdserverpb::Auth::Stub& EtcdClient::AuthStub() { return *Current().auth; }
 
-std::unique_ptr<WatchStream> EtcdClient::Watch(grpc::ClientContext& context) {
+EtcdClient::Endpoint* EtcdClient::StreamEndpoint(grpc::ClientContext& context) {
   auto& endpoint = Current();
   if (!EnsureToken(endpoint, false).ok()) return nullptr;
-  {
-    const std::lock_guard lock(mu_);
-    if (!token_.empty()) context.AddMetadata("token", token_);
-  }
-  return endpoint.watch->Watch(&context);
+  const std::lock_guard lock(mu_);
+  if (!token_.empty()) context.AddMetadata("token", token_);
+  return &endpoint;
+}
+
+std::unique_ptr<WatchStream> EtcdClient::Watch(grpc::ClientContext& context) {
+  auto* endpoint = StreamEndpoint(context);
+  return endpoint != nullptr ? endpoint->watch->Watch(&context) : nullptr;
 }
 
 std::unique_ptr<KeepAliveStream> EtcdClient::LeaseKeepAlive(grpc::ClientContext& context) {
-  auto& endpoint = Current();
-  if (!EnsureToken(endpoint, false).ok()) return nullptr;
-  {
-    const std::lock_guard lock(mu_);
-    if (!token_.empty()) context.AddMetadata("token", token_);
-  }
-  return endpoint.lease->LeaseKeepAlive(&context);
+  auto* endpoint = StreamEndpoint(context);
+  return endpoint != nullptr ? endpoint->lease->LeaseKeepAlive(&context) : nullptr;
 }
 
 void EtcdClient::Rotate() {

@@ -80,6 +80,9 @@ class EtcdClient {
   grpc::Status WithFailover(Call call);
   grpc::Status EnsureToken(Endpoint& endpoint, bool renew);
   Endpoint& Current();
+  // The current endpoint for a stream, with the token set on `context`; null when
+  // authentication failed.
+  Endpoint* StreamEndpoint(grpc::ClientContext& context);
 
   EtcdClientOptions options_;
   std::vector<Endpoint> endpoints_;

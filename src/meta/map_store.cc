@@ -103,25 +103,26 @@ CasResult MapStore::CompareAndSwap(const std::optional<StoredMap>& read, MapDocu
   return {CasOutcome::kConflict, current};
 }
 
-std::vector<MapDocument> MapStore::History() {
+pb::RangeResponse MapStore::ReadPrefix(const std::string& prefix, const std::string& what) {
   pb::RangeRequest request;
-  request.set_key(HistoryPrefix());
-  request.set_range_end(PrefixEnd(HistoryPrefix()));
+  request.set_key(prefix);
+  request.set_range_end(PrefixEnd(prefix));
   pb::RangeResponse response;
-  if (const auto status = client_.Range(request, &response); !status.ok()) Fail("cannot read the map history", client_, status);
+  if (const auto status = client_.Range(request, &response); !status.ok()) Fail("cannot read " + what, client_, status);
+  return response;
+}
+
+std::vector<MapDocument> MapStore::History() {
   std::vector<MapDocument> out;
-  for (const auto& kv : response.kvs()) out.push_back(MapDocument::FromJson(kv.value()));
+  for (const auto& kv : ReadPrefix(HistoryPrefix(), "the map history").kvs()) {
+    out.push_back(MapDocument::FromJson(kv.value()));
+  }
   return out;
 }
 
 std::vector<ProxyRecord> MapStore::Proxies() {
-  pb::RangeRequest request;
-  request.set_key(ProxiesPrefix());
-  request.set_range_end(PrefixEnd(ProxiesPrefix()));
-  pb::RangeResponse response;
-  if (const auto status = client_.Range(request, &response); !status.ok()) Fail("cannot read the proxy list", client_, status);
   std::vector<ProxyRecord> out;
-  for (const auto& kv : response.kvs()) {
+  for (const auto& kv : ReadPrefix(ProxiesPrefix(), "the proxy list").kvs()) {
     if (auto record = ProxyRecord::FromJson(kv.value())) out.push_back(std::move(*record));
   }
   return out;

@@ -66,6 +66,9 @@ class MapStore {
   std::vector<ProxyRecord> Proxies();
 
  private:
+  // Every key under `prefix`; MetaError naming `what` when the store cannot be read.
+  etcdserverpb::RangeResponse ReadPrefix(const std::string& prefix, const std::string& what);
+
   EtcdClient& client_;
   std::string prefix_;
 };
