@@ -113,16 +113,19 @@ pb::RangeResponse MapStore::ReadPrefix(const std::string& prefix, const std::str
 }
 
 std::vector<MapDocument> MapStore::History() {
+  // Held: a range-for over a temporary's member would outlive the temporary.
+  const auto response = ReadPrefix(HistoryPrefix(), "the map history");
   std::vector<MapDocument> out;
-  for (const auto& kv : ReadPrefix(HistoryPrefix(), "the map history").kvs()) {
+  for (const auto& kv : response.kvs()) {
     out.push_back(MapDocument::FromJson(kv.value()));
   }
   return out;
 }
 
 std::vector<ProxyRecord> MapStore::Proxies() {
+  const auto response = ReadPrefix(ProxiesPrefix(), "the proxy list");
   std::vector<ProxyRecord> out;
-  for (const auto& kv : ReadPrefix(ProxiesPrefix(), "the proxy list").kvs()) {
+  for (const auto& kv : response.kvs()) {
     if (auto record = ProxyRecord::FromJson(kv.value())) out.push_back(std::move(*record));
   }
   return out;
