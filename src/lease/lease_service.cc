@@ -119,7 +119,7 @@ void LeaseService::GrantAttempt(CallContextPtr ctx, LeaseGrantRequest request, b
           // caller may not revoke. Left there, such a copy is either a minority (the repair drops
           // it, keyless) or the lease as if the grant's answer had been lost, as on one etcd.
           if (proxy_chose_id) {
-            for (std::size_t shard : down) pending_->AddRevoke(shard, request.id());
+            for (std::size_t shard : down) pending_->AddRevoke(topology->map.shard(shard).name, request.id());
           }
           if (etcd_error && proxy_chose_id && retries_left > 0 &&
               etcd_error->message() == etcd_errors::LeaseExists().message()) {
@@ -128,7 +128,7 @@ void LeaseService::GrantAttempt(CallContextPtr ctx, LeaseGrantRequest request, b
           }
           return done(etcd_error ? *etcd_error : *down_error, {});
         }
-        for (std::size_t shard : down) pending_->AddGrant(shard, request.id(), request.ttl());
+        for (std::size_t shard : down) pending_->AddGrant(topology->map.shard(shard).name, request.id(), request.ttl());
         LeaseGrantResponse response = outcomes[0].status.ok() ? outcomes[0].response : LeaseGrantResponse();
         int64_t ttl = INT64_MAX;
         for (const auto& o : outcomes) {
@@ -159,7 +159,7 @@ void LeaseService::RevokeOnShards(CallContextPtr ctx, const LeaseRevokeRequest& 
   const int64_t id = request.id();
   CallShards<LeaseRevokeResponse>(
       *topology, AllShards(*topology), methods::kLeaseRevoke, BoundedContext(ctx, kShardTimeout), request, kWrite,
-      [this, id, done = std::move(done)](std::vector<ShardOutcome<LeaseRevokeResponse>> outcomes) {
+      [this, topology, id, done = std::move(done)](std::vector<ShardOutcome<LeaseRevokeResponse>> outcomes) {
         std::optional<LeaseRevokeResponse> revoked;
         std::optional<Status> other_error, down_error;
         std::vector<std::size_t> down;
@@ -188,7 +188,7 @@ void LeaseService::RevokeOnShards(CallContextPtr ctx, const LeaseRevokeRequest& 
         // The shards that are down drop it when they answer again (this proxy's fast path; any
         // proxy's keep-alive or TimeToLive for the lease does it too).
         pending_->DropGrants(id);
-        for (std::size_t shard : down) pending_->AddRevoke(shard, id);
+        for (std::size_t shard : down) pending_->AddRevoke(topology->map.shard(shard).name, id);
         if (revoked) return done(Status::Ok(), std::move(*revoked));
         done(etcd_errors::LeaseNotFound(), {});
       });

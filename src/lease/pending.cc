@@ -24,12 +24,12 @@ PendingLeases::Outcome PendingLeases::ToOutcome(bool applied, const Status& stat
   return IsShardDown(status) ? Outcome::kShardDown : Outcome::kFailed;
 }
 
-void PendingLeases::AddGrant(std::size_t shard, int64_t id, int64_t ttl) {
+void PendingLeases::AddGrant(const std::string& shard, int64_t id, int64_t ttl) {
   const std::lock_guard lock(mu_);
   entries_[{shard, id}] = Entry{.revoke = false, .ttl = ttl, .refreshed = std::chrono::steady_clock::now()};
 }
 
-void PendingLeases::AddRevoke(std::size_t shard, int64_t id) {
+void PendingLeases::AddRevoke(const std::string& shard, int64_t id) {
   // Replaces a pending grant too: a grant whose answer was lost may still have reached the shard.
   const std::lock_guard lock(mu_);
   entries_[{shard, id}] = Entry{.revoke = true, .ttl = 0, .refreshed = std::chrono::steady_clock::now()};
@@ -60,11 +60,11 @@ int64_t PendingLeases::RemainingTtl(const Entry& entry) {
 }
 
 void PendingLeases::Flush() {
-  std::map<std::size_t, std::shared_ptr<std::vector<std::pair<Key, Entry>>>> by_shard;
+  std::map<std::string, std::shared_ptr<std::vector<std::pair<Key, Entry>>>> by_shard;
   {
     const std::lock_guard lock(mu_);
     for (const auto& item : entries_) {
-      const std::size_t shard = item.first.first;
+      const std::string& shard = item.first.first;
       if (flushing_.contains(shard)) continue;
       auto& list = by_shard[shard];
       if (!list) list = std::make_shared<std::vector<std::pair<Key, Entry>>>();
@@ -75,7 +75,7 @@ void PendingLeases::Flush() {
   for (auto& [shard, list] : by_shard) FlushShard(shard, list, 0);
 }
 
-void PendingLeases::FlushShard(std::size_t shard, std::shared_ptr<std::vector<std::pair<Key, Entry>>> entries,
+void PendingLeases::FlushShard(const std::string& shard, std::shared_ptr<std::vector<std::pair<Key, Entry>>> entries,
                                std::size_t next) {
   if (next == entries->size()) {
     const std::lock_guard lock(mu_);
@@ -93,7 +93,11 @@ void PendingLeases::FlushShard(std::size_t shard, std::shared_ptr<std::vector<st
   });
 }
 
-void PendingLeases::OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leases, std::function<void(bool)> done) {
+void PendingLeases::OnLeaseNotFound(std::size_t shard_index, std::vector<int64_t> leases,
+                                    std::function<void(bool)> done) {
+  const auto topology = topology_.Get();
+  if (shard_index >= topology->map.size()) return done(false);
+  const std::string& shard = topology->map.shard(shard_index).name;
   std::vector<std::pair<Key, Entry>> grants;
   {
     const std::lock_guard lock(mu_);
@@ -122,7 +126,11 @@ void PendingLeases::OnLeaseNotFound(std::size_t shard, std::vector<int64_t> leas
 
 void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void(Outcome)> done) {
   const auto topology = topology_.Get();
-  if (key.first >= topology->shards.size()) return done(Outcome::kFailed);
+  const auto index = topology->map.Find(key.first);
+  if (!index) {  // the shard left the map: nothing of the lease's is there to keep in step
+    Settle(key, entry.revoke, /*applied=*/true);
+    return done(Outcome::kFailed);
+  }
   auto self = shared_from_this();
   // Both with the proxy's credentials: etcd 3.5+ with auth on grants and revokes only for an
   // authenticated user. A refused token is forgotten; the next flush authenticates again.
@@ -130,7 +138,7 @@ void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void
     etcdserverpb::LeaseRevokeRequest request;
     request.set_id(key.second);
     CallShardAsProxy<etcdserverpb::LeaseRevokeResponse>(
-        credentials_, topology, key.first, methods::kLeaseRevoke, kApplyTimeout, request, {},
+        credentials_, topology, *index, methods::kLeaseRevoke, kApplyTimeout, request, {},
         [self, key, done = std::move(done)](Status status, etcdserverpb::LeaseRevokeResponse) {
           // Not found: the lease expired there on its own, which is as good.
           const bool applied = status.ok() || status.message() == etcd_errors::LeaseNotFound().message();
@@ -149,7 +157,7 @@ void PendingLeases::Apply(const Key& key, const Entry& entry, std::function<void
   request.set_id(key.second);
   request.set_ttl(ttl);
   CallShardAsProxy<etcdserverpb::LeaseGrantResponse>(
-      credentials_, topology, key.first, methods::kLeaseGrant, kApplyTimeout, request, {},
+      credentials_, topology, *index, methods::kLeaseGrant, kApplyTimeout, request, {},
       [self, key, ttl, done = std::move(done)](Status status, etcdserverpb::LeaseGrantResponse) {
         // Already exists: an earlier attempt (or one whose answer was lost) got there first.
         const bool applied = status.ok() || status.message() == etcd_errors::LeaseExists().message();

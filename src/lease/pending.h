@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -23,10 +24,11 @@ class PendingLeases final : public LeaseHook, public std::enable_shared_from_thi
  public:
   explicit PendingLeases(const TopologyHolder& topology) : topology_(topology) {}
 
-  // The lease `id` (TTL `ttl` s) exists on the shards that were up but not on `shard`.
-  void AddGrant(std::size_t shard, int64_t id, int64_t ttl);
+  // The lease `id` (TTL `ttl` s) exists on the shards that were up but not on `shard` (its name:
+  // a shard keeps it across map changes, its index may not).
+  void AddGrant(const std::string& shard, int64_t id, int64_t ttl);
   // The lease was revoked while `shard` was down: revoke it there when it answers.
-  void AddRevoke(std::size_t shard, int64_t id);
+  void AddRevoke(const std::string& shard, int64_t id);
   // The lease was revoked on the shards that are up: forget its pending grants.
   void DropGrants(int64_t id);
   // A keep-alive renewed the lease on the shards that are up: its remaining TTL restarts.
@@ -44,7 +46,7 @@ class PendingLeases final : public LeaseHook, public std::enable_shared_from_thi
   void SetCredentials(ProxyCredentials credentials) { credentials_ = std::move(credentials); }
 
  private:
-  using Key = std::pair<std::size_t, int64_t>;  // shard, lease id
+  using Key = std::pair<std::string, int64_t>;  // shard name, lease id
   struct Entry {
     bool revoke = false;
     int64_t ttl = 0;
@@ -57,14 +59,15 @@ class PendingLeases final : public LeaseHook, public std::enable_shared_from_thi
   // Seconds the lease has left, rounded up; <= 0 when it has expired on the other shards.
   static int64_t RemainingTtl(const Entry& entry);
   void Apply(const Key& key, const Entry& entry, std::function<void(Outcome)> done);
-  void FlushShard(std::size_t shard, std::shared_ptr<std::vector<std::pair<Key, Entry>>> entries, std::size_t next);
+  void FlushShard(const std::string& shard, std::shared_ptr<std::vector<std::pair<Key, Entry>>> entries,
+                  std::size_t next);
   void Settle(const Key& key, bool revoke, bool applied);
 
   const TopologyHolder& topology_;
   ProxyCredentials credentials_;
   mutable std::mutex mu_;
   std::map<Key, Entry> entries_;
-  std::set<std::size_t> flushing_;  // shards with a flush under way
+  std::set<std::string> flushing_;  // shards with a flush under way
 };
 
 }  // namespace esp

@@ -48,7 +48,7 @@ class PendingLeasesTest : public ::testing::Test {
 };
 
 TEST_F(PendingLeasesTest, NotFoundGrantsThePendingLeaseWithItsRemainingTtl) {
-  pending_->AddGrant(0, 5, 30);
+  pending_->AddGrant("s0", 5, 30);
   std::optional<bool> result;
   pending_->OnLeaseNotFound(0, {5}, [&](bool granted) { result = granted; });
   ASSERT_EQ(result, true);
@@ -69,14 +69,14 @@ TEST_F(PendingLeasesTest, UnknownLeaseIsNotGranted) {
 }
 
 TEST_F(PendingLeasesTest, AlreadyExistsCountsAsGranted) {
-  pending_->AddGrant(0, 5, 30);
+  pending_->AddGrant("s0", 5, 30);
   shard_->answer = Status(StatusCode::kFailedPrecondition, "etcdserver: lease already exists");
   pending_->Flush();
   EXPECT_EQ(pending_->size(), 0u);
 }
 
 TEST_F(PendingLeasesTest, ShardStillDownCostsOneCallPerFlush) {
-  for (int64_t id = 1; id <= 10; ++id) pending_->AddGrant(0, id, 30);
+  for (int64_t id = 1; id <= 10; ++id) pending_->AddGrant("s0", id, 30);
   shard_->answer = Status(StatusCode::kUnavailable, "shard \"s0\": failed to connect to all addresses");
   pending_->Flush();
   EXPECT_EQ(shard_->calls.size(), 1u);
@@ -87,11 +87,11 @@ TEST_F(PendingLeasesTest, ShardStillDownCostsOneCallPerFlush) {
 }
 
 TEST_F(PendingLeasesTest, RevokeQueuedDuringAGrantIsKept) {
-  pending_->AddGrant(0, 5, 30);
+  pending_->AddGrant("s0", 5, 30);
   shard_->hold = true;
   pending_->Flush();
   pending_->DropGrants(5);
-  pending_->AddRevoke(0, 5);
+  pending_->AddRevoke("s0", 5);
   shard_->held.front()(Status::Ok(), {});  // the grant lands after the revoke was queued
   EXPECT_EQ(pending_->size(), 1u);
   shard_->hold = false;
@@ -101,10 +101,29 @@ TEST_F(PendingLeasesTest, RevokeQueuedDuringAGrantIsKept) {
 }
 
 TEST_F(PendingLeasesTest, ExpiredGrantIsDroppedWithoutACall) {
-  pending_->AddGrant(0, 5, 0);
+  pending_->AddGrant("s0", 5, 0);
   pending_->Flush();
   EXPECT_TRUE(shard_->calls.empty());
   EXPECT_EQ(pending_->size(), 0u);
+}
+
+// A map change that removes a shard before another one: a pending operation follows its shard by
+// name to its new index, and one for the removed shard is dropped rather than sent elsewhere.
+TEST(PendingLeasesMapChangeTest, PendingOperationsFollowTheirShardByName) {
+  auto first = std::make_shared<FakeShard>();
+  auto second = std::make_shared<FakeShard>();
+  TopologyHolder topology(std::make_shared<const Topology>(
+      Topology{ShardMap({{"s0", "", "m"}, {"s1", "m", ""}}), {first, second}}));
+  auto pending = std::make_shared<PendingLeases>(topology);
+  pending->AddRevoke("s1", 7);
+  pending->AddGrant("s0", 8, 30);
+  // s0 leaves the map (its range went to s1): s1 is index 0 now.
+  topology.Publish(std::make_shared<const Topology>(Topology{ShardMap({{"s1", "", ""}}), {second}}));
+  pending->Flush();
+  EXPECT_TRUE(first->calls.empty());
+  ASSERT_EQ(second->calls.size(), 1u);
+  EXPECT_EQ(second->calls[0].first, "/etcdserverpb.Lease/LeaseRevoke");
+  EXPECT_EQ(pending->size(), 0u);
 }
 
 }  // namespace
