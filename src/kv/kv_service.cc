@@ -6,6 +6,7 @@
 
 #include "common/etcd_errors.h"
 #include "common/methods.h"
+#include "kv/compaction.h"
 #include "kv/delete_check.h"
 #include "kv/range_merge.h"
 #include "kv/request_scan.h"
@@ -247,15 +248,67 @@ void KvService::Compact(CallContextPtr ctx, std::string bytes, UnaryDone done) {
   if (!request.ParseFromString(bytes)) return done(Unparsable(), {});
   const auto topology = topology_.Get();
   if (topology->map.size() == 1) {
+    // One shard is one etcd: the revision came from it.
     topology->shards[0]->Unary(methods::kCompact, ctx, std::move(bytes), kWrite, std::move(done));
     return;
   }
-  done(Status(StatusCode::kFailedPrecondition,
-              "etcd-sharding-proxy: Compact is not supported across " + std::to_string(topology->map.size()) +
-                  " shards, because each shard has its own revisions and one revision means nothing across "
-                  "them; compact each shard's etcd cluster directly, or run each with "
-                  "--auto-compaction-mode and --auto-compaction-retention"),
-       {});
+  CompactShards(ctx, topology, request, std::move(done));
+}
+
+void KvService::CompactShards(const CallContextPtr& ctx, const std::shared_ptr<const Topology>& topology,
+                              const CompactionRequest& request, UnaryDone done) {
+  // Every shard that has reached the revision is compacted there (at most at what the retention
+  // allows); the others are left alone. docs/semantics.md, Compact.
+  const auto now = RevisionHistory::SteadyClock::now();
+  const bool retention_set = options_.revision_history && options_.revision_history->retention().count() > 0;
+  auto parts = std::make_shared<std::vector<ShardCompaction>>(topology->map.size());
+  for (std::size_t i = 0; i < parts->size(); ++i) {
+    const std::string& name = topology->map.shard(i).name;
+    auto& part = (*parts)[i];
+    part.description = topology->map.Describe(i);
+    part.target = CompactTarget(request.revision(), retention_set,
+                                retention_set ? options_.revision_history->Limit(name, now) : std::nullopt);
+  }
+  ScatterGather<int>(
+      ctx, parts->size(), /*cancel_on_error=*/false,
+      [&](std::size_t i, const CallContextPtr& child, PieceDone<int> piece_done) {
+        const auto& part = (*parts)[i];
+        const bool held = !part.target;
+        CompactionRequest clipped = request;  // `physical` as the client asked, on every shard
+        clipped.set_revision(part.target.value_or(0));
+        auto shard = topology->shards[i];
+        auto finish = std::make_shared<PieceDone<int>>(std::move(piece_done));
+        auto compact = [shard, child, clipped, parts, i, finish]() {
+          CallShard<etcdserverpb::CompactionResponse>(
+              *shard, methods::kCompact, child, clipped, kWrite,
+              [parts, i, finish](Status status, etcdserverpb::CompactionResponse response) {
+                (*parts)[i].status = std::move(status);
+                (*parts)[i].response = std::move(response);
+                (*finish)(Status::Ok(), 0);  // every shard's own answer is judged below
+              });
+        };
+        if (!held && *part.target == request.revision()) return compact();
+        // Held below R (or entirely) by the retention: compacted only if the shard has reached R
+        // at all, as etcd would refuse a Compact at R itself otherwise; a linearizable read tells.
+        RangeRequest probe;
+        probe.set_key(std::string(kRangeEndAll));
+        probe.set_count_only(true);
+        CallShard<RangeResponse>(*shard, methods::kRange, child, probe, kRead,
+                                 [parts, i, finish, held, requested = request.revision(), compact](
+                                     Status status, RangeResponse answer) {
+                                   if (status.ok() && answer.header().revision() < requested) {
+                                     status = etcd_errors::FutureRev();
+                                   }
+                                   if (status.ok() && !held) return compact();
+                                   (*parts)[i].status = std::move(status);
+                                   (*finish)(Status::Ok(), 0);
+                                 });
+      },
+      [parts, requested = request.revision(), topology, done = std::move(done)](Status, std::vector<int>) {
+        auto outcome = CombineCompactions(requested, *parts);
+        if (auto* status = std::get_if<Status>(&outcome)) return done(std::move(*status), {});
+        done(Status::Ok(), std::get<etcdserverpb::CompactionResponse>(outcome).SerializeAsString());
+      });
 }
 
 }  // namespace esp

@@ -4,6 +4,7 @@
 
 #include "etcdserverpb/rpc.pb.h"
 #include "kv/lease_hook.h"
+#include "kv/revision_history.h"
 #include "transport/router.h"
 #include "upstream/topology.h"
 
@@ -11,6 +12,9 @@ namespace esp {
 
 struct KvOptions {
   int max_txn_ops = 128;  // etcd --max-txn-ops
+  // Each shard's revision over time (fed by the health probe) and the history a Compact across
+  // shards keeps on every shard (--compaction-retention); null: no retention.
+  std::shared_ptr<const RevisionHistory> revision_history;
 };
 
 class KvService {
@@ -32,6 +36,8 @@ class KvService {
   void ForwardWithLeases(const std::shared_ptr<const Topology>& topology, std::size_t shard, const char* method,
                          CallContextPtr ctx, std::string bytes, std::vector<int64_t> leases, UnaryOptions options,
                          UnaryDone done);
+  void CompactShards(const CallContextPtr& ctx, const std::shared_ptr<const Topology>& topology,
+                     const etcdserverpb::CompactionRequest& request, UnaryDone done);
   void SpanningRange(const CallContextPtr& ctx, const Topology& topology,
                      const etcdserverpb::RangeRequest& request,
                      const std::vector<RangePiece>& pieces, UnaryDone done);

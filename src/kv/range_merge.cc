@@ -46,7 +46,7 @@ RangeRequest ShardRangeRequest(const RangeRequest& request) {
 etcdserverpb::ResponseHeader PickSpanningHeader(const std::vector<const etcdserverpb::ResponseHeader*>& headers) {
   const etcdserverpb::ResponseHeader* best = nullptr;
   for (const auto* h : headers) {
-    if (best == nullptr || h->revision() > best->revision()) best = h;
+    if (best == nullptr || h->revision() < best->revision()) best = h;
   }
   return best == nullptr ? etcdserverpb::ResponseHeader() : *best;
 }

@@ -23,8 +23,10 @@ etcdserverpb::RangeRequest ShardRangeRequest(const etcdserverpb::RangeRequest& r
 etcdserverpb::RangeResponse MergeRangeResponses(const etcdserverpb::RangeRequest& request,
                                                 std::vector<etcdserverpb::RangeResponse> parts);
 
-// The header of a multi-shard answer: the header of the shard with the highest revision, so the
-// revision a client sees through one proxy never goes backwards across requests.
+// The header of a multi-shard answer: the header of the shard with the lowest revision. Revisions
+// are per shard; the lowest is the one revision that no shard of the answer had passed when it
+// answered, so a watch or a read from it on any of those shards misses nothing the answer did
+// not hold (it may repeat some of what it held). docs/semantics.md, "Revisions across shards".
 etcdserverpb::ResponseHeader PickSpanningHeader(const std::vector<const etcdserverpb::ResponseHeader*>& headers);
 
 }  // namespace esp

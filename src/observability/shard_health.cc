@@ -161,6 +161,8 @@ void ShardHealthMonitor::ProbeOnce() {
   std::vector<ShardAnswer<pb::AlarmResponse>> alarm_answers;
   for (auto& f : status_futures) status_answers.push_back(f.get());
   for (auto& f : alarm_futures) alarm_answers.push_back(f.get());
+  // Every revision below had been reached by now: the time Compact's retention counts from.
+  const auto answered_at = RevisionHistory::SteadyClock::now();
   for (std::size_t i = 0; i < status_answers.size(); ++i) {
     // As CallShardAsProxy and the pending lease calls judge an expired token.
     if (status_answers[i].status.code() == StatusCode::kUnauthenticated && credentials_.on_invalid_token) {
@@ -198,6 +200,7 @@ void ShardHealthMonitor::ProbeOnce() {
       if (status.ok()) {
         s.leader = response.leader();
         s.revision = response.header().revision();
+        if (revision_history_) revision_history_->Record(s.name, s.revision, answered_at);
         s.db_size = response.dbsize();
         s.version = response.version();
       }

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "auth/proxy_credentials.h"
+#include "kv/revision_history.h"
 #include "observability/metrics.h"
 #include "upstream/topology.h"
 
@@ -67,6 +69,8 @@ class ShardHealthMonitor {
   // identity for the probes: etcd 3.5+ with auth on refuses Status and Alarm without a token.
   void OnServingChange(ServingListener listener) { listeners_.push_back(std::move(listener)); }
   void SetCredentials(ProxyCredentials credentials) { credentials_ = std::move(credentials); }
+  // Where each answered probe records the shard's revision (for Compact's retention).
+  void SetRevisionHistory(std::shared_ptr<RevisionHistory> history) { revision_history_ = std::move(history); }
   void Start();
   void Stop();
   std::vector<ShardState> Snapshot() const;
@@ -85,6 +89,7 @@ class ShardHealthMonitor {
   std::chrono::milliseconds interval_;
   std::vector<ServingListener> listeners_;
   ProxyCredentials credentials_;
+  std::shared_ptr<RevisionHistory> revision_history_;
   std::optional<bool> serving_;  // probe thread only
   mutable std::mutex mu_;
   std::condition_variable wake_;

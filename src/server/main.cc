@@ -274,6 +274,9 @@ int main(int argc, char** argv) {
                     "PING a client silent this long (0 to disable; as etcd's flag)");
   AddDurationOption(app, "--grpc-keepalive-timeout", options.grpc_keepalive_timeout, "20s",
                     "close a connection whose client stays silent this long after our PING (0 to disable)");
+  AddDurationOption(app, "--compaction-retention", options.compaction_retention, "5m",
+                    "a Compact across shards never compacts a shard past the revision it had this long ago "
+                    "(0: no limit; docs/semantics.md, Compact)");
   app.add_option("--upstream-transport", options.upstream_transport,
                  "transport towards the shards: h2 (nghttp2 client on event loops) or grpc (gRPC C++ client)")
       ->check(CLI::IsMember({"grpc", "h2"}))

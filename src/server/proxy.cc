@@ -170,7 +170,8 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       initial_map_(LoadInitialMap(follower_.get())),
       topology_(BuildTopology(initial_map_ ? initial_map_->ToLayout() : LayoutFromConfig(config), &metrics_,
                               options_.upstream_transport, identity_issuer_)),
-      kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops}),
+      revision_history_(std::make_shared<RevisionHistory>(options_.compaction_retention)),
+      kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops, .revision_history = revision_history_}),
       cluster_(topology_, Identity(topology_.Get()->map, options_, config, initial_map_)),
       maintenance_(topology_, Identity(topology_.Get()->map, options_, config, initial_map_)),
       watch_(topology_, options_.watch_buffer_bytes),
@@ -210,6 +211,7 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
   const ProxyCredentials own = auth_.internal_tokens()->AsProxyCredentials();
   pending_leases_->SetCredentials(own);
   health_->SetCredentials(own);
+  health_->SetRevisionHistory(revision_history_);
   lease_repair_->SetCredentials(own);
   kv_.Register(router_);
   lease_.Register(router_);

@@ -72,6 +72,8 @@ struct ProxyOptions {
   // Towards the shards: "h2" (our nghttp2 client on event loops) or "grpc" (gRPC C++ client).
   std::string upstream_transport = "h2";
   MetaStoreOptions meta;
+  // History a Compact across shards keeps on every shard (docs/semantics.md, Compact); 0: none.
+  std::chrono::nanoseconds compaction_retention = std::chrono::minutes(5);
 };
 
 // Builds the routing snapshot (shard map plus one transport per shard) for a configuration.
@@ -112,6 +114,8 @@ class Proxy {
   std::optional<meta::MapDocument> initial_map_;  // the meta store's map at start-up
   TopologyHolder topology_;
   Router router_;
+  // Fed by health_, read by kv_'s Compact: before both.
+  std::shared_ptr<RevisionHistory> revision_history_;
   KvService kv_;
   ClusterService cluster_;
   MaintenanceService maintenance_;

@@ -4,6 +4,10 @@
 #include <chrono>
 #include <utility>
 
+#include "common/etcd_errors.h"
+#include "common/methods.h"
+#include "upstream/typed_call.h"
+
 namespace esp {
 namespace {
 
@@ -13,6 +17,8 @@ constexpr char kDuplicateId[] = "mvcc: duplicate watch ID provided on the WatchS
 constexpr char kSpanningStartRevision[] =
     "etcd-sharding-proxy: start_revision cannot be honoured on a watch spanning shards "
     "(revisions are per shard); re-list and watch from the current revision";
+// How long the cluster may take to confirm that a start revision lies in its future.
+constexpr auto kStartCheckTimeout = std::chrono::seconds(5);
 
 // etcd's check (mvcc watchStream.Watch): a range, not "every key >= key", that is empty.
 bool EmptyRange(const etcdserverpb::WatchCreateRequest& request) {
@@ -260,6 +266,7 @@ void WatchStream::FlushProgressLocked() {
 
 void WatchStream::OnPieceResponse(const std::shared_ptr<Piece>& piece, etcdserverpb::WatchResponse response) {
   Handles release;
+  std::shared_ptr<Piece> check;  // a start revision to confirm with the cluster, outside mu_
   {
     const std::lock_guard lock(mu_);
     auto watch = piece ? piece->watch.lock() : nullptr;
@@ -277,23 +284,12 @@ void WatchStream::OnPieceResponse(const std::shared_ptr<Piece>& piece, etcdserve
       response.set_created(false);
       response.set_watch_id(watch->id);
       CancelWatchLocked(watch, std::move(response), release);
+    } else if (response.created() && StartsInTheFuture(piece->request, response)) {
+      // Held (with whatever follows it) until the cluster confirms or clears it.
+      piece->unconfirmed_created = std::move(response);
+      check = piece;
     } else if (response.created()) {
-      piece->created = true;
-      ++watch->pieces_created;
-      if (response.canceled()) {
-        // The shard refused the create (empty range, permission): its answer is the client's,
-        // and, as in etcd, the refused create takes no id.
-        response.set_watch_id(-1);
-        watch->created = std::move(response);
-        watch->held.clear();
-        FinishWatchLocked(watch, release);
-        watch->id = -1;
-      } else if (!watch->created || response.header().revision() > watch->created->header().revision()) {
-        // A spanning watch's `created` carries the header of the most advanced shard.
-        response.set_watch_id(watch->id);
-        watch->created = std::move(response);
-      }
-      FlushCreatesLocked();
+      OnPieceCreatedLocked(watch, *piece, std::move(response), release);
     } else if (response.canceled()) {
       // Compaction (compact_revision set) or another reason the shard gave: the whole watch ends.
       response.set_watch_id(watch->id);
@@ -302,6 +298,77 @@ void WatchStream::OnPieceResponse(const std::shared_ptr<Piece>& piece, etcdserve
       response.set_watch_id(watch->id);
       EmitPieceLocked(watch, piece.get(), std::move(response));
     }
+    FlushProgressLocked();
+  }
+  ReleaseAll(release);
+  if (check) CheckStartRevision(check);
+}
+
+void WatchStream::OnPieceCreatedLocked(const WatchPtr& watch, Piece& piece, etcdserverpb::WatchResponse response,
+                                       Handles& release) {
+  piece.created = true;
+  ++watch->pieces_created;
+  if (response.canceled()) {
+    // The shard refused the create (empty range, permission), or the proxy refused a start
+    // revision in the shard's future: that answer is the client's, and, as in etcd, the refused
+    // create takes no id.
+    response.set_watch_id(-1);
+    watch->created = std::move(response);
+    watch->held.clear();
+    FinishWatchLocked(watch, release);
+    watch->id = -1;
+  } else if (!watch->created || response.header().revision() < watch->created->header().revision()) {
+    // A spanning watch's `created` carries the header of the shard with the lowest revision, as
+    // every spanning answer does (docs/semantics.md, "Revisions across shards").
+    response.set_watch_id(watch->id);
+    watch->created = std::move(response);
+  }
+  FlushCreatesLocked();
+}
+
+bool WatchStream::StartsInTheFuture(const etcdserverpb::WatchCreateRequest& request,
+                                    const etcdserverpb::WatchResponse& created) {
+  // etcd's created header carries the member's revision when the watcher was made; a watch from
+  // that revision + 1 is a watch from "now".
+  return !created.canceled() && request.start_revision() > created.header().revision() + 1;
+}
+
+void WatchStream::CheckStartRevision(const std::shared_ptr<Piece>& piece) {
+  // The member that holds the watcher may lag its cluster by a few milliseconds (a client that
+  // wrote through another member and watches from its write's revision + 1): a linearizable
+  // read of the watched key asks the cluster itself before the start is called a future one.
+  etcdserverpb::RangeRequest probe;
+  probe.set_key(piece->request.key().empty() ? std::string(kRangeEndAll) : piece->request.key());
+  probe.set_count_only(true);
+  auto ctx = std::make_shared<CallContext>(Clock::now() + kStartCheckTimeout, ctx_->metadata());
+  std::weak_ptr<WatchStream> weak = weak_from_this();
+  CallShard<etcdserverpb::RangeResponse>(
+      *piece->shard, methods::kRange, ctx, probe, kRead,
+      [weak, piece](Status status, etcdserverpb::RangeResponse answer) {
+        if (auto self = weak.lock()) self->OnStartChecked(piece, status, answer);
+      });
+}
+
+void WatchStream::OnStartChecked(const std::shared_ptr<Piece>& piece, const Status& status,
+                                 const etcdserverpb::RangeResponse& answer) {
+  Handles release;
+  {
+    const std::lock_guard lock(mu_);
+    auto watch = piece->watch.lock();
+    if (closed_ || !watch || watch->done || !piece->unconfirmed_created) return;
+    etcdserverpb::WatchResponse created = std::move(*piece->unconfirmed_created);
+    piece->unconfirmed_created.reset();
+    // Without an answer the member's word stands: a refusal is a clear error, a watch left
+    // waiting for a revision another shard gave the client would miss events in silence.
+    const auto& header = status.ok() ? answer.header() : created.header();
+    if (piece->request.start_revision() > header.revision() + 1) {
+      created = etcdserverpb::WatchResponse();
+      *created.mutable_header() = header;
+      created.set_created(true);
+      created.set_canceled(true);
+      created.set_cancel_reason(std::string(etcd_errors::FutureRev().message()));
+    }
+    OnPieceCreatedLocked(watch, *piece, std::move(created), release);
     FlushProgressLocked();
   }
   ReleaseAll(release);

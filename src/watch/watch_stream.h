@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -93,6 +94,17 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
   void FlushCreatesLocked();
   void EmitPieceLocked(const WatchPtr& watch, const Piece* piece, etcdserverpb::WatchResponse response);
   void FinishWatchLocked(WatchPtr watch, Handles& release);
+  // A piece's first `created` (or a refusal standing for it).
+  void OnPieceCreatedLocked(const WatchPtr& watch, Piece& piece, etcdserverpb::WatchResponse response,
+                            Handles& release);
+  // A start revision beyond the shard's revision + 1 most likely came from another shard: a
+  // watch left waiting for it would skip this shard's events up to it in silence. Confirmed with
+  // the cluster, then refused with etcd's ErrFutureRev (docs/semantics.md, Watch).
+  static bool StartsInTheFuture(const etcdserverpb::WatchCreateRequest& request,
+                                const etcdserverpb::WatchResponse& created);
+  void CheckStartRevision(const std::shared_ptr<Piece>& piece);
+  void OnStartChecked(const std::shared_ptr<Piece>& piece, const Status& status,
+                      const etcdserverpb::RangeResponse& answer);
   void CancelWatchLocked(WatchPtr watch, etcdserverpb::WatchResponse canceled, Handles& release);
   void ReleaseAll(const Handles& handles);
   void ScheduleResume(const std::shared_ptr<Piece>& piece);
@@ -131,6 +143,9 @@ struct WatchStream::Piece final : UpstreamWatchTarget {
   // The revision to resume from: everything before it has been delivered (0: not created yet).
   std::int64_t next_revision = 0;
   bool resuming = false;  // the next `created` is the re-created watcher's: not for the client
+  // A `created` whose start revision lies beyond the member's revision, while the cluster is
+  // asked whether it lies beyond the cluster's too (StartsInTheFuture).
+  std::optional<etcdserverpb::WatchResponse> unconfirmed_created;
   bool shared_resuming = false;  // the coalesced watcher it belongs to is being re-created
   int retries = 0;
   std::unique_ptr<grpc::Alarm> retry_alarm;
