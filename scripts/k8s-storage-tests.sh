@@ -127,8 +127,11 @@ shards:
   - {name: leases, start: "/registry/leases/", end: "", address: ${leases#http://}}
 EOF
   local port; port=$(free_port)
+  # No compaction retention: a proxy younger than the retention compacts nothing (it has not seen
+  # the shards' revisions that long ago), and every test here starts a proxy and compacts at
+  # once; each test's keys are in one shard, whose own revision the test compacts at.
   "$proxy_bin" --config "$run_dir/layout.yaml" --listen-addr "127.0.0.1:$port" --log-level warn \
-    >"$run_dir/proxy.log" 2>&1 &
+    --compaction-retention=0 ${ESP_K8S_PROXY_ARGS:-} >"$run_dir/proxy.log" 2>&1 &
   pids+=($!)
   endpoint=http://127.0.0.1:$port
   wait_up "$endpoint"
