@@ -109,9 +109,10 @@ wait_up() {  # url
   say "$1 did not come up (logs in $run_dir)"; return 1
 }
 # Three shards, one range each, so that Kubernetes resource prefixes land on different clusters:
-# "events" holds /registry/events/ (and the registry's other resources before leases), "leases"
-# /registry/leases/ onwards (the cacher tests' /registry/pods/ too), "rest" everything before
-# /registry/events/ (the etcd3 tests' /pods/). Every test's keys stay inside one shard.
+# The layout operators give Kubernetes (docs/kubernetes.md): events on one cluster, leases on
+# another, everything else (the rest of /registry/, the etcd3 tests' /pods/, compact_rev_key, the
+# tests' increaseRV key) on a third, which owns the three ranges around them. Every test's keys
+# stay inside one shard.
 start_cluster() {  # plain|proxy; sets $endpoint
   run_dir=$(mktemp -d "$logs/cluster.XXXXXX")
   if [ "$1" = plain ]; then
@@ -123,8 +124,10 @@ start_cluster() {  # plain|proxy; sets $endpoint
   cat >"$run_dir/layout.yaml" <<EOF
 shards:
   - {name: rest, start: "", end: "/registry/events/", address: ${rest#http://}}
-  - {name: events, start: "/registry/events/", end: "/registry/leases/", address: ${events#http://}}
-  - {name: leases, start: "/registry/leases/", end: "", address: ${leases#http://}}
+  - {name: events, start: "/registry/events/", end: "/registry/events0", address: ${events#http://}}
+  - {name: rest, start: "/registry/events0", end: "/registry/leases/", address: ${rest#http://}}
+  - {name: leases, start: "/registry/leases/", end: "/registry/leases0", address: ${leases#http://}}
+  - {name: rest, start: "/registry/leases0", end: "", address: ${rest#http://}}
 EOF
   local port; port=$(free_port)
   # No compaction retention: a proxy younger than the retention compacts nothing (it has not seen

@@ -79,6 +79,19 @@ ShardConfig ReadShard(const YAML::Node& node, std::size_t index) {
   return shard;
 }
 
+const ShardConfig* FirstNamed(const std::vector<ShardConfig>& shards, const std::string& name) {
+  for (const auto& s : shards) {
+    if (s.name == name) return &s;
+  }
+  return nullptr;
+}
+
+bool SameCluster(const ShardConfig& a, const ShardConfig& b) {
+  if (a.endpoints != b.endpoints || a.tls.has_value() != b.tls.has_value()) return false;
+  return !a.tls || (a.tls->ca_file == b.tls->ca_file && a.tls->cert_file == b.tls->cert_file &&
+                    a.tls->key_file == b.tls->key_file && a.tls->server_name == b.tls->server_name);
+}
+
 }  // namespace
 
 std::string PrintableKey(const std::string& key) {
@@ -103,7 +116,11 @@ void ValidateConfig(const Config& config) {
   for (std::size_t i = 0; i < shards.size(); ++i) {
     const auto& s = shards[i];
     const std::string label = ShardLabel(i, s);
-    if (!names.insert(s.name).second) throw ConfigError(label + ": duplicate shard name '" + s.name + "'");
+    // Entries with one name are one cluster owning several ranges: they must name it alike.
+    if (!names.insert(s.name).second && !SameCluster(s, *FirstNamed(shards, s.name))) {
+      throw ConfigError(label + ": duplicate shard name '" + s.name + "' with other endpoints or TLS (entries with "
+                        "one name are one cluster owning several ranges, and must give the same endpoints and TLS)");
+    }
     if (s.endpoints.empty()) throw ConfigError(label + ": no endpoint; set 'address' or 'endpoints'");
     for (const auto& endpoint : s.endpoints) {
       if (endpoint.empty()) throw ConfigError(label + ": empty endpoint address");

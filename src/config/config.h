@@ -65,7 +65,9 @@ Config ParseConfig(const std::string& yaml_text);
 Config LoadConfigFile(const std::string& path);
 
 // Checks the shard layout: at least one shard, sorted, contiguous, covering the whole keyspace,
-// every shard with at least one non-empty endpoint.
+// every shard with at least one non-empty endpoint. Entries may share a name when they give the
+// same endpoints and TLS: one cluster owning several ranges (events and leases of a Kubernetes
+// keyspace apart, the rest around them on a third cluster).
 void ValidateConfig(const Config& config);
 
 // The whole content of a file; throws ConfigError naming it when it cannot be read.

@@ -141,10 +141,13 @@ MapDocument MapDocument::FromJson(const std::string& text) {
 MapDocument MapDocument::FromConfig(const Config& config) {
   MapDocument doc;
   for (const auto& s : config.shards) {
-    ShardConfig shard = s;
-    shard.start.clear();
-    shard.end.clear();
-    doc.shards.push_back(std::move(shard));
+    // Entries with one name are one cluster owning several ranges.
+    if (doc.FindShard(s.name) == nullptr) {
+      ShardConfig shard = s;
+      shard.start.clear();
+      shard.end.clear();
+      doc.shards.push_back(std::move(shard));
+    }
     doc.ranges.push_back({s.start, s.end, s.name});
   }
   return doc;

@@ -4,6 +4,7 @@
 #include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -84,9 +85,13 @@ std::shared_ptr<ShardTransport> NewTransport(const ShardConfig& shard, std::stri
 
 ShardLayout LayoutFromConfig(const Config& config) {
   ShardLayout layout;
-  for (std::size_t i = 0; i < config.shards.size(); ++i) {
-    layout.shards.push_back(config.shards[i]);
-    layout.ranges.push_back({config.shards[i].start, config.shards[i].end, i});
+  for (const auto& entry : config.shards) {
+    // Entries with one name are one cluster (ValidateConfig checked they name it alike).
+    const auto known = std::find_if(layout.shards.begin(), layout.shards.end(),
+                                    [&](const ShardConfig& s) { return s.name == entry.name; });
+    const auto index = static_cast<std::size_t>(known - layout.shards.begin());
+    if (known == layout.shards.end()) layout.shards.push_back(entry);
+    layout.ranges.push_back({entry.start, entry.end, index});
   }
   return layout;
 }

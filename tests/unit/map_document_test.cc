@@ -110,3 +110,53 @@ TEST(ShardMapRangesTest, KeysAndRangesFollowTheRangeTable) {
 
 }  // namespace
 }  // namespace esp
+
+namespace esp {
+namespace {
+
+// The YAML layout a Kubernetes keyspace wants: events and leases on clusters of their own, the
+// rest around them on a third (two entries with one name: one cluster, two ranges).
+constexpr const char* kKubernetesLayout = R"(shards:
+  - {name: rest, start: "", end: /registry/events/, address: 127.0.0.1:1}
+  - {name: events, start: /registry/events/, end: /registry/events0, address: 127.0.0.1:2}
+  - {name: rest, start: /registry/events0, end: /registry/leases/, address: 127.0.0.1:1}
+  - {name: leases, start: /registry/leases/, end: /registry/leases0, address: 127.0.0.1:3}
+  - {name: rest, start: /registry/leases0, end: "", address: 127.0.0.1:1}
+)";
+
+TEST(SeveralRangesPerShardTest, EntriesWithOneNameAreOneClusterOwningSeveralRanges) {
+  const Config config = ParseConfig(kKubernetesLayout);
+  const ShardLayout layout = LayoutFromConfig(config);
+  ASSERT_EQ(layout.shards.size(), 3u);
+  EXPECT_EQ(layout.shards[0].name, "rest");
+  EXPECT_EQ(layout.ranges.size(), 5u);
+  const ShardMap map(std::vector<std::string>{"rest", "events", "leases"}, layout.ranges);
+  EXPECT_EQ(map.ShardForKey("compact_rev_key"), 0u);  // Kubernetes' compactor key sits with the rest
+  EXPECT_EQ(map.ShardForKey("/registry/pods/default/a"), 0u);
+  EXPECT_EQ(map.ShardForKey("/registry/events/default/e"), 1u);
+  EXPECT_EQ(map.ShardForKey("/registry/leases/kube-node-lease/n"), 2u);
+  EXPECT_EQ(map.SingleShard("/registry/pods/", "/registry/pods0"), 0u);
+  EXPECT_EQ(map.shard(0).ranges.size(), 3u);
+  // The map document from the same file: one shard entry per cluster, every range.
+  const auto doc = meta::MapDocument::FromConfig(config);
+  EXPECT_EQ(doc.shards.size(), 3u);
+  EXPECT_EQ(doc.ranges.size(), 5u);
+  EXPECT_NO_THROW(doc.Validate());
+}
+
+TEST(SeveralRangesPerShardTest, OneNameWithOtherEndpointsIsRefused) {
+  const std::string yaml = R"(shards:
+  - {name: rest, start: "", end: m, address: 127.0.0.1:1}
+  - {name: other, start: m, end: t, address: 127.0.0.1:2}
+  - {name: rest, start: t, end: "", address: 127.0.0.1:9}
+)";
+  try {
+    ParseConfig(yaml);
+    ADD_FAILURE() << "accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("duplicate shard name 'rest' with other endpoints"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace esp
