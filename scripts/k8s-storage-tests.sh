@@ -31,7 +31,12 @@ overlay_src=$repo/tests/k8s/overlay/testserver.go
 # in its own process against a newly started cluster ("run" against a given endpoint skips them).
 fresh_etcd3=(TestEtcdWatchSemantics TestEtcdWatchSemanticsWithConcurrentDecode
              TestTooLargeResourceVersionErrorForWatchList)
-fresh_cacher=(TestLists TestWatchSemantics)
+fresh_cacher=(TestWatchSemantics)
+# Tests this harness cannot run as upstream does, on plain etcd as through the proxy (listed with
+# the reason in docs/k8s-storage-tests.md): skipped in every mode.
+# cacher TestLists: its 12 subtests each expect an etcd of their own, from revision 1.
+unrunnable_etcd3=()
+unrunnable_cacher=(TestLists)
 say() { echo "k8s-storage-tests: $*" >&2; }
 
 build() {  # prints the directory holding etcd3.test and cacher.test
@@ -151,11 +156,12 @@ run_binary() {  # binary log endpoint args...
 # Top-level results of -test.v logs: "TestX PASS" lines.
 results() { grep -aE '^--- (PASS|FAIL|SKIP): ' "$@" | awk '{sub(":", "", $2); print $3, $2}'; }
 run_mode() {  # plain|proxy: everything but the fresh tests on one cluster, each fresh one alone
-  local mode=$1 t name fresh fresh_list
+  local mode=$1 t name fresh fresh_list unrunnable_list
   for t in "${targets[@]}"; do
     name=${t%%:*}
     eval "fresh_list=(\"\${fresh_$name[@]}\")"
-    fresh=$(IFS='|'; echo "^(${fresh_list[*]})\$")
+    eval "unrunnable_list=(\"\${unrunnable_$name[@]}\")"
+    fresh=$(IFS='|'; echo "^(${fresh_list[*]}${unrunnable_list[*]:+|}${unrunnable_list[*]})\$")
     start_cluster "$mode" || return 1
     say "$mode: $name tests against $endpoint"
     run_binary "$bin_dir/$name.test" "$logs/$mode-$name.log" "$endpoint" -test.skip "$fresh"
