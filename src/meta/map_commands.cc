@@ -7,6 +7,7 @@
 #include <set>
 
 #include "common/base64.h"
+#include "shard/kubernetes_layout.h"
 
 namespace esp::meta {
 namespace {
@@ -143,6 +144,9 @@ int MapInit(MapStore& store, const Config& layout, bool force, CommandIo io) {
   MapDocument doc = MapDocument::FromConfig(layout);
   doc.cluster_id = read ? read->doc.cluster_id : NewClusterId();
   doc.change = read ? "init --force" : "init";
+  for (const auto& warning : KubernetesLayoutWarnings(ShardMap(doc.ShardNames(), doc.OwnedRanges()))) {
+    io.err << "warning: " << warning << "\n";
+  }
   return Write(store, read, std::move(doc), io);
 }
 

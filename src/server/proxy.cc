@@ -12,6 +12,7 @@
 #include "auth/cert_identity.h"
 #include "auth/token.h"
 #include "server/unimplemented.h"
+#include "shard/kubernetes_layout.h"
 #include "upstream/grpc_shard_transport.h"
 #include "upstream/h2_shard_transport.h"
 
@@ -347,6 +348,7 @@ bool Proxy::Start() {
                  options_.meta.client.endpoints.front(), options_.meta.client.endpoints.size() > 1 ? ", ..." : "");
   }
   for (std::size_t i = 0; i < topology->map.size(); ++i) spdlog::info("  {}", topology->map.Describe(i));
+  for (const auto& warning : KubernetesLayoutWarnings(topology->map)) spdlog::warn("{}", warning);
   if (http_) spdlog::info("operator endpoints (/metrics, /health, /livez, /readyz, /shards, /auth/consistency) on {}", options_.metrics_address);
   return true;
 }
@@ -354,8 +356,9 @@ bool Proxy::Start() {
 bool Proxy::ApplyMap(const meta::MapDocument& doc) {
   try {
     const auto previous = topology_.Get();
-    topology_.Publish(BuildTopology(doc.ToLayout(), &metrics_, options_.upstream_transport, identity_issuer_,
-                                    previous.get()));
+    auto next = BuildTopology(doc.ToLayout(), &metrics_, options_.upstream_transport, identity_issuer_, previous.get());
+    for (const auto& warning : KubernetesLayoutWarnings(next->map)) spdlog::warn("map version {}: {}", doc.version, warning);
+    topology_.Publish(std::move(next));
     return true;
   } catch (const std::exception& e) {
     spdlog::error("cannot serve shard map version {}: {}; still serving version {}", doc.version, e.what(),

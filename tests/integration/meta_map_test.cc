@@ -175,6 +175,16 @@ TEST_F(MetaMapTest, InitRefusesToReplaceAMapAndShowListsEverything) {
   ASSERT_EQ(json["proxies"].size(), 3u);
   for (const auto& p : json["proxies"]) EXPECT_EQ(p["map_version"].get<std::int64_t>(), before);
 
+  // A layout that cuts a Kubernetes resource prefix is written, with a warning.
+  const auto cut = (dir_->path() / "cut.yaml").string();
+  std::ofstream(cut) << "shards:\n  - {start: \"\", end: /registry/pods/m, address: " << shards_[0]->ClientAddresses()[0]
+                     << "}\n  - {start: /registry/pods/m, end: \"\", address: " << shards_[1]->ClientAddresses()[0] << "}\n";
+  const auto cut_init = Map("init --config " + cut + " --meta-prefix /cut-layout/");
+  EXPECT_EQ(cut_init.exit_code, 0) << cut_init.output;
+  EXPECT_NE(cut_init.output.find("warning: the range boundary \"/registry/pods/m\" cuts Kubernetes' resource prefix"),
+            std::string::npos)
+      << cut_init.output;
+
   const auto table = Map("show");
   EXPECT_EQ(table.exit_code, 0);
   EXPECT_NE(table.output.find("[\"i\", \"s\")"), std::string::npos) << table.output;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "meta/map_document.h"
+#include "shard/kubernetes_layout.h"
 #include "shard/shard_map.h"
 
 namespace esp {
@@ -156,6 +157,33 @@ TEST(SeveralRangesPerShardTest, OneNameWithOtherEndpointsIsRefused) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("duplicate shard name 'rest' with other endpoints"), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace esp
+
+namespace esp {
+namespace {
+
+TEST(KubernetesLayoutTest, BoundariesInsideAResourcePrefixAreFound) {
+  EXPECT_EQ(KubernetesPrefixCutBy("/registry/pods/m"), "/registry/pods/");
+  EXPECT_EQ(KubernetesPrefixCutBy("/registry/pods/default/"), "/registry/pods/");
+  EXPECT_EQ(KubernetesPrefixCutBy("/registry/example.com/widgets/ns/"), "/registry/example.com/widgets/");
+  // Starts and ends of resource prefixes, group starts, other keys: nothing cut.
+  for (const char* clean : {"/registry/pods/", "/registry/pods0", "/registry/events/", "/registry/leases0", "/registry/",
+                            "/registry/example.com/", "/registry/example.com/widgets/", "/registry/example.com/widgets0",
+                            "/registry", "compact_rev_key", "i", ""}) {
+    EXPECT_EQ(KubernetesPrefixCutBy(clean), "") << clean;
+  }
+}
+
+TEST(KubernetesLayoutTest, TheRecommendedLayoutGetsNoWarningAndACutOneDoes) {
+  const auto layout = LayoutFromConfig(ParseConfig(kKubernetesLayout));
+  EXPECT_TRUE(KubernetesLayoutWarnings(ShardMap({"rest", "events", "leases"}, layout.ranges)).empty());
+  const ShardMap cut({"a", "b"}, {{"", "/registry/pods/m", 0}, {"/registry/pods/m", "", 1}});
+  const auto warnings = KubernetesLayoutWarnings(cut);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("cuts Kubernetes' resource prefix \"/registry/pods/\""), std::string::npos) << warnings[0];
 }
 
 }  // namespace
