@@ -40,13 +40,6 @@ std::string ReadBoundary(const YAML::Node& node, const char* field, const std::s
   return node[field].as<std::string>();
 }
 
-std::string NormalizeEndpoint(std::string endpoint) {
-  for (const char* scheme : {"http://", "https://", "unix://"}) {
-    if (endpoint.starts_with(scheme)) return endpoint.substr(std::string(scheme).size());
-  }
-  return endpoint;
-}
-
 ShardConfig ReadShard(const YAML::Node& node, std::size_t index) {
   const std::string where = "shard " + std::to_string(index);
   if (!node.IsMap()) throw ConfigError(where + ": expected a mapping with start, end and address");
@@ -86,13 +79,22 @@ const ShardConfig* FirstNamed(const std::vector<ShardConfig>& shards, const std:
   return nullptr;
 }
 
-bool SameCluster(const ShardConfig& a, const ShardConfig& b) {
-  if (a.endpoints != b.endpoints || a.tls.has_value() != b.tls.has_value()) return false;
-  return !a.tls || (a.tls->ca_file == b.tls->ca_file && a.tls->cert_file == b.tls->cert_file &&
-                    a.tls->key_file == b.tls->key_file && a.tls->server_name == b.tls->server_name);
-}
+bool SameCluster(const ShardConfig& a, const ShardConfig& b) { return a.endpoints == b.endpoints && SameTls(a.tls, b.tls); }
 
 }  // namespace
+
+std::string NormalizeEndpoint(std::string endpoint) {
+  for (const char* scheme : {"http://", "https://", "unix://"}) {
+    if (endpoint.starts_with(scheme)) return endpoint.substr(std::string(scheme).size());
+  }
+  return endpoint;
+}
+
+bool SameTls(const std::optional<TlsClientConfig>& a, const std::optional<TlsClientConfig>& b) {
+  if (a.has_value() != b.has_value()) return false;
+  return !a || (a->ca_file == b->ca_file && a->cert_file == b->cert_file && a->key_file == b->key_file &&
+                a->server_name == b->server_name);
+}
 
 std::string PrintableKey(const std::string& key) {
   static const char* const kHex = "0123456789abcdef";

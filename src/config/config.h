@@ -70,6 +70,13 @@ Config LoadConfigFile(const std::string& path);
 // keyspace apart, the rest around them on a third cluster).
 void ValidateConfig(const Config& config);
 
+// "http://host:port" -> "host:port": endpoints are given as etcd's flags take them, with or
+// without a scheme; gRPC targets carry none.
+std::string NormalizeEndpoint(std::string endpoint);
+
+// Whether two TLS settings (or their absence) reach a cluster the same way.
+bool SameTls(const std::optional<TlsClientConfig>& a, const std::optional<TlsClientConfig>& b);
+
 // The whole content of a file; throws ConfigError naming it when it cannot be read.
 std::string ReadFileOrThrow(const std::string& path);
 

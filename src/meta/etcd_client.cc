@@ -5,13 +5,6 @@
 namespace esp::meta {
 namespace {
 
-std::string StripScheme(std::string endpoint) {
-  for (const char* scheme : {"http://", "https://"}) {
-    if (endpoint.starts_with(scheme)) return endpoint.substr(std::string(scheme).size());
-  }
-  return endpoint;
-}
-
 std::shared_ptr<grpc::ChannelCredentials> Credentials(const std::optional<TlsClientConfig>& tls) {
   if (!tls) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions options;
@@ -36,7 +29,7 @@ EtcdClient::EtcdClient(EtcdClientOptions options) : options_(std::move(options))
   const auto credentials = Credentials(options_.tls);
   for (const auto& raw : options_.endpoints) {
     Endpoint e;
-    e.address = StripScheme(raw);
+    e.address = NormalizeEndpoint(raw);
     if (e.address.empty()) throw ConfigError("empty endpoint address");
     grpc::ChannelArguments args;
     if (options_.tls && !options_.tls->server_name.empty()) args.SetSslTargetNameOverride(options_.tls->server_name);

@@ -19,13 +19,6 @@ std::string Printable(const std::string& key, bool is_end) {
   return "\"" + PrintableKey(key) + "\"";
 }
 
-std::string NormalizeEndpoint(std::string endpoint) {
-  for (const char* scheme : {"http://", "https://"}) {
-    if (endpoint.starts_with(scheme)) return endpoint.substr(std::string(scheme).size());
-  }
-  return endpoint;
-}
-
 // Reads the current map; a missing map is a refusal for every command but init.
 std::optional<StoredMap> LoadOrRefuse(MapStore& store, CommandIo io) {
   auto stored = store.Load();

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "common/etcd_errors.h"
 #include "lease/repair.h"
 #include "meta/etcd_client.h"
 
@@ -24,8 +25,6 @@ constexpr const char* kAuthFailed = "etcdserver: authentication failed, invalid 
 constexpr const char* kNoPasswordUser = "password was given for no password user";
 constexpr const char* kRoleExists = "etcdserver: role name already exists";
 constexpr const char* kUserExists = "etcdserver: user name already exists";
-constexpr const char* kLeaseExists = "etcdserver: lease already exists";
-constexpr const char* kLeaseNotFound = "etcdserver: requested lease not found";
 
 [[noreturn]] void Refuse(const std::string& message) { throw ConfigError(message); }
 
@@ -39,13 +38,6 @@ std::string JoinQuoted(const std::vector<std::string>& items) {
   std::string out;
   for (const auto& item : items) out += (out.empty() ? "" : ", ") + Quote(item);
   return out;
-}
-
-std::string StripScheme(const std::string& endpoint) {
-  for (const std::string scheme : {"http://", "https://"}) {
-    if (endpoint.starts_with(scheme)) return endpoint.substr(scheme.size());
-  }
-  return endpoint;
 }
 
 // A permission as a comparable value: etcd keeps a role's permissions sorted by key only, so
@@ -475,8 +467,8 @@ BootstrapReport PrepareNewShard(const BootstrapOptions& options) {
     }
     for (const auto& e : shard.endpoints) {
       for (const auto& t : options.target.endpoints) {
-        if (StripScheme(e) == StripScheme(t)) {
-          Refuse(target_label + ": endpoint " + StripScheme(t) + " belongs to shard " + Quote(shard.name));
+        if (NormalizeEndpoint(e) == NormalizeEndpoint(t)) {
+          Refuse(target_label + ": endpoint " + NormalizeEndpoint(t) + " belongs to shard " + Quote(shard.name));
         }
       }
     }
@@ -606,7 +598,9 @@ BootstrapReport PrepareNewShard(const BootstrapOptions& options) {
       request.set_id(id);
       LeaseRevokeResponse response;
       const auto status = target.client().LeaseRevoke(request, &response);
-      if (!status.ok() && status.error_message() != kLeaseNotFound) fail("LeaseRevoke " + std::to_string(id), status);
+      if (!status.ok() && status.error_message() != etcd_errors::LeaseNotFound().message()) {
+        fail("LeaseRevoke " + std::to_string(id), status);
+      }
     }
     ++report.leases_revoked;
   }
@@ -617,7 +611,9 @@ BootstrapReport PrepareNewShard(const BootstrapOptions& options) {
       request.set_ttl(ttl);
       LeaseGrantResponse response;
       const auto status = target.client().LeaseGrant(request, &response);
-      if (!status.ok() && status.error_message() != kLeaseExists) fail("LeaseGrant " + std::to_string(id), status);
+      if (!status.ok() && status.error_message() != etcd_errors::LeaseExists().message()) {
+        fail("LeaseGrant " + std::to_string(id), status);
+      }
     }
     ++report.leases_created;
   }

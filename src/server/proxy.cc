@@ -48,12 +48,6 @@ std::shared_ptr<auth::IdentityIssuer> MakeIdentityIssuer(const Config& config, c
 
 namespace {
 
-bool SameTls(const std::optional<TlsClientConfig>& a, const std::optional<TlsClientConfig>& b) {
-  if (a.has_value() != b.has_value()) return false;
-  return !a || (a->ca_file == b->ca_file && a->cert_file == b->cert_file && a->key_file == b->key_file &&
-                a->server_name == b->server_name);
-}
-
 // The previous topology's transport for `shard`, if it reaches the same cluster the same way.
 std::shared_ptr<ShardTransport> ReusableTransport(const Topology* previous, const ShardConfig& shard) {
   if (previous == nullptr) return nullptr;
