@@ -17,6 +17,8 @@ constexpr int kIgnoreValue = 5;
 constexpr int kIgnoreLease = 6;
 constexpr int kSortOrder = 5;  // RangeRequest
 constexpr int kSortTarget = 6;
+constexpr int kRevision = 4;  // RangeRequest
+constexpr int kSerializable = 7;
 
 // `with_sort`: a RangeRequest (fields 5 and 6 are its sort enums); else a DeleteRangeRequest,
 // whose other fields routing does not read.
@@ -30,6 +32,8 @@ std::optional<KeyRangeFields> ScanKeyRange(std::string_view bytes, bool with_sor
       // An enum is an int32 on the wire: the parser keeps the varint's low 32 bits.
       if (field.number == kSortOrder) range.sort_order = static_cast<std::int32_t>(field.varint);
       if (field.number == kSortTarget) range.sort_target = static_cast<std::int32_t>(field.varint);
+      if (field.number == kRevision) range.revision = static_cast<std::int64_t>(field.varint);
+      if (field.number == kSerializable) range.serializable = field.varint != 0;
     }
   });
   if (!parses) return std::nullopt;

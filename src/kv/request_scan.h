@@ -34,6 +34,8 @@ struct KeyRangeFields {
   std::string_view range_end;
   std::int32_t sort_order = 0;
   std::int32_t sort_target = 0;
+  std::int64_t revision = 0;   // a Range's only, as are these
+  bool serializable = false;
 };
 
 // As ScanPutRequest, for a serialized etcdserverpb.RangeRequest and DeleteRangeRequest.

@@ -35,6 +35,38 @@ std::string KeyFromJson(const Json& j, const char* field) {
   return std::move(*key);
 }
 
+void ValidateMove(const MapDocument& doc, const MoveRecord& move) {
+  const std::string what = "move " + DescribeRange(move.start, move.end) + " from '" + move.from + "' to '" + move.to + "'";
+  if (move.id.empty()) throw ConfigError(what + ": no id");
+  if (doc.FindShard(move.from) == nullptr || doc.FindShard(move.to) == nullptr || move.from == move.to) {
+    throw ConfigError(what + ": names an unknown shard or the same shard twice");
+  }
+  const auto range = doc.FindRange(move.start, move.end);
+  if (!range) throw ConfigError(what + ": the range is not an entry of the map's ranges");
+  const std::string& owner = doc.ranges[*range].shard;
+  if (move.state == "copying" ? owner != move.from : move.state == "cleanup" ? owner != move.to : true) {
+    throw ConfigError(what + ": state '" + move.state + "' with the range owned by '" + owner + "'");
+  }
+}
+
+Json MoveToJson(const MoveRecord& m) {
+  return {{"id", m.id},     {"start_base64", EncodeBase64(m.start)}, {"end_base64", EncodeBase64(m.end)},
+          {"from", m.from}, {"to", m.to},
+          {"state", m.state}, {"started_at", m.started_at}};
+}
+
+MoveRecord MoveFromJson(const Json& j) {
+  MoveRecord m;
+  m.id = j.at("id").get<std::string>();
+  m.start = KeyFromJson(j, "start_base64");
+  m.end = KeyFromJson(j, "end_base64");
+  m.from = j.at("from").get<std::string>();
+  m.to = j.at("to").get<std::string>();
+  m.state = j.at("state").get<std::string>();
+  m.started_at = j.value("started_at", "");
+  return m;
+}
+
 }  // namespace
 
 void MapDocument::Validate() const {
@@ -54,6 +86,14 @@ void MapDocument::Validate() const {
     }
   }
   ValidateRanges(ShardNames(), OwnedRanges());
+  if (move) ValidateMove(*this, *move);
+}
+
+std::optional<std::size_t> MapDocument::FindRange(const std::string& start, const std::string& end) const {
+  for (std::size_t i = 0; i < ranges.size(); ++i) {
+    if (ranges[i].start == start && ranges[i].end == end) return i;
+  }
+  return std::nullopt;
 }
 
 const ShardConfig* MapDocument::FindShard(const std::string& name) const {
@@ -88,7 +128,20 @@ std::vector<OwnedRange> MapDocument::OwnedRanges() const {
   return out;
 }
 
-ShardLayout MapDocument::ToLayout() const { return ShardLayout{shards, OwnedRanges(), version}; }
+ShardLayout MapDocument::ToLayout() const {
+  ShardLayout layout{shards, OwnedRanges(), version};
+  for (const auto& r : ranges) {
+    if (r.min_revision > 0) layout.floors.push_back({r.start, r.end, r.min_revision});
+  }
+  if (move && move->state == "copying") {
+    std::size_t source = 0;
+    for (std::size_t i = 0; i < shards.size(); ++i) {
+      if (shards[i].name == move->from) source = i;
+    }
+    layout.moving = MovingRange{move->start, move->end, source, move->to, FenceKey(move->start, move->id)};
+  }
+  return layout;
+}
 
 std::string MapDocument::ToJson() const {
   Json j;
@@ -105,9 +158,11 @@ std::string MapDocument::ToJson() const {
   }
   j["ranges"] = Json::array();
   for (const auto& r : ranges) {
-    j["ranges"].push_back({{"start_base64", EncodeBase64(r.start)}, {"end_base64", EncodeBase64(r.end)},
-                           {"shard", r.shard}});
+    Json range{{"start_base64", EncodeBase64(r.start)}, {"end_base64", EncodeBase64(r.end)}, {"shard", r.shard}};
+    if (r.min_revision > 0) range["min_revision"] = std::to_string(r.min_revision);
+    j["ranges"].push_back(std::move(range));
   }
+  if (move) j["move"] = MoveToJson(*move);
   return j.dump();
 }
 
@@ -127,12 +182,14 @@ MapDocument MapDocument::FromJson(const std::string& text) {
       doc.shards.push_back(std::move(shard));
     }
     for (const auto& r : j.at("ranges")) {
-      doc.ranges.push_back({KeyFromJson(r, "start_base64"), KeyFromJson(r, "end_base64"), r.at("shard").get<std::string>()});
+      doc.ranges.push_back({KeyFromJson(r, "start_base64"), KeyFromJson(r, "end_base64"), r.at("shard").get<std::string>(),
+                            std::stoll(r.value("min_revision", "0"))});
     }
+    if (j.contains("move")) doc.move = MoveFromJson(j.at("move"));
   } catch (const nlohmann::json::exception& e) {
     throw ConfigError(std::string("map document does not parse: ") + e.what());
-  } catch (const std::logic_error& e) {  // stoull
-    throw ConfigError(std::string("map document: invalid cluster_id: ") + e.what());
+  } catch (const std::logic_error& e) {  // stoull, stoll
+    throw ConfigError(std::string("map document: invalid number: ") + e.what());
   }
   doc.Validate();
   return doc;

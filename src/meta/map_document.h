@@ -9,6 +9,7 @@
 //
 // Keys are base64 in the stored document (binary-safe); `map show -w json` adds printable ones.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,24 @@ struct MapRange {
   std::string start;
   std::string end;  // "" = unbounded
   std::string shard;
+  // Set by a move: the first revision of these keys on their owner; pinned reads and watches
+  // below it are told "compacted" (the keys' older revisions lived on another cluster).
+  std::int64_t min_revision = 0;
+};
+
+// A range move in progress (`reshard move`). The map carries it so that every proxy knows it:
+//   "copying": the range (its own entry in `ranges`) is still owned by `from`; proxies send
+//              requests touching it there guarded by the fence key (shard/moving_range.h).
+//   "cleanup": the range is owned by `to`; the mover is deleting the old copy on `from`.
+// The mover's progress (keys copied, lag) lives beside the map, not in it: see reshard/.
+struct MoveRecord {
+  std::string id;  // random, names the fence key
+  std::string start;
+  std::string end;  // "" = unbounded
+  std::string from;
+  std::string to;
+  std::string state;  // "copying" | "cleanup"
+  std::string started_at;
 };
 
 struct MapDocument {
@@ -31,11 +50,14 @@ struct MapDocument {
   std::string changed_at;        // RFC 3339, UTC
   std::vector<ShardConfig> shards;  // name, endpoints, tls (start/end unused: see ranges)
   std::vector<MapRange> ranges;
+  std::optional<MoveRecord> move;
 
   // Throws ConfigError naming what is wrong: duplicate or empty names, a shard without endpoint,
   // ranges unsorted, overlapping, with gaps, not covering the keyspace, or naming no shard.
   void Validate() const;
   const ShardConfig* FindShard(const std::string& name) const;
+  // The index in `ranges` of the range [start, end), or nullopt.
+  std::optional<std::size_t> FindRange(const std::string& start, const std::string& end) const;
   // Whether `name` owns at least one range.
   bool Owns(const std::string& name) const;
 

@@ -1,5 +1,7 @@
 #include "meta/map_follower.h"
 
+#include "upstream/upstream_fence.h"
+
 #include <spdlog/spdlog.h>
 
 namespace esp::meta {
@@ -33,6 +35,8 @@ MapDocument MapFollower::LoadInitial() {
 
 void MapFollower::Start(std::int64_t applied_version) {
   served_version_ = applied_version;
+  // Registered before serving, when the store answers (upstream/upstream_fence.h).
+  if (!RegisterNow()) spdlog::warn("meta store: could not register this proxy yet; serving no key until it can");
   watch_thread_ = std::thread([this] { WatchLoop(); });
   register_thread_ = std::thread([this] { RegisterLoop(); });
 }
@@ -105,6 +109,8 @@ void MapFollower::SetLeaseUp(bool up) {
 }
 
 bool MapFollower::ApplyIfNewer(const std::string& json) {
+  // From the watch thread, and from the registration thread after a new registration.
+  const std::lock_guard apply_lock(apply_mu_);
   MapDocument doc;
   try {
     doc = MapDocument::FromJson(json);
@@ -191,6 +197,9 @@ MapFollower::SessionEnd MapFollower::FollowOnce() {
           watch_context_.reset();
           return SessionEnd::kApplyFailed;
         }
+      } else if (kv.key() == store_.MoveProgressKey()) {
+        const std::lock_guard lock(mu_);
+        move_progress_ = event.type() == mvccpb::Event::DELETE ? std::string() : kv.value();
       } else if (kv.key().starts_with(store_.ProxiesPrefix())) {
         const std::lock_guard lock(mu_);
         if (event.type() == mvccpb::Event::DELETE) {
@@ -228,6 +237,7 @@ bool MapFollower::RenewOnce() {
     const std::lock_guard lock(mu_);
     lease = lease_id_;
   }
+  const auto sent = fence::SteadyClock::now();
   if (lease == 0) {
     pb::LeaseGrantRequest grant;
     grant.set_ttl(options_.lease_ttl.count());
@@ -238,7 +248,12 @@ bool MapFollower::RenewOnce() {
       const std::lock_guard lock(mu_);
       lease_id_ = lease;
     }
-    return PutSelf(lease);
+    if (!PutSelf(lease)) return false;
+    // A new registration: movers that did not see this proxy may have moved ranges meanwhile.
+    // Serve keys again only under the map as it is now, read after registering.
+    if (!RefreshMap()) return false;
+    AllowSendsAfterRenewal(sent, granted.ttl());
+    return true;
   }
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + client_->options().call_timeout);
@@ -260,12 +275,39 @@ bool MapFollower::RenewOnce() {
     lease_id_ = 0;
     return false;
   }
+  AllowSendsAfterRenewal(sent, response.ttl());
   bool stale = false;
   {
     const std::lock_guard lock(mu_);
     stale = published_version_ != served_version_.load();
   }
   return !stale || PutSelf(lease);
+}
+
+bool MapFollower::RefreshMap() {
+  pb::RangeRequest read;
+  read.set_key(store_.MapKey());
+  pb::RangeResponse answer;
+  if (!client_->Range(read, &answer).ok()) return false;
+  return answer.kvs_size() == 0 || ApplyIfNewer(answer.kvs(0).value());
+}
+
+void MapFollower::AllowSendsAfterRenewal(fence::SteadyClock::time_point sent, std::int64_t ttl_seconds) {
+  // The store keeps the lease at least `ttl` after it received the renewal, which was after
+  // `sent`: this proxy stops a margin before the earliest moment a mover may see it gone.
+  const std::chrono::milliseconds ttl(std::min<std::int64_t>(ttl_seconds, options_.lease_ttl.count()) * 1000);
+  fence::AllowUntil(sent + ttl - FenceMargin(options_.lease_ttl));
+}
+
+bool MapFollower::RegisterNow() {
+  const bool ok = RenewOnce();
+  SetLeaseUp(ok);
+  return ok;
+}
+
+std::string MapFollower::MoveProgress() const {
+  const std::lock_guard lock(mu_);
+  return move_progress_;
 }
 
 void MapFollower::RegisterLoop() {

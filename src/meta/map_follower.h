@@ -25,6 +25,12 @@ struct FollowerOptions {
   ProxyRecord self;                    // name, member id, client URLs, started_at
 };
 
+// How long before its registration lease could expire a proxy stops serving keys: covers a
+// renewal's time in flight and scheduling delays between the check and a write.
+inline std::chrono::milliseconds FenceMargin(std::chrono::seconds ttl) {
+  return std::max<std::chrono::milliseconds>(std::chrono::milliseconds(1000), ttl / 5);
+}
+
 class MapFollower {
  public:
   // Called on the follower's watch thread with each map version newer than the last applied one;
@@ -34,10 +40,14 @@ class MapFollower {
   MapFollower(std::unique_ptr<EtcdClient> client, FollowerOptions options, ApplyMap apply);
   ~MapFollower();
 
+  // Registers this proxy (blocking, one attempt): key requests are served only under a live
+  // registration (upstream/upstream_fence.h). False when the store did not answer.
+  bool RegisterNow();
   // Reads the map at start-up, before serving: MetaError when the store is unreachable,
   // ConfigError when it holds no map (run `map init`) or an invalid one. Does not call apply.
   MapDocument LoadInitial();
-  // The caller has applied `version` (LoadInitial's); starts following and registering.
+  // The caller has applied `version` (LoadInitial's): registers (one attempt, blocking), then
+  // starts following and registering on the follower's threads.
   void Start(std::int64_t applied_version);
   void Stop();
 
@@ -47,6 +57,8 @@ class MapFollower {
   double SecondsDisconnected() const;
   // Live proxies as registered in the store (this one included once registered).
   std::vector<ProxyRecord> LiveProxies() const;
+  // The running move's progress as the mover last wrote it (JSON), or "".
+  std::string MoveProgress() const;
 
  private:
   void WatchLoop();
@@ -58,6 +70,8 @@ class MapFollower {
   bool ApplyIfNewer(const std::string& json);
   void RegisterLoop();
   bool RenewOnce();
+  bool RefreshMap();
+  void AllowSendsAfterRenewal(std::chrono::steady_clock::time_point sent, std::int64_t ttl_seconds);
   bool PutSelf(std::int64_t lease_id);
   void SetWatchUp(bool up);
   void SetLeaseUp(bool up);
@@ -83,6 +97,8 @@ class MapFollower {
   std::shared_ptr<grpc::ClientContext> watch_context_;  // to cancel the blocking watch
   std::map<std::string, ProxyRecord> proxies_;          // by key
   std::int64_t lease_id_ = 0;
+  std::string move_progress_;
+  std::mutex apply_mu_;  // ApplyIfNewer runs on both threads
 
   std::thread watch_thread_;
   std::thread register_thread_;

@@ -3,6 +3,8 @@
 //   <prefix>map                    the current MapDocument (JSON)
 //   <prefix>history/<version>      every version ever written, zero-padded to sort (map history)
 //   <prefix>proxies/<member id>    one record per live proxy, under that proxy's lease
+//   <prefix>move/lock              the running mover, under its lease (reshard/)
+//   <prefix>move/progress          what the mover has done so far (reshard status)
 // Every change to the map is one Txn that compares the map key's mod_revision with the one the
 // writer read: of two racing writers exactly one wins.
 #include <cstdint>
@@ -56,6 +58,9 @@ class MapStore {
   std::string HistoryPrefix() const { return prefix_ + "history/"; }
   std::string ProxiesPrefix() const { return prefix_ + "proxies/"; }
   std::string ProxyKey(std::uint64_t member_id) const;
+  // A range move (reshard/): the mover's lock (under its lease) and its progress.
+  std::string MoverLockKey() const { return prefix_ + "move/lock"; }
+  std::string MoveProgressKey() const { return prefix_ + "move/progress"; }
 
   // The current map, or nullopt when none was written; MetaError when unreachable.
   std::optional<StoredMap> Load();

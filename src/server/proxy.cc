@@ -1,5 +1,7 @@
 #include "server/proxy.h"
 
+#include "upstream/upstream_fence.h"
+
 #include <grpcpp/security/server_credentials.h>
 #include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
@@ -104,7 +106,8 @@ std::shared_ptr<const Topology> BuildTopology(const ShardLayout& layout, Metrics
     if (!transport) transport = NewTransport(layout.shards[i], map.Describe(i), metrics, upstream_transport, identity_issuer);
     transports.push_back(std::move(transport));
   }
-  return std::make_shared<const Topology>(Topology{std::move(map), std::move(transports), layout.shards, layout.version});
+  return std::make_shared<const Topology>(
+      Topology{std::move(map), std::move(transports), layout.shards, layout.version, layout.moving, layout.floors});
 }
 
 std::shared_ptr<const Topology> BuildTopology(const Config& config, Metrics* metrics,
@@ -171,7 +174,9 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
       topology_(BuildTopology(initial_map_ ? initial_map_->ToLayout() : LayoutFromConfig(config), &metrics_,
                               options_.upstream_transport, identity_issuer_)),
       revision_history_(std::make_shared<RevisionHistory>(options_.compaction_retention)),
-      kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops, .revision_history = revision_history_}),
+      kv_(topology_, KvOptions{.max_txn_ops = options_.max_txn_ops,
+                               .revision_history = revision_history_,
+                               .hold_stats = hold_stats_}),
       cluster_(topology_, Identity(topology_.Get()->map, options_, config, initial_map_)),
       maintenance_(topology_, Identity(topology_.Get()->map, options_, config, initial_map_)),
       watch_(topology_, options_.watch_buffer_bytes),
@@ -271,6 +276,16 @@ void Proxy::RegisterGauges() {
                              "1 while the meta store (shard map, proxy registration) is reachable",
                              [follower = follower_.get()] { return follower->connected() ? 1.0 : 0.0; });
   }
+  metrics_.AddSampledGauge("etcd_proxy_move_in_progress",
+                           "1 while a range this proxy serves is being copied to another shard (requests to it go guarded)",
+                           [this] { return topology_.Get()->moving ? 1.0 : 0.0; });
+  metrics_.AddSampledGauge("etcd_proxy_move_held_requests",
+                           "Requests to a moving range held at its cut-over until the new map arrived (since start)",
+                           [stats = hold_stats_] { return static_cast<double>(stats->count()); });
+  metrics_.AddSampledGauge("etcd_proxy_move_hold_seconds_sum", "Total time requests were held at cut-overs",
+                           [stats = hold_stats_] { return stats->sum_seconds(); });
+  metrics_.AddSampledGauge("etcd_proxy_move_hold_seconds_max", "Longest time one request was held at a cut-over",
+                           [stats = hold_stats_] { return stats->max_seconds(); });
   metrics_.AddSampledGauge("etcd_proxy_client_watches", "Watches open on client Watch streams",
                            [hub = watch_.hub()] { return static_cast<double>(hub->ClientWatchCount()); });
   metrics_.AddSampledGauge("etcd_proxy_upstream_watchers", "Watchers the proxy holds on shards' Watch streams",
@@ -295,8 +310,13 @@ void Proxy::RegisterHttpEndpoints() {
       if (key == "exclude") excluded.insert(value);
     }
     HealthVerdict verdict = JudgeHealth(health_->Snapshot(), excluded);
-    // The proxy serves its last map without the meta store: healthy, with the reason said.
-    if (verdict.healthy && follower_ && !follower_->connected()) {
+    // The proxy serves its last map without the meta store until its registration may have
+    // lapsed (healthy, with the reason said); then it serves no key: unhealthy, so that a load
+    // balancer sends clients to a proxy that can (upstream/upstream_fence.h).
+    if (verdict.healthy && follower_ && !fence::SendAllowed()) {
+      verdict.healthy = false;
+      verdict.reason = fence::FencedMessage();
+    } else if (verdict.healthy && follower_ && !follower_->connected()) {
       verdict.reason = fmt::format("meta store unreachable for {:.0f} s; serving shard map version {}",
                                    follower_->SecondsDisconnected(), follower_->served_version());
     }
@@ -330,7 +350,11 @@ bool Proxy::Start() {
   if (!(h2_server_ ? h2_server_->Start() : server_->Start())) return false;
   health_->Start();
   if (http_ && !http_->Start()) return false;
-  if (follower_) follower_->Start(topology_.Get()->map_version);
+  if (follower_) {
+    // Key requests are served only under a live registration (upstream/upstream_fence.h).
+    fence::Engage();
+    follower_->Start(topology_.Get()->map_version);
+  }
   housekeeper_.Start();
   auth_.StartConsistencyCheck();
   const auto topology = topology_.Get();
@@ -352,7 +376,9 @@ bool Proxy::ApplyMap(const meta::MapDocument& doc) {
     const auto previous = topology_.Get();
     auto next = BuildTopology(doc.ToLayout(), &metrics_, options_.upstream_transport, identity_issuer_, previous.get());
     for (const auto& warning : KubernetesLayoutWarnings(next->map)) spdlog::warn("map version {}: {}", doc.version, warning);
+    const auto published = next;
     topology_.Publish(std::move(next));
+    watch_.OnMapChanged(*published);
     return true;
   } catch (const std::exception& e) {
     spdlog::error("cannot serve shard map version {}: {}; still serving version {}", doc.version, e.what(),

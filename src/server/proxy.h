@@ -116,6 +116,7 @@ class Proxy {
   Router router_;
   // Fed by health_, read by kv_'s Compact: before both.
   std::shared_ptr<RevisionHistory> revision_history_;
+  std::shared_ptr<move::HoldStats> hold_stats_ = std::make_shared<move::HoldStats>();
   KvService kv_;
   ClusterService cluster_;
   MaintenanceService maintenance_;

@@ -1,5 +1,7 @@
 #include "upstream/h2_client_connection.h"
 
+#include "upstream/upstream_fence.h"
+
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -10,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <charconv>
@@ -217,6 +220,7 @@ H2ClientConnection::~H2ClientConnection() {
   if (keepalive_timer_ != 0) loop_.CancelTimer(keepalive_timer_);
   if (fd_ >= 0) {
     loop_.RemoveFd(fd_);
+    fence::UnregisterSocket(fd_);
     close(fd_);
   }
   if (ssl_ != nullptr) SSL_free(ssl_);
@@ -228,6 +232,7 @@ void H2ClientConnection::Connect() {
   state_ = State::kConnecting;
   fd_ = socket(address_.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd_ < 0) return FailConnect(std::string("socket: ") + std::strerror(errno));
+  fence::RegisterSocket(fd_);
   const int one = 1;
   setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   if (connect(fd_, reinterpret_cast<const sockaddr*>(&address_), address_len_) != 0 && errno != EINPROGRESS) {
@@ -353,6 +358,7 @@ void H2ClientConnection::CloseWithError(const std::string& error) {
   state_ = State::kClosed;
   if (fd_ >= 0) {
     loop_.RemoveFd(fd_);
+    fence::UnregisterSocket(fd_);
     close(fd_);
     fd_ = -1;
   }
@@ -644,11 +650,22 @@ void H2ClientConnection::Flush() {
     if (n == 0) break;
     outbuf_.Append(data, static_cast<std::size_t>(n));
   }
+  // The last moment before key requests leave: a proxy whose registration may have expired
+  // must not write them (upstream_fence.h). Other calls (watches, keep-alives) are harmless.
+  if (!fence::SendAllowed() && CarriesKeyCalls()) return CloseWithError(fence::FencedMessage());
   if (const IoResult written = outbuf_.WriteTo(fd_, ssl_); !written.done()) {
     return CloseWithError("write failed: " + written.error);
   }
   UpdateInterest();
   if (goaway_ && calls_.empty() && outbuf_.pending() == 0) CloseWithError("GOAWAY received");
+}
+
+bool H2ClientConnection::CarriesKeyCalls() const {
+  const auto is_key_call = [](const std::shared_ptr<H2ClientCall>& call) { return call->path.starts_with("/etcdserverpb.KV/"); };
+  for (const auto& [id, call] : calls_) {
+    if (is_key_call(call)) return true;
+  }
+  return std::any_of(waiting_.begin(), waiting_.end(), is_key_call);
 }
 
 void H2ClientConnection::UpdateInterest() {

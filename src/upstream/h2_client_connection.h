@@ -143,6 +143,7 @@ class H2ClientConnection : public std::enable_shared_from_this<H2ClientConnectio
   void CloseWithError(const std::string& error);
   void ArmKeepalive();
   void UpdateInterest();
+  bool CarriesKeyCalls() const;
   void DeliverMessages(H2ClientCall& call);
 
   UpstreamLoops& loops_;

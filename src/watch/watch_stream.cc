@@ -17,6 +17,12 @@ constexpr char kDuplicateId[] = "mvcc: duplicate watch ID provided on the WatchS
 constexpr char kSpanningStartRevision[] =
     "etcd-sharding-proxy: start_revision cannot be honoured on a watch spanning shards "
     "(revisions are per shard); re-list and watch from the current revision";
+constexpr char kMovedRange[] =
+    "etcd-sharding-proxy: the watched keys moved to another shard, whose revisions are its own; "
+    "re-list and watch from the current revision";
+constexpr char kBelowFloor[] =
+    "etcd-sharding-proxy: the requested revision of these keys lived on the shard they moved from; "
+    "re-list and watch from the current revision";
 // How long the cluster may take to confirm that a start revision lies in its future.
 constexpr auto kStartCheckTimeout = std::chrono::seconds(5);
 
@@ -110,14 +116,16 @@ void WatchStream::OnCreate(const etcdserverpb::WatchCreateRequest& request) {
     // must see it as a duplicate); an assigned one when the `created` goes out.
     const bool refused_by_shard = EmptyRange(request);
     watch->id = refused_by_shard ? -1 : (request.watch_id() != 0 ? request.watch_id() : kPendingId);
-    if (pieces.size() > 1 && request.start_revision() > 0) {
+    const std::int64_t floor =
+        request.start_revision() > 0 ? FloorFor(topology->floors, key, request.range_end()) : 0;
+    if ((pieces.size() > 1 && request.start_revision() > 0) || floor > request.start_revision()) {
       // Refused the way etcd says history is gone, so clients take their re-list path.
       auto created = Response(last_header_, watch->id);
       created.set_created(true);
       auto canceled = Response(last_header_, watch->id);
       canceled.set_canceled(true);
-      canceled.set_compact_revision(request.start_revision());
-      canceled.set_cancel_reason(kSpanningStartRevision);
+      canceled.set_compact_revision(std::max(floor, request.start_revision()));
+      canceled.set_cancel_reason(pieces.size() > 1 ? kSpanningStartRevision : kBelowFloor);
       watch->created = std::move(created);
       watch->held.push_back(std::move(canceled));
       watch->done = true;
@@ -130,6 +138,7 @@ void WatchStream::OnCreate(const etcdserverpb::WatchCreateRequest& request) {
       piece->owner = weak_from_this();
       piece->watch = watch;
       piece->shard = topology->shards[range.shard];
+      piece->shard_name = topology->map.shard(range.shard).name;
       piece->self = piece;
       watch->pieces.push_back(piece);
       etcdserverpb::WatchCreateRequest upstream = request;
@@ -142,9 +151,18 @@ void WatchStream::OnCreate(const etcdserverpb::WatchCreateRequest& request) {
     }
     if (watch->id != -1 && watch->id != kPendingId) RegisterLocked(watch);
     create_order_.push_back(watch);
+    // A map published since this create read it may have moved these keys; OnMapChanged ran
+    // before the watch was listed, or runs after and finds it.
+    if (const auto now = topology_.Get(); now->map_version != topology->map_version && MovedLocked(*watch, *now)) {
+      CancelMovedLocked(watch, release_early_);
+    }
   }
   // Outside our lock: the hub takes its own, and responses may already arrive meanwhile.
   Handles release;
+  {
+    const std::lock_guard lock(mu_);
+    release.swap(release_early_);
+  }
   for (auto& [piece, upstream] : to_create) {
     auto handle = hub_->Create(piece->shard, ctx_->metadata(), std::move(upstream), piece);
     const std::lock_guard lock(mu_);
@@ -581,6 +599,60 @@ void WatchStream::CancelWatchLocked(WatchPtr watch, etcdserverpb::WatchResponse 
   }
 }
 
+bool WatchStream::MovedLocked(const Watch& watch, const Topology& next) const {
+  for (const auto& piece : watch.pieces) {
+    const std::string& key = piece->request.key();
+    const auto shard = next.map.SingleShard(key.empty() ? kRangeEndAll : std::string_view(key), piece->request.range_end());
+    if (!shard || next.map.shard(*shard).name != piece->shard_name) return true;
+  }
+  return false;
+}
+
+void WatchStream::CancelMovedLocked(const WatchPtr& watch, Handles& release) {
+  // Told the way etcd says history is gone (clientv3: ErrCompacted; Kubernetes: 410 Gone), at
+  // the revision it would have resumed from, so clients re-list from the new owner.
+  std::int64_t resume = 0;
+  for (const auto& piece : watch->pieces) resume = std::max(resume, piece->next_revision);
+  if (resume == 0) resume = std::max<std::int64_t>(last_header_.revision() + 1, 1);
+  auto canceled = Response(last_header_, watch->id);
+  canceled.set_canceled(true);
+  canceled.set_compact_revision(resume);
+  canceled.set_cancel_reason(kMovedRange);
+  CancelWatchLocked(watch, std::move(canceled), release);
+}
+
+void WatchStream::OnMapChanged(const Topology& next) {
+  Handles release;
+  {
+    const std::lock_guard lock(mu_);
+    if (closed_) return;
+    std::vector<WatchPtr> moved;
+    for (const auto& [id, watch] : watches_) {
+      if (!watch->done && MovedLocked(*watch, next)) moved.push_back(watch);
+    }
+    for (const auto& watch : create_order_) {
+      if (!watch->done && MovedLocked(*watch, next) && std::find(moved.begin(), moved.end(), watch) == moved.end()) {
+        moved.push_back(watch);
+      }
+    }
+    for (const auto& watch : moved) CancelMovedLocked(watch, release);
+  }
+  ReleaseAll(release);
+}
+
+void WatchService::OnMapChanged(const Topology& next) {
+  std::vector<std::shared_ptr<WatchStream>> live;
+  {
+    const std::lock_guard lock(streams_mu_);
+    std::erase_if(streams_, [&live](const std::weak_ptr<WatchStream>& weak) {
+      auto stream = weak.lock();
+      if (stream) live.push_back(std::move(stream));
+      return !stream;
+    });
+  }
+  for (const auto& stream : live) stream->OnMapChanged(next);
+}
+
 void WatchStream::ReleaseAll(const Handles& handles) {
   for (const auto& handle : handles) hub_->Release(handle);
 }
@@ -616,7 +688,14 @@ void WatchStream::OnClose() {
 
 void WatchService::Register(Router& router) {
   router.AddStream(kWatchMethod, [this](CallContextPtr ctx, std::shared_ptr<StreamSink> sink) {
-    return std::make_shared<WatchStream>(std::move(ctx), std::move(sink), topology_, hub_, buffer_bytes_);
+    auto stream = std::make_shared<WatchStream>(std::move(ctx), std::move(sink), topology_, hub_, buffer_bytes_);
+    const std::lock_guard lock(streams_mu_);
+    if (streams_.size() >= prune_at_) {  // ended streams are dropped as the list doubles
+      std::erase_if(streams_, [](const std::weak_ptr<WatchStream>& weak) { return weak.expired(); });
+      prune_at_ = std::max<std::size_t>(64, 2 * streams_.size());
+    }
+    streams_.push_back(stream);
+    return stream;
   });
 }
 

@@ -35,6 +35,9 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
 
   void OnMessage(std::string message) override;
   void OnClose() override;
+  // A new map was published: watches whose keys now belong to another shard end, told
+  // "compacted" (docs/semantics.md, Range moves).
+  void OnMapChanged(const Topology& next);
 
   // One shard's upstream watcher for one client watch.
   struct Piece;
@@ -107,6 +110,8 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
                       const etcdserverpb::RangeResponse& answer);
   void CancelWatchLocked(WatchPtr watch, etcdserverpb::WatchResponse canceled, Handles& release);
   void ReleaseAll(const Handles& handles);
+  bool MovedLocked(const Watch& watch, const Topology& next) const;
+  void CancelMovedLocked(const WatchPtr& watch, Handles& release);
   void ScheduleResume(const std::shared_ptr<Piece>& piece);
   void Resume(const std::shared_ptr<Piece>& piece);
   static void TrackRevision(Piece& piece, const etcdserverpb::WatchResponse& response);
@@ -128,6 +133,7 @@ class WatchStream final : public StreamHandler, public std::enable_shared_from_t
   std::deque<WatchPtr> create_order_;         // creates not yet answered, in request order
   // Headers of answers the proxy makes up (cancel, refusals) come from the latest shard header.
   etcdserverpb::ResponseHeader last_header_;
+  Handles release_early_;  // watchers to release once OnCreate has left mu_
 };
 
 struct WatchStream::Piece final : UpstreamWatchTarget {
@@ -136,6 +142,7 @@ struct WatchStream::Piece final : UpstreamWatchTarget {
   // The shard's transport in the map the watch was created under: a later map never moves a
   // running watch (a move cancels it instead).
   std::shared_ptr<ShardTransport> shard;
+  std::string shard_name;  // whose range it watches: a map giving these keys to another shard ends it
   bool created = false;
   UpstreamWatcherHandle handle;
   // What was sent upstream, to re-create the watcher after its stream broke.
@@ -178,10 +185,16 @@ class WatchService {
   std::size_t ClientWatchCount() const { return hub_->ClientWatchCount(); }
   std::size_t UpstreamWatcherCount() const { return hub_->UpstreamWatcherCount(); }
 
+  // After a new map is published: ends, on every stream, the watches whose keys changed shard.
+  void OnMapChanged(const Topology& next);
+
  private:
   const TopologyHolder& topology_;
   const std::size_t buffer_bytes_;
   std::shared_ptr<UpstreamWatchHub> hub_;
+  std::mutex streams_mu_;
+  std::vector<std::weak_ptr<WatchStream>> streams_;
+  std::size_t prune_at_ = 64;
 };
 
 }  // namespace esp

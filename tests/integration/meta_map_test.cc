@@ -428,17 +428,16 @@ TEST_F(MetaMapTest, SecuredMetaStoreNeedsItsCredentials) {
 }
 
 // Last: it stops and restarts the meta store.
-TEST_F(MetaMapTest, TrafficGoesOnWithoutTheMetaStoreAndChangesArriveAfterItReturns) {
+TEST_F(MetaMapTest, TrafficGoesOnWithoutTheMetaStoreUntilRegistrationsMayLapseAndResumesAfterItReturns) {
   const auto version = Version();
   ASSERT_TRUE(WaitFor([&] { return AllServe(version, 3); }, 10s));
   meta_->KillMember(0);
+  const auto killed = std::chrono::steady_clock::now();
   for (const auto& proxy : proxies_) {
     ASSERT_TRUE(WaitFor([&] { return proxy->metrics("/metrics").find("etcd_proxy_meta_store_up 0") != std::string::npos; },
                         10s));
-    for (const std::string key : {"banana", "lemon", "walnut"}) {
-      const auto status = Put(proxy->process->address(), key, "without-meta");
-      EXPECT_TRUE(status.ok()) << status.error_message();
-    }
+    const auto status = Put(proxy->process->address(), "lemon", "without-meta");
+    EXPECT_TRUE(status.ok()) << status.error_message();
     const auto health = proxy->metrics("/health");
     EXPECT_NE(health.find("\"health\":\"true\""), std::string::npos) << health;
     EXPECT_NE(health.find("meta store unreachable"), std::string::npos) << health;
@@ -447,8 +446,30 @@ TEST_F(MetaMapTest, TrafficGoesOnWithoutTheMetaStoreAndChangesArriveAfterItRetur
   EXPECT_EQ(GetDirect(*shards_[1], "lemon"), "without-meta");
   EXPECT_NE(proxies_[0]->process->process().Log().find("meta store"), std::string::npos);
 
+  // Self-fencing: once a proxy's registration may have expired in the store (its last renewal
+  // plus the TTL, less the margin), a mover may have moved ranges without it: it serves no key.
+  grpc::Status refused;
+  int attempt = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    refused = Put(proxies_[0]->process->address(), "lemon", "attempt-" + std::to_string(++attempt));
+    return !refused.ok();
+  }, 10s));
+  const double fenced_after = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(refused.error_message().find("registration in the meta store may have expired"), std::string::npos)
+      << refused.error_message();
+  EXPECT_LE(fenced_after, kLeaseTtlSeconds + 0.5) << "fenced only " << fenced_after << " s after the store went away";
+  const auto health = proxies_[0]->metrics("/health");
+  EXPECT_NE(health.find("\"health\":\"false\""), std::string::npos) << health;
+  EXPECT_NE(GetDirect(*shards_[1], "lemon"), "attempt-" + std::to_string(attempt));  // the refused one
+  std::printf("self-fenced %.2f s after the meta store went away (lease TTL %d s)\n", fenced_after, kLeaseTtlSeconds);
+
   meta_->StartMember(0);
   meta_->WaitReady();
+  for (const auto& proxy : proxies_) {
+    EXPECT_TRUE(WaitFor([&] { return Put(proxy->process->address(), "lemon", "after-meta").ok(); }, 15s))
+        << proxy->process->process().Log();
+  }
   const auto change = Map("add-shard s3 --endpoints " + shards_[3]->ClientAddresses()[0]);
   ASSERT_EQ(change.exit_code, 0) << change.output;
   EXPECT_TRUE(WaitFor([&] { return AllServe(version + 1, 3); }, 15s)) << "a change after the outage did not reach every proxy:\n" << Registrations();
