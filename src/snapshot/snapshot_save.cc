@@ -31,6 +31,13 @@ std::string Hex(const unsigned char* bytes, std::size_t n) {
   return out;
 }
 
+// Ids in hex as etcdctl prints them, and as strings: JSON readers keep 53 bits of a number.
+std::string HexId(std::uint64_t id) {
+  char text[17];
+  std::snprintf(text, sizeof text, "%llx", static_cast<unsigned long long>(id));
+  return text;
+}
+
 // One SHA-256 computation (OpenSSL's EVP interface), owned.
 class Sha256 {
  public:
@@ -201,8 +208,8 @@ Json ManifestJson(const SaveOptions& options, const std::vector<Taken>& taken, c
     snapshots.push_back({{"shard", t.shard},
                          {"file", t.file},
                          {"endpoint", t.endpoint},
-                         {"cluster_id", t.cluster_id},
-                         {"member_id", t.member_id},
+                         {"cluster_id", HexId(t.cluster_id)},
+                         {"member_id", HexId(t.member_id)},
                          {"etcd_version", t.etcd_version},
                          {"revision", t.revision},
                          {"revision_after", t.revision_after},
