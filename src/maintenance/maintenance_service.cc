@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "etcdserverpb/rpc.pb.h"
+#include "maintenance/alarms.h"
 #include "upstream/every_shard.h"
 #include "upstream/grpc_shard_transport.h"
 
@@ -73,7 +74,15 @@ pb::StatusResponse AggregateStatus(const ProxyIdentity& identity, const Topology
     out.set_dbsizeinuse(out.dbsizeinuse() + shard.dbsizeinuse());
     out.set_dbsizequota(out.dbsizequota() + shard.dbsizequota());
     if (shard.leader() == 0) every_shard_has_leader = false;
-    for (const auto& error : shard.errors()) out.add_errors(topology.shards[i]->description() + ": " + error);
+    for (const auto& error : shard.errors()) {
+      // An alarm line is etcd's own text, once for the deployment (as Alarm GET lists each
+      // alarm once); other errors (no leader) are that shard's, so they name it.
+      if (!IsAlarmError(error)) {
+        out.add_errors(topology.shards[i]->description() + ": " + error);
+      } else if (std::find(out.errors().begin(), out.errors().end(), error) == out.errors().end()) {
+        out.add_errors(error);
+      }
+    }
   }
   out.set_version(LowestVersion(versions));
   // The proxy reports itself as leader while every shard has one: it can then serve every key.
@@ -117,6 +126,42 @@ void DefragmentFrom(std::shared_ptr<std::vector<MemberTarget>> targets, std::siz
           return;
         }
         DefragmentFrom(targets, next + 1, topology, configs, ctx, factory, done);
+      });
+}
+
+using AlarmAnswer = std::function<void(std::vector<ShardAnswer<pb::AlarmResponse>>)>;
+
+// An alarm for a member id other than 0 or this proxy's: to the shard whose cluster has that
+// member (each shard's MemberList tells), else to every shard, as etcd applies an alarm of an id
+// it does not know to its whole cluster.
+void AlarmForMember(std::shared_ptr<const Topology> topology, CallContextPtr ctx, const pb::AlarmRequest& request,
+                    AlarmAnswer answer) {
+  CallEveryShard<pb::MemberListResponse>(
+      topology, kMemberList, ctx, pb::MemberListRequest{},
+      [topology, ctx, request, answer](std::vector<ShardAnswer<pb::MemberListResponse>> lists) {
+        std::vector<std::vector<std::uint64_t>> members(lists.size());
+        for (std::size_t i = 0; i < lists.size(); ++i) {
+          for (const auto& member : lists[i].response.members()) members[i].push_back(member.id());
+        }
+        if (const auto shard = ShardOfMember(members, request.memberid())) {
+          // Answers stay indexed by shard, so that a failure names the right one.
+          CallShard<pb::AlarmResponse>(*topology->shards[*shard], kAlarm, ctx, request, {},
+                                       [answer, n = lists.size(), i = *shard](Status status, pb::AlarmResponse response) {
+                                         std::vector<ShardAnswer<pb::AlarmResponse>> answers(n);
+                                         answers[i] = {std::move(status), std::move(response)};
+                                         answer(std::move(answers));
+                                       });
+          return;
+        }
+        // A shard that did not answer may be the one with that member: sending the alarm to
+        // every shard could then be wrong, so the call fails naming that shard.
+        if (std::any_of(lists.begin(), lists.end(), [](const auto& list) { return !list.status.ok(); })) {
+          std::vector<ShardAnswer<pb::AlarmResponse>> failed(lists.size());
+          for (std::size_t i = 0; i < lists.size(); ++i) failed[i].status = lists[i].status;
+          answer(std::move(failed));
+          return;
+        }
+        CallEveryShard<pb::AlarmResponse>(topology, kAlarm, ctx, request, std::move(answer));
       });
 }
 
@@ -173,44 +218,25 @@ void MaintenanceService::RegisterAggregates(Router& router) {
 
   router.AddTyped<pb::AlarmRequest, pb::AlarmResponse>(
       kAlarm, [this](CallContextPtr ctx, const pb::AlarmRequest& request, Reply<pb::AlarmResponse> done) {
+        if (auto refused = CheckAlarmRequest(request); !refused.ok()) return done(std::move(refused), {});
+        pb::AlarmResponse empty;
+        FillHeader(identity_, empty.mutable_header());
+        if (IsAlarmNoOp(request)) return done(Status::Ok(), std::move(empty));
         auto topology = topology_.Get();
-        const auto answer = [this, topology, done](std::vector<ShardAnswer<pb::AlarmResponse>> answers) {
+        AlarmAnswer answer = [topology, done, empty](std::vector<ShardAnswer<pb::AlarmResponse>> answers) {
           if (auto failure = FirstFailure(*topology, answers); !failure.ok()) return done(std::move(failure), {});
-          pb::AlarmResponse out;
-          FillHeader(identity_, out.mutable_header());
-          for (const auto& a : answers) {
-            for (const auto& alarm : a.response.alarms()) *out.add_alarms() = alarm;
-          }
+          pb::AlarmResponse out = empty;
+          for (const auto& a : answers) AddAlarmsOnce(a.response, out);
           done(Status::Ok(), std::move(out));
         };
-        // GET and a member id of 0 ("every member") go to every shard.
-        if (request.action() == pb::AlarmRequest::GET || request.memberid() == 0) {
-          CallEveryShard<pb::AlarmResponse>(topology, kAlarm, ctx, request, answer);
+        // GET reads every shard; member 0 and a proxy's own id stand for every shard without
+        // asking who the member is.
+        if (request.action() == pb::AlarmRequest::GET || request.memberid() == 0 ||
+            request.memberid() == identity_.member_id) {
+          CallEveryShard<pb::AlarmResponse>(topology, kAlarm, ctx, request, std::move(answer));
           return;
         }
-        // Otherwise only the shard whose cluster has that member: learn it from each MemberList.
-        CallEveryShard<pb::MemberListResponse>(
-            topology, kMemberList, ctx, pb::MemberListRequest{},
-            [topology, ctx, request, done, answer](std::vector<ShardAnswer<pb::MemberListResponse>> lists) {
-              for (std::size_t i = 0; i < lists.size(); ++i) {
-                for (const auto& member : lists[i].response.members()) {
-                  if (member.id() != request.memberid()) continue;
-                  CallShard<pb::AlarmResponse>(*topology->shards[i], kAlarm, ctx, request, {},
-                                               [answer](Status status, pb::AlarmResponse response) {
-                                                 std::vector<ShardAnswer<pb::AlarmResponse>> one(1);
-                                                 one[0] = {std::move(status), std::move(response)};
-                                                 answer(std::move(one));
-                                               });
-                  return;
-                }
-              }
-              if (auto failure = FirstFailure(*topology, lists); !failure.ok()) return done(std::move(failure), {});
-              std::ostringstream id;
-              id << std::hex << request.memberid();
-              done(Status(StatusCode::kFailedPrecondition,
-                          "etcd-sharding-proxy: member " + id.str() + " belongs to no shard's cluster"),
-                   {});
-            });
+        AlarmForMember(topology, ctx, request, std::move(answer));
       });
 
   router.AddTyped<pb::DefragmentRequest, pb::DefragmentResponse>(

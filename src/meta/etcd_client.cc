@@ -182,6 +182,11 @@ std::unique_ptr<KeepAliveStream> EtcdClient::LeaseKeepAlive(grpc::ClientContext&
   return endpoint != nullptr ? endpoint->lease->LeaseKeepAlive(&context) : nullptr;
 }
 
+std::unique_ptr<SnapshotStream> EtcdClient::Snapshot(grpc::ClientContext& context) {
+  auto* endpoint = StreamEndpoint(context);
+  return endpoint != nullptr ? endpoint->maintenance->Snapshot(&context, etcdserverpb::SnapshotRequest{}) : nullptr;
+}
+
 void EtcdClient::Rotate() {
   const std::lock_guard lock(mu_);
   current_ = (current_ + 1) % endpoints_.size();

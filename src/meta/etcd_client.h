@@ -29,6 +29,7 @@ struct EtcdClientOptions {
 
 using WatchStream = grpc::ClientReaderWriter<etcdserverpb::WatchRequest, etcdserverpb::WatchResponse>;
 using KeepAliveStream = grpc::ClientReaderWriter<etcdserverpb::LeaseKeepAliveRequest, etcdserverpb::LeaseKeepAliveResponse>;
+using SnapshotStream = grpc::ClientReader<etcdserverpb::SnapshotResponse>;
 
 class EtcdClient {
  public:
@@ -60,6 +61,9 @@ class EtcdClient {
   // another thread. No deadline is set; the token is.
   std::unique_ptr<WatchStream> Watch(grpc::ClientContext& context);
   std::unique_ptr<KeepAliveStream> LeaseKeepAlive(grpc::ClientContext& context);
+  // The member's database as etcd streams it (Maintenance.Snapshot), from the current endpoint:
+  // a snapshot is one member's, so there is no failover within it. The caller sets the deadline.
+  std::unique_ptr<SnapshotStream> Snapshot(grpc::ClientContext& context);
   // A stream on the current endpoint failed: the next stream tries the next endpoint.
   void Rotate();
 

@@ -17,6 +17,7 @@
 #include "meta/shard_bootstrap.h"
 #include "observability/grpc_log.h"
 #include "server/proxy.h"
+#include "snapshot/snapshot_save.h"
 #include "upstream/h2_client_connection.h"
 
 namespace {
@@ -204,6 +205,84 @@ int RunMapCommand(MapCommand& command) {
 // start since Go 1.19): every client, shard and operator connection is a descriptor, and the usual
 // soft default of 1024 is reached by a modest fleet of clients. The hard limit is the
 // administrator's ceiling; the soft one only a default.
+struct SnapshotCommand {
+  MetaFlags meta;
+  std::string config_path;
+  std::string dir;
+  std::string user, password_file;
+  std::chrono::nanoseconds timeout = std::chrono::minutes(10);
+};
+
+CLI::App* AddSnapshotCommands(CLI::App& app, SnapshotCommand& command) {
+  auto* snapshot = app.add_subcommand("snapshot", "per-shard etcd snapshots of the whole deployment");
+  snapshot->require_subcommand(1);
+  AddMetaFlags(*snapshot, command.meta);
+  auto* save = snapshot->add_subcommand("save", "write one etcd snapshot per shard and manifest.json into DIR");
+  save->fallthrough();
+  save->add_option("dir", command.dir, "a new or empty directory")->required();
+  save->add_option("--config", command.config_path,
+                   "YAML layout (the proxy's --config): its shards, unless --meta-endpoints gives the map; "
+                   "its credentials, unless --user is given");
+  save->add_option("--user", command.user, "etcd user on the shards (when auth is on)");
+  save->add_option("--password-file", command.password_file, "file holding --user's password (one line)");
+  AddDurationOption(*save, "--timeout", command.timeout, "10m", "longest time one shard's snapshot may take");
+  return snapshot;
+}
+
+// The map to save and where it came from: the meta store's current map, or the YAML layout.
+std::pair<esp::meta::MapDocument, std::string> SnapshotMap(const SnapshotCommand& command,
+                                                           const std::optional<esp::Config>& config) {
+  if (command.meta.endpoints.empty()) {
+    if (!config) throw esp::ConfigError("--config or --meta-endpoints is required");
+    return {esp::meta::MapDocument::FromConfig(*config), "config " + command.config_path};
+  }
+  esp::meta::EtcdClient client(ClientOptions(command.meta));
+  esp::meta::MapStore store(client, command.meta.prefix);
+  auto stored = store.Load();
+  if (!stored) throw esp::meta::MetaError("no shard map under " + command.meta.prefix + " at " + client.EndpointList());
+  return {std::move(stored->doc), "meta store " + client.EndpointList() + " prefix " + command.meta.prefix +
+                                      " version " + std::to_string(stored->doc.version)};
+}
+
+// Exit status 2: the input is refused before anything is asked or written (unreadable config, a
+// DIR that is not empty); 1: the meta store or a shard failed, and nothing is left written.
+int RunSnapshotSave(const SnapshotCommand& command) {
+  esp::snapshot::SaveOptions options;
+  options.dir = command.dir;
+  options.timeout = std::chrono::duration_cast<std::chrono::seconds>(command.timeout);
+  std::optional<esp::Config> config;
+  try {
+    esp::snapshot::CheckTargetDir(options.dir);
+    if (!command.config_path.empty()) config = esp::LoadConfigFile(command.config_path);
+    if (command.user.empty() != command.password_file.empty()) {
+      throw esp::ConfigError("--user and --password-file go together");
+    }
+    if (!command.user.empty()) {
+      options.user = command.user;
+      options.password = esp::meta::ReadPasswordFile(command.password_file);
+    } else if (config && config->credentials) {
+      options.user = config->credentials->user;
+      options.password = esp::meta::ReadPasswordFile(config->credentials->password_file);
+    }
+    if (!command.meta.endpoints.empty()) ClientOptions(command.meta);  // its flags, checked before any call
+  } catch (const esp::ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
+  try {
+    std::tie(options.map, options.map_source) = SnapshotMap(command, config);
+    const auto manifest = esp::snapshot::SaveSnapshots(options, std::cout);
+    std::cout << "wrote " << manifest.string() << " (" << options.map.shards.size() << " shards)\n";
+    return 0;
+  } catch (const esp::ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "; nothing was written\n";
+    return 1;
+  }
+}
+
 void RaiseOpenFileLimit() {
   rlimit limit{};
   if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
@@ -240,6 +319,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(2, 3600));
   MapCommand map_command;
   auto* map = AddMapCommands(app, map_command);
+  SnapshotCommand snapshot_command;
+  auto* snapshot = AddSnapshotCommands(app, snapshot_command);
   app.add_option("--listen-addr", options.listen_address, "address for etcd clients")->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.add_option("--max-request-bytes", options.max_request_bytes, "largest client request accepted, as etcd's flag")
@@ -286,6 +367,10 @@ int main(int argc, char** argv) {
     // `--meta-*` flags given before `map` count too.
     if (map_command.meta.endpoints.empty()) map_command.meta = meta_flags;
     return RunMapCommand(map_command);
+  }
+  if (snapshot->parsed()) {
+    if (snapshot_command.meta.endpoints.empty()) snapshot_command.meta = meta_flags;
+    return RunSnapshotSave(snapshot_command);
   }
   if (config_path.empty() && meta_flags.endpoints.empty()) {
     std::cerr << "--config or --meta-endpoints is required\nRun with --help for more information.\n";

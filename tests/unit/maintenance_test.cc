@@ -3,6 +3,7 @@
 
 #include "cluster/cluster_service.h"
 #include "etcdserverpb/rpc.pb.h"
+#include "maintenance/alarms.h"
 #include "maintenance/maintenance_service.h"
 #include "observability/shard_health.h"
 
@@ -22,6 +23,48 @@ TEST(CombineHashes, DependsOnEveryShardAndOnOrder) {
   EXPECT_NE(CombineHashes({1, 2, 4}), base);
   EXPECT_NE(CombineHashes({3, 2, 1}), base);
   EXPECT_NE(CombineHashes({0, 2, 3}), base);
+}
+
+TEST(Alarms, EachMemberAndTypeOnce) {
+  etcdserverpb::AlarmResponse a, b, out;
+  auto add = [](etcdserverpb::AlarmResponse& r, std::uint64_t id, etcdserverpb::AlarmType type) {
+    auto* m = r.add_alarms();
+    m->set_memberid(id);
+    m->set_alarm(type);
+  };
+  add(a, 0, etcdserverpb::NOSPACE);
+  add(a, 7, etcdserverpb::NOSPACE);
+  add(b, 0, etcdserverpb::NOSPACE);
+  add(b, 0, etcdserverpb::CORRUPT);
+  AddAlarmsOnce(a, out);
+  AddAlarmsOnce(b, out);
+  ASSERT_EQ(out.alarms_size(), 3);
+  EXPECT_EQ(out.alarms(2).memberid(), 0U);
+  EXPECT_EQ(out.alarms(2).alarm(), etcdserverpb::CORRUPT);
+}
+
+TEST(Alarms, RequestsEtcdCannotTakeAreRefused) {
+  etcdserverpb::AlarmRequest request;
+  request.set_action(etcdserverpb::AlarmRequest::ACTIVATE);
+  request.set_alarm(etcdserverpb::NOSPACE);
+  EXPECT_TRUE(CheckAlarmRequest(request).ok());
+  request.set_alarm(static_cast<etcdserverpb::AlarmType>(9));
+  EXPECT_EQ(CheckAlarmRequest(request).code(), StatusCode::kInvalidArgument);
+  request.set_action(etcdserverpb::AlarmRequest::DEACTIVATE);
+  EXPECT_TRUE(CheckAlarmRequest(request).ok());
+  request.set_action(static_cast<etcdserverpb::AlarmRequest::AlarmAction>(7));
+  EXPECT_EQ(CheckAlarmRequest(request).code(), StatusCode::kInvalidArgument);
+  request.set_action(etcdserverpb::AlarmRequest::ACTIVATE);
+  request.set_alarm(etcdserverpb::NONE);
+  EXPECT_TRUE(IsAlarmNoOp(request));
+}
+
+TEST(Alarms, ShardOfMemberAndAlarmLines) {
+  EXPECT_EQ(ShardOfMember({{1, 2}, {}, {3}}, 3), 2U);
+  EXPECT_EQ(ShardOfMember({{1, 2}, {}, {3}}, 4), std::nullopt);
+  EXPECT_TRUE(IsAlarmError("alarm:NOSPACE "));
+  EXPECT_TRUE(IsAlarmError("memberID:123 alarm:CORRUPT "));
+  EXPECT_FALSE(IsAlarmError("etcdserver: no leader"));
 }
 
 TEST(HostPortOfUrl, StripsSchemeAndPath) {
