@@ -53,6 +53,7 @@ class MapStore {
   MapStore(EtcdClient& client, std::string prefix = kDefaultPrefix);
 
   const std::string& prefix() const { return prefix_; }
+  EtcdClient& client() { return client_; }
   std::string MapKey() const { return prefix_ + "map"; }
   std::string HistoryKey(std::int64_t version) const;
   std::string HistoryPrefix() const { return prefix_ + "history/"; }

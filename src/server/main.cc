@@ -17,6 +17,10 @@
 #include "meta/shard_bootstrap.h"
 #include "observability/grpc_log.h"
 #include "server/proxy.h"
+#include <unistd.h>
+
+#include "common/base64.h"
+#include "reshard/mover.h"
 #include "snapshot/snapshot_save.h"
 #include "upstream/h2_client_connection.h"
 
@@ -201,10 +205,6 @@ int RunMapCommand(MapCommand& command) {
   }
 }
 
-// Raises the soft open-file limit to the hard one, as etcd gets it (the Go runtime does this at
-// start since Go 1.19): every client, shard and operator connection is a descriptor, and the usual
-// soft default of 1024 is reached by a modest fleet of clients. The hard limit is the
-// administrator's ceiling; the soft one only a default.
 struct SnapshotCommand {
   MetaFlags meta;
   std::string config_path;
@@ -283,6 +283,105 @@ int RunSnapshotSave(const SnapshotCommand& command) {
   }
 }
 
+// The `reshard` subcommands (reshard/mover.h).
+struct ReshardCommand {
+  MetaFlags meta;
+  std::vector<std::string> range;  // START END
+  std::string at, to;
+  bool base64 = false;
+  std::string output = "table";
+  std::string user, password_file;
+  long lock_ttl = 5, ack_timeout = 120;
+  std::function<int(esp::meta::MapStore&, const esp::reshard::MoverOptions&, esp::meta::CommandIo)> run;
+};
+
+CLI::App* AddReshardCommands(CLI::App& app, ReshardCommand& command) {
+  auto* reshard = app.add_subcommand("reshard", "move key ranges between shards while serving (docs/operations.md)");
+  reshard->require_subcommand(1);
+  AddMetaFlags(*reshard, command.meta);
+  const auto sub = [&](const char* name, const char* help) {
+    auto* s = reshard->add_subcommand(name, help);
+    s->fallthrough();
+    return s;
+  };
+  const auto mover_flags = [&](CLI::App* s) {
+    s->add_option("--user", command.user, "etcd user on the shards (when auth is on): reads and writes the range");
+    s->add_option("--password-file", command.password_file, "file holding --user's password (one line)");
+    s->add_option("--lock-ttl", command.lock_ttl, "seconds: the mover's lock outlives a killed mover by at most this")
+        ->capture_default_str()
+        ->check(CLI::Range(2, 600));
+    s->add_option("--ack-timeout", command.ack_timeout, "seconds to wait for every proxy to serve a new map")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 86400));
+    s->add_flag("--base64", command.base64, "keys are given in base64 (binary keys)");
+  };
+  const auto key = [&](const std::string& text) {
+    if (!command.base64) return text;
+    auto decoded = esp::DecodeBase64(text);
+    if (!decoded) throw esp::ConfigError("not base64: " + text);
+    return *decoded;
+  };
+  auto* move = sub("move", "move a range inside one shard to another shard (no arguments: resume the move in progress)");
+  move->add_option("--range", command.range, "START END (END \"\" = to the end of the keyspace)")->expected(2);
+  move->add_option("--to", command.to, "the shard that gets the range");
+  mover_flags(move);
+  move->callback([&, key] {
+    command.run = [&, key](esp::meta::MapStore& store, const esp::reshard::MoverOptions& options, esp::meta::CommandIo io) {
+      if (command.range.empty() != command.to.empty()) throw esp::ConfigError("--range and --to go together");
+      const std::string start = command.range.empty() ? "" : key(command.range[0]);
+      const std::string end = command.range.empty() ? "" : key(command.range[1]);
+      return esp::reshard::Move(store, start, end, command.to, options, io);
+    };
+  });
+  auto* split = sub("split", "move the part of KEY's range from KEY to its end to another shard");
+  split->add_option("--at", command.at, "KEY")->required();
+  split->add_option("--to", command.to, "the shard that gets the part")->required();
+  mover_flags(split);
+  split->callback([&, key] {
+    command.run = [&, key](esp::meta::MapStore& store, const esp::reshard::MoverOptions& options, esp::meta::CommandIo io) {
+      return esp::reshard::Split(store, key(command.at), command.to, options, io);
+    };
+  });
+  auto* status = sub("status", "the move in progress: state, keys copied, revisions behind");
+  status->add_option("-w,--write-out", command.output, "table or json")->check(CLI::IsMember({"table", "json"}));
+  status->callback([&] {
+    command.run = [&](esp::meta::MapStore& store, const esp::reshard::MoverOptions&, esp::meta::CommandIo io) {
+      return esp::reshard::Status(store, Format(command.output), io);
+    };
+  });
+  auto* abort = sub("abort", "roll back the move in progress (before its cut-over only)");
+  mover_flags(abort);
+  abort->callback([&] {
+    command.run = [&](esp::meta::MapStore& store, const esp::reshard::MoverOptions& options, esp::meta::CommandIo io) {
+      return esp::reshard::Abort(store, options, io);
+    };
+  });
+  return reshard;
+}
+
+int RunReshardCommand(ReshardCommand& command) {
+  try {
+    if (command.meta.endpoints.empty()) throw esp::ConfigError("--meta-endpoints is required");
+    if (command.user.empty() != command.password_file.empty()) throw esp::ConfigError("--user and --password-file go together");
+    esp::reshard::MoverOptions options;
+    options.user = command.user;
+    if (!command.password_file.empty()) options.password = esp::meta::ReadPasswordFile(command.password_file);
+    options.lock_ttl = std::chrono::seconds(command.lock_ttl);
+    options.ack_timeout = std::chrono::seconds(command.ack_timeout);
+    options.progress_bar = isatty(STDOUT_FILENO) != 0;
+    esp::meta::EtcdClient client(ClientOptions(command.meta));
+    esp::meta::MapStore store(client, command.meta.prefix);
+    return command.run(store, options, esp::meta::CommandIo{std::cout, std::cerr});
+  } catch (const esp::ConfigError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+// Raises the soft open-file limit to the hard one, as etcd gets it (the Go runtime does this at
+// start since Go 1.19): every client, shard and operator connection is a descriptor, and the usual
+// soft default of 1024 is reached by a modest fleet of clients. The hard limit is the
+// administrator's ceiling; the soft one only a default.
 void RaiseOpenFileLimit() {
   rlimit limit{};
   if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
@@ -321,6 +420,8 @@ int main(int argc, char** argv) {
   auto* map = AddMapCommands(app, map_command);
   SnapshotCommand snapshot_command;
   auto* snapshot = AddSnapshotCommands(app, snapshot_command);
+  ReshardCommand reshard_command;
+  auto* reshard = AddReshardCommands(app, reshard_command);
   app.add_option("--listen-addr", options.listen_address, "address for etcd clients")->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.add_option("--max-request-bytes", options.max_request_bytes, "largest client request accepted, as etcd's flag")
@@ -371,6 +472,10 @@ int main(int argc, char** argv) {
   if (snapshot->parsed()) {
     if (snapshot_command.meta.endpoints.empty()) snapshot_command.meta = meta_flags;
     return RunSnapshotSave(snapshot_command);
+  }
+  if (reshard->parsed()) {
+    if (reshard_command.meta.endpoints.empty()) reshard_command.meta = meta_flags;
+    return RunReshardCommand(reshard_command);
   }
   if (config_path.empty() && meta_flags.endpoints.empty()) {
     std::cerr << "--config or --meta-endpoints is required\nRun with --help for more information.\n";
