@@ -252,9 +252,9 @@ void JsonGateway::Serve(const GatewayRoute& route, HttpCall call, CallContextPtr
   }
   // The call's context, with the metadata a gRPC call would carry; cancelled when the client goes.
   auto call_context = std::make_shared<CallContext>(std::nullopt, CallMetadata(call));
-  context->cancellation().Add([weak = std::weak_ptr<CallContext>(call_context)] {
-    if (const auto c = weak.lock()) c->cancellation().Cancel();
-  });
+  // Held by the transport's context, which ends with the exchange (answer done or client gone):
+  // the call, its stream handler and their hooks live exactly as long.
+  context->cancellation().Add([call_context] { call_context->cancellation().Cancel(); });
   if (route.shape == RpcShape::kUnary) return ServeUnary(route, std::move(decoded.bytes), call_context, std::move(reply));
   ServeStream(route, std::move(decoded.bytes), call_context, std::move(reply));
 }
