@@ -7,7 +7,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libyaml-cpp-dev libspdlog-dev libcli11-dev libssl-dev libgtest-dev libgmock-dev
   prometheus-cpp-dev libnghttp2-dev libmicrohttpd-dev nlohmann-json3-dev libjemalloc-dev
-  etcd-server etcd-client openssl procps curl python3-etcd3
+  etcd-server etcd-client openssl procps curl python3-etcd3 python3-etcd3gw libhttp-parser-dev
   clang libclang-rt-14-dev
 )
 # The Node interop test's runtime: Debian's nodejs and npm, unless a node with npm is already there

@@ -6,7 +6,10 @@
 #include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -254,6 +257,15 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
     h2.limits.keepalive_interval = options_.grpc_keepalive_interval;
     h2.limits.keepalive_timeout = options_.grpc_keepalive_timeout;
     h2.tls = {options_.tls.cert_file, options_.tls.key_file, options_.tls.trusted_ca_file, options_.tls.client_cert_auth};
+    http_face_ = std::make_unique<gateway::HttpFace>(router_, h2.limits.max_receive_bytes, SharedHttpEndpoints());
+    h2.http_handler = [face = http_face_.get()](HttpCall call, CallContextPtr context, std::shared_ptr<HttpReply> reply) {
+      face->Serve(std::move(call), std::move(context), std::move(reply));
+    };
+    // A JSON body holds the request's bytes in base64 (4/3) plus names and quotes: room for the
+    // largest message the gRPC planes accept, which the gateway then checks on the protobuf.
+    h2.http1_limits.max_body_bytes = 3 * h2.limits.max_receive_bytes;
+    h2.http1_limits.headers = h2.limits.headers;
+    h2.http1_limits.max_pending_bytes = options_.data_plane_stream_buffer;
     h2_server_ = std::make_unique<H2Server>(router_, std::move(h2));
     return;
   }
@@ -298,13 +310,48 @@ void Proxy::RegisterGauges() {
                            [hub = keepalive_] { return static_cast<double>(hub->LaneCount()); });
 }
 
-void Proxy::RegisterHttpEndpoints() {
-  http_->Handle("/metrics", [this](const HttpRequest&) {
+namespace {
+
+// Lowest first: "3.4.23" < "3.5.0" < "3.10.1" (numeric per component).
+bool VersionLess(const std::string& a, const std::string& b) {
+  std::istringstream sa(a), sb(b);
+  for (;;) {
+    std::string pa, pb;
+    const bool ha = static_cast<bool>(std::getline(sa, pa, '.'));
+    const bool hb = static_cast<bool>(std::getline(sb, pb, '.'));
+    if (!ha || !hb) return !ha && hb;
+    const long na = std::strtol(pa.c_str(), nullptr, 10), nb = std::strtol(pb.c_str(), nullptr, 10);
+    if (na != nb) return na < nb;
+  }
+}
+
+// etcd's /version for the sharded cluster: the lowest server version among the shards (from the
+// health probe's Maintenance.Status) and, as etcd derives its cluster version, its major.minor.0.
+std::string VersionJson(const std::vector<ShardState>& shards) {
+  std::string lowest;
+  for (const ShardState& shard : shards) {
+    if (shard.version.empty()) continue;
+    if (lowest.empty() || VersionLess(shard.version, lowest)) lowest = shard.version;
+  }
+  std::string cluster = "not_decided";
+  if (!lowest.empty()) {
+    const auto first = lowest.find('.');
+    const auto second = first == std::string::npos ? std::string::npos : lowest.find('.', first + 1);
+    cluster = lowest.substr(0, second) + ".0";
+  }
+  return nlohmann::ordered_json{{"etcdserver", lowest.empty() ? "not_decided" : lowest}, {"etcdcluster", cluster}}.dump();
+}
+
+}  // namespace
+
+std::map<std::string, HttpServer::Handler> Proxy::SharedHttpEndpoints() {
+  std::map<std::string, HttpServer::Handler> endpoints;
+  endpoints["/metrics"] = [this](const HttpRequest&) {
     prometheus::TextSerializer serializer;
     return HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", serializer.Serialize(metrics_.Collect())};
-  });
+  };
   // As etcd: ?exclude=NOSPACE (repeatable) ignores alarms of that type.
-  http_->Handle("/health", [this](const HttpRequest& request) {
+  endpoints["/health"] = [this](const HttpRequest& request) {
     std::set<std::string> excluded;
     for (const auto& [key, value] : request.query) {
       if (key == "exclude") excluded.insert(value);
@@ -321,15 +368,23 @@ void Proxy::RegisterHttpEndpoints() {
                                    follower_->SecondsDisconnected(), follower_->served_version());
     }
     return HttpResponse{verdict.healthy ? 200 : 503, "application/json", HealthJson(verdict)};
-  });
+  };
   // Alive while the process serves HTTP at all: a shard outage must not get the proxy restarted.
-  http_->Handle("/livez", [](const HttpRequest&) { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
+  endpoints["/livez"] = [](const HttpRequest&) { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; };
   // Ready when every shard serves: only then can the proxy serve the whole keyspace.
-  http_->Handle("/readyz", [this](const HttpRequest&) {
+  endpoints["/readyz"] = [this](const HttpRequest&) {
     const HealthVerdict verdict = JudgeReadiness(health_->Snapshot());
     return verdict.healthy ? HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}
                            : HttpResponse{503, "application/json", HealthJson(verdict)};
-  });
+  };
+  endpoints["/version"] = [this](const HttpRequest&) {
+    return HttpResponse{200, "application/json", VersionJson(health_->Snapshot())};
+  };
+  return endpoints;
+}
+
+void Proxy::RegisterHttpEndpoints() {
+  for (auto& [path, handler] : SharedHttpEndpoints()) http_->Handle(path, std::move(handler));
   http_->Handle("/shards", [this](const HttpRequest&) {
     return HttpResponse{200, "application/json", ShardsJson(health_->Snapshot(), topology_.Get()->map_version)};
   });

@@ -11,6 +11,7 @@
 #include "kv/kv_service.h"
 #include "maintenance/maintenance_service.h"
 #include "observability/grpc_health.h"
+#include "gateway/http_face.h"
 #include "observability/http_server.h"
 #include "observability/metrics.h"
 #include "observability/shard_health.h"
@@ -106,6 +107,8 @@ class Proxy {
  private:
   void RegisterGauges();
   void RegisterHttpEndpoints();
+  // The endpoints the operator port and the client port's HTTP face share: one handler each.
+  std::map<std::string, HttpServer::Handler> SharedHttpEndpoints();
 
   ProxyOptions options_;
   Metrics metrics_;
@@ -131,6 +134,8 @@ class Proxy {
   AuthService auth_;
   Housekeeper housekeeper_;
   std::unique_ptr<GrpcServer> server_;
+  // etcd's HTTP face on the client port (h2 data plane only); before h2_server_, which calls it.
+  std::unique_ptr<gateway::HttpFace> http_face_;
   std::unique_ptr<H2Server> h2_server_;  // instead of server_ with --data-plane=h2
 };
 

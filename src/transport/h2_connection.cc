@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 #include "transport/peer_identity.h"
 
@@ -186,6 +187,56 @@ class H2Sink final : public StreamSink, public std::enable_shared_from_this<H2Si
   std::string batch_;       // framed messages not yet posted to the loop (mu_)
   bool scheduled_ = false;  // a Drain is posted and has not taken batch_ yet (mu_)
   std::string taken_;       // the loop's side of the two buffers
+};
+
+// The HTTP face's handle on a plain HTTP request carried by an HTTP/2 stream: thread-safe, every
+// method posts to the connection's loop and reaches the stream through a weak pointer.
+class H2HttpReply final : public HttpReply {
+ public:
+  H2HttpReply(std::shared_ptr<EventLoop> loop, std::weak_ptr<H2Stream> stream)
+      : loop_(std::move(loop)), stream_(std::move(stream)) {}
+
+  void Send(int status, HttpHeaders headers, std::string body) override {
+    queued_.fetch_add(body.size(), std::memory_order_relaxed);
+    OnLoop([status, headers = std::move(headers), body = std::move(body)](H2Connection& c, H2Stream& s) {
+      c.SendHttpHead(s, status, headers);
+      c.SendHttpBody(s, body);
+      c.EndHttp(s);
+    });
+  }
+  void Begin(int status, HttpHeaders headers) override {
+    OnLoop([status, headers = std::move(headers)](H2Connection& c, H2Stream& s) { c.SendHttpHead(s, status, headers); });
+  }
+  bool Write(std::string piece) override {
+    const auto s = stream_.lock();
+    if (!s || ended_.load(std::memory_order_acquire)) return false;
+    queued_.fetch_add(piece.size(), std::memory_order_relaxed);
+    OnLoop([piece = std::move(piece)](H2Connection& c, H2Stream& st) { c.SendHttpBody(st, piece); });
+    return true;
+  }
+  void End() override {
+    if (ended_.exchange(true)) return;
+    OnLoop([](H2Connection& c, H2Stream& s) { c.EndHttp(s); });
+  }
+  std::size_t QueuedBytes() const override { return queued_.load(std::memory_order_relaxed); }
+  void OnSent(std::size_t n) {
+    std::size_t current = queued_.load(std::memory_order_relaxed);
+    while (!queued_.compare_exchange_weak(current, current - std::min(current, n), std::memory_order_relaxed)) {
+    }
+  }
+
+ private:
+  template <class Task>
+  void OnLoop(Task task) {
+    loop_->Post([stream = stream_, task = std::move(task)]() mutable {
+      if (const auto s = stream.lock(); s && s->connection != nullptr) task(*s->connection, *s);
+    });
+  }
+
+  std::shared_ptr<EventLoop> loop_;
+  std::weak_ptr<H2Stream> stream_;
+  std::atomic<std::size_t> queued_{0};
+  std::atomic<bool> ended_{false};
 };
 
 namespace {
@@ -579,7 +630,75 @@ void H2Connection::RefuseHttp(H2Stream& stream, const char* status) {
   MarkDirty();
 }
 
+void H2Connection::BeginHttp(H2Stream& stream) {
+  stream.http = true;
+  stream.context = std::make_shared<CallContext>(std::nullopt, Metadata());
+}
+
+// The whole body is in (END_STREAM): hand the request to the HTTP face.
+void H2Connection::DispatchHttp(H2Stream& stream) {
+  stream.http_reply = std::make_shared<H2HttpReply>(loop_, streams_.at(stream.id));
+  if (stream.http_body.size() > http_max_body_) {
+    stream.http_reply->Send(413, {{"content-type", "text/plain; charset=utf-8"}}, "request body too large\n");
+    return;
+  }
+  HttpCall call;
+  call.method = std::move(stream.method);
+  call.target = std::move(stream.path);
+  call.headers = std::move(stream.metadata);
+  call.body = std::move(stream.http_body);
+  if (!client_cn_) client_cn_ = VerifiedClientCn(ssl_);
+  call.client_cn = *client_cn_;
+  (*http_handler_)(std::move(call), stream.context, stream.http_reply);
+}
+
+void H2Connection::SendHttpHead(H2Stream& stream, int status, const HttpHeaders& headers) {
+  if (stream.headers_sent) return;
+  const std::string code = std::to_string(status);
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(headers.size() + 1);
+  nv.push_back(Header(":status", code));
+  for (const auto& [name, value] : headers) nv.push_back(Header(name, value));
+  nghttp2_data_provider provider{};
+  provider.read_callback = ReadDataCb;
+  nghttp2_submit_response(session_, stream.id, nv.data(), nv.size(), &provider);
+  stream.headers_sent = true;
+  MarkDirty();
+}
+
+void H2Connection::SendHttpBody(H2Stream& stream, std::string_view piece) {
+  if (stream.http_end || piece.empty()) return;
+  if (stream.pending() > limits_.max_pending_bytes_per_stream) {
+    // Bounded as gRPC streams are: a client that stopped reading loses this response only.
+    spdlog::warn("h2: HTTP stream {} has {} bytes queued for a client that does not read; resetting it", stream.id,
+                 stream.pending());
+    stream.out.clear();
+    stream.out_offset = 0;
+    stream.http_end = true;
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream.id, NGHTTP2_CANCEL);
+    MarkDirty();
+    return;
+  }
+  stream.out.append(piece);
+  if (stream.deferred) {
+    stream.deferred = false;
+    nghttp2_session_resume_data(session_, stream.id);
+  }
+  MarkDirty();
+}
+
+void H2Connection::EndHttp(H2Stream& stream) {
+  if (stream.http_end) return;
+  stream.http_end = true;
+  if (stream.deferred) {
+    stream.deferred = false;
+    nghttp2_session_resume_data(session_, stream.id);
+  }
+  MarkDirty();
+}
+
 void H2Connection::BeginCall(H2Stream& stream) {
+  if (!stream.grpc_content_type && http_handler_ != nullptr) return BeginHttp(stream);
   if (stream.method != "POST") return RefuseHttp(stream, "405");
   if (!stream.grpc_content_type) return RefuseHttp(stream, "415");
   std::optional<Clock::time_point> deadline;
@@ -619,6 +738,13 @@ void H2Connection::ArmDeadline(H2Stream& stream) {
 
 int H2Connection::OnDataChunk(std::int32_t stream_id, const std::uint8_t* data, std::size_t length) {
   auto* stream = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, stream_id));
+  if (stream != nullptr && stream->http) {
+    // Kept up to one byte past the bound: enough for DispatchHttp to answer 413.
+    if (stream->http_body.size() <= http_max_body_) {
+      stream->http_body.append(reinterpret_cast<const char*>(data), std::min(length, http_max_body_ + 1 - stream->http_body.size()));
+    }
+    return 0;
+  }
   if (stream == nullptr || !stream->deframer || stream->final_status) return 0;
   const Status status = stream->deframer->Feed({reinterpret_cast<const char*>(data), length});
   if (!status.ok()) {
@@ -652,6 +778,10 @@ void H2Connection::DeliverMessages(H2Stream& stream) {
 
 void H2Connection::OnRemoteClosed(H2Stream& stream) {
   stream.remote_closed = true;
+  if (stream.http) {
+    if (!stream.http_reply) DispatchHttp(stream);
+    return;
+  }
   if (stream.final_status) return;
   if (stream.unary != nullptr) {
     if (!stream.dispatched) Finish(stream, Status(StatusCode::kInternal, "request message missing"));
@@ -737,6 +867,7 @@ ssize_t H2Connection::ReadData(std::int32_t stream_id, std::uint8_t* buf, std::s
   std::memcpy(buf, stream->out.data() + stream->out_offset, n);
   stream->out_offset += n;
   if (stream->sink != nullptr) stream->sink->OnSent(n);
+  if (stream->http_reply != nullptr) stream->http_reply->OnSent(n);
   if (stream->pending() == 0) {
     stream->out.clear();
     stream->out_offset = 0;
@@ -745,6 +876,17 @@ ssize_t H2Connection::ReadData(std::int32_t stream_id, std::uint8_t* buf, std::s
     stream->out_offset = 0;
   }
   if (stream->pending() > 0) return static_cast<ssize_t>(n);
+  if (stream->http) {
+    if (!stream->http_end) {
+      if (n > 0) return static_cast<ssize_t>(n);
+      stream->deferred = true;
+      return NGHTTP2_ERR_DEFERRED;
+    }
+    // Plain HTTP ends with the last DATA frame: no gRPC trailers.
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    stream->trailers_sent = true;
+    return static_cast<ssize_t>(n);
+  }
   if (stream->final_status && !stream->trailers_sent) {
     // Everything sent: end with the status as trailers (submitted from here, as nghttp2 asks).
     *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
@@ -788,7 +930,8 @@ void H2Connection::CloseStream(H2Stream& stream, bool cancelled) {
   ReleaseHeaders(stream);
   if (stream.deadline_timer != 0) loop_->CancelTimer(stream.deadline_timer);
   if (stream.sink) stream.sink->MarkDone();
-  if (cancelled && stream.context) stream.context->cancellation().Cancel();
+  // A plain HTTP request's context also ends with its answer (what serves it lets go then).
+  if ((cancelled || stream.http) && stream.context) stream.context->cancellation().Cancel();
   if (stream.handler && !stream.handler_closed) {
     stream.handler_closed = true;
     stream.handler->OnClose();

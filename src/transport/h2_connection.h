@@ -13,9 +13,11 @@
 #include <string>
 
 #include "transport/call_context.h"
+#include "transport/client_connection.h"
 #include "transport/event_loop.h"
 #include "transport/grpc_framing.h"
 #include "transport/header_limits.h"
+#include "transport/http_call.h"
 #include "transport/ping_policy.h"
 #include "transport/router.h"
 #include "transport/socket_io.h"
@@ -42,15 +44,7 @@ struct H2Limits {
 };
 
 class H2Connection;
-
-// The per-loop table of connections: told when a connection has output to flush this turn and
-// when it has closed (to drop it after the turn, never from inside its own callbacks).
-class H2ConnectionOwner {
- public:
-  virtual ~H2ConnectionOwner() = default;
-  virtual void OnDirty(H2Connection* connection) = 0;
-  virtual void OnClosed(H2Connection* connection) = 0;
-};
+using H2ConnectionOwner = ClientConnectionOwner;
 
 // One gRPC call (an HTTP/2 stream). Owned by its connection's stream table; everything else
 // holds weak pointers, so a completion for a call the client already reset finds nothing.
@@ -83,6 +77,12 @@ struct H2Stream {
   bool handler_closed = false;  // OnClose delivered
   EventLoop::TimerId deadline_timer = 0;
 
+  // Plain HTTP on this stream (not gRPC): the body as it arrives, and the end of the response.
+  bool http = false;
+  std::string http_body;
+  bool http_end = false;
+  std::shared_ptr<class H2HttpReply> http_reply;
+
   // Response.
   std::string out;  // framed messages not yet taken by nghttp2
   std::size_t out_offset = 0;
@@ -94,7 +94,7 @@ struct H2Stream {
   std::size_t pending() const { return out.size() - out_offset; }
 };
 
-class H2Connection {
+class H2Connection final : public ClientConnection {
  public:
   // Where a connection without a socket writes: returns how many bytes it took (fewer than
   // offered: the "socket" is full, the rest waits for the next Flush, as on EAGAIN).
@@ -111,14 +111,20 @@ class H2Connection {
   H2Connection(const H2Connection&) = delete;
   H2Connection& operator=(const H2Connection&) = delete;
 
-  bool Start();
+  bool Start() override;
   // Serializes whatever nghttp2 has to send and writes it: once per loop turn (coalescing).
-  void Flush();
+  void Flush() override;
   // Graceful shutdown: GOAWAY, the calls in flight finish, then the connection closes.
-  void Drain();
+  void Drain() override;
   // Closes now, cancelling the calls in flight.
-  void Close();
-  bool closed() const { return closed_; }
+  void Close() override;
+  bool closed() const override { return closed_; }
+  // Requests that are not gRPC (no application/grpc content type) go here instead of being
+  // refused with 415: etcd's HTTP face on h2 (curl --http2-prior-knowledge, browsers over TLS).
+  void SetHttpHandler(const HttpHandler* handler, std::size_t max_body_bytes) {
+    http_handler_ = handler;
+    http_max_body_ = max_body_bytes;
+  }
   // Hands bytes read from the peer to nghttp2 (and through it to the calls). On a protocol
   // error the GOAWAY nghttp2 queued is flushed and the connection closes.
   void Receive(const std::uint8_t* data, std::size_t size);
@@ -126,12 +132,16 @@ class H2Connection {
   // Request header bytes the open streams hold (HPACK's count), at most HeaderLimits's bound.
   std::size_t header_bytes() const { return header_bytes_; }
   // The owner clears this when it flushes.
-  void ClearDirty() { dirty_ = false; }
+  void ClearDirty() override { dirty_ = false; }
 
   // Called on the loop thread (through Post) by the transport's completions.
   void SendMessage(H2Stream& stream, std::string message);
   // Already framed messages (one or more); may take `framed`'s buffer and leave another behind.
   void SendFramed(H2Stream& stream, std::string& framed);
+  // Plain HTTP responses (on the loop, through H2HttpReply): headers, body pieces, the end.
+  void SendHttpHead(H2Stream& stream, int status, const HttpHeaders& headers);
+  void SendHttpBody(H2Stream& stream, std::string_view piece);
+  void EndHttp(H2Stream& stream);
   void Finish(H2Stream& stream, Status status);
 
   // nghttp2 callbacks (static trampolines in the .cc forward here).
@@ -149,6 +159,8 @@ class H2Connection {
   bool WriteOut();
   void MarkDirty();
   void BeginCall(H2Stream& stream);
+  void BeginHttp(H2Stream& stream);
+  void DispatchHttp(H2Stream& stream);
   // Charges one request header field to its stream and the connection; false (and the stream
   // refused) when that would pass a bound.
   bool KeepHeader(H2Stream& stream, std::size_t field_size);
@@ -176,6 +188,8 @@ class H2Connection {
   Output output_;  // set only without a socket
   bool closed_ = false;
   const Router& router_;
+  const HttpHandler* http_handler_ = nullptr;
+  std::size_t http_max_body_ = 0;
   const H2Limits& limits_;
   H2ConnectionOwner& owner_;
   nghttp2_session* session_ = nullptr;

@@ -13,7 +13,10 @@
 
 #include <cerrno>
 #include <cstring>
+#include <array>
 #include <future>
+#include <optional>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 
@@ -63,19 +66,25 @@ class H2Server::Loop final : public H2ConnectionOwner {
 
   EventLoop& loop() { return *loop_; }
 
-  void Adopt(int fd, SSL* ssl) {
+  void Adopt(int fd, SSL* ssl);
+
+  // FirstBytes has decided: the connection it read from goes on as HTTP/2 or HTTP/1.1, with the
+  // bytes read so far. The sniffer leaves the table without counting as a closed connection.
+  void HandOver(ClientConnection* sniffer, bool h2, int fd, SSL* ssl, std::string first) {
+    const auto it = connections_.find(sniffer);
+    if (it == connections_.end()) return;
+    graveyard_.push_back(std::move(it->second));
+    connections_.erase(it);
+    if (!h2) {
+      Keep(std::make_unique<Http1Connection>(loop_, fd, ssl, std::move(first), server_.options_.http_handler,
+                                             server_.options_.http1_limits, *this));
+      return;
+    }
     auto connection = std::make_unique<H2Connection>(loop_, fd, ssl, server_.router_, server_.options_.limits, *this);
+    connection->SetHttpHandler(&server_.options_.http_handler, server_.options_.http1_limits.max_body_bytes);
     H2Connection* const raw = connection.get();
-    {
-      const std::lock_guard lock(server_.mu_);
-      ++server_.open_connections_;
-    }
-    connections_.emplace(raw, std::move(connection));
-    if (!raw->Start()) {
-      raw->Close();
-    } else if (draining_) {
-      raw->Drain();
-    }
+    Keep(std::move(connection));
+    if (!raw->closed()) raw->Receive(reinterpret_cast<const std::uint8_t*>(first.data()), first.size());
   }
 
   void DrainAll() {
@@ -84,14 +93,14 @@ class H2Server::Loop final : public H2ConnectionOwner {
   }
 
   void CloseAll() {
-    std::vector<H2Connection*> all;
+    std::vector<ClientConnection*> all;
     for (auto& [raw, connection] : connections_) all.push_back(raw);
-    for (H2Connection* c : all) c->Close();
+    for (ClientConnection* c : all) c->Close();
   }
 
-  void OnDirty(H2Connection* connection) override { dirty_.push_back(connection); }
+  void OnDirty(ClientConnection* connection) override { dirty_.push_back(connection); }
 
-  void OnClosed(H2Connection* connection) override {
+  void OnClosed(ClientConnection* connection) override {
     const auto it = connections_.find(connection);
     if (it == connections_.end()) return;
     // Destroyed after the turn: the connection may be deep in its own call stack right now.
@@ -103,11 +112,21 @@ class H2Server::Loop final : public H2ConnectionOwner {
   }
 
  private:
+  void Keep(std::unique_ptr<ClientConnection> connection) {
+    ClientConnection* const raw = connection.get();
+    connections_.emplace(raw, std::move(connection));
+    if (!raw->Start()) {
+      raw->Close();
+    } else if (draining_) {
+      raw->Drain();
+    }
+  }
+
   // The write coalescing point: each connection that produced frames this turn writes them once.
   void FlushDirty() {
     for (int round = 0; round < 4 && !dirty_.empty(); ++round) {
       flushing_.swap(dirty_);  // both keep their capacity: no allocation per turn
-      for (H2Connection* c : flushing_) {
+      for (ClientConnection* c : flushing_) {
         c->ClearDirty();
         c->Flush();
       }
@@ -122,28 +141,129 @@ class H2Server::Loop final : public H2ConnectionOwner {
   const bool shared_;
   std::shared_ptr<EventLoop> loop_;
   EventLoop::HookId hook_ = 0;  // shared loop: our FlushDirty
-  std::unordered_map<H2Connection*, std::unique_ptr<H2Connection>> connections_;
-  std::vector<H2Connection*> dirty_;
-  std::vector<H2Connection*> flushing_;
-  std::vector<std::unique_ptr<H2Connection>> graveyard_;
+  std::unordered_map<ClientConnection*, std::unique_ptr<ClientConnection>> connections_;
+  std::vector<ClientConnection*> dirty_;
+  std::vector<ClientConnection*> flushing_;
+  std::vector<std::unique_ptr<ClientConnection>> graveyard_;
   bool draining_ = false;
 };
 
+
 namespace {
 
-int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen,
-               void*) {
-  // The client's list is length-prefixed names; gRPC speaks only "h2".
+constexpr std::string_view kH2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+}  // namespace
+
+// A new connection until its first bytes say what it speaks, as etcd's cmux does on its client
+// port: the HTTP/2 client preface (gRPC, or HTTP/2 with prior knowledge) or anything else
+// (HTTP/1.1). Over TLS, ALPN decides when the client offered it. It reads, never writes: both
+// protocols start with the client.
+class H2Server::FirstBytes final : public ClientConnection {
+ public:
+  FirstBytes(Loop& owner, int fd, SSL* ssl) : owner_(owner), fd_(fd), ssl_(ssl) {}
+  ~FirstBytes() override { Close(); }
+
+  bool Start() override {
+    owner_.loop().AddFd(fd_, EPOLLIN, [this](std::uint32_t) { OnReadable(); });
+    return true;
+  }
+  void Flush() override {}
+  void Drain() override { Close(); }
+  void ClearDirty() override {}
+  bool closed() const override { return closed_; }
+  void Close() override {
+    if (closed_) return;
+    closed_ = true;
+    if (fd_ >= 0) {
+      owner_.loop().RemoveFd(fd_);
+      if (ssl_ != nullptr) SSL_free(ssl_);
+      close(fd_);
+    }
+    fd_ = -1;
+    ssl_ = nullptr;
+    owner_.OnClosed(this);
+  }
+
+ private:
+  void OnReadable() {
+    if (closed_) return;
+    std::array<std::uint8_t, 4096> buffer;
+    const IoResult read = ReadSome(fd_, ssl_, buffer);
+    if (read.would_block()) return;
+    if (!read.done() || read.bytes == 0) {
+      if (ssl_ != nullptr && !SSL_is_init_finished(ssl_)) {
+        spdlog::error("h2: TLS handshake failed: {}", ERR_error_string(ERR_get_error(), nullptr));
+      }
+      return Close();
+    }
+    first_.append(reinterpret_cast<const char*>(buffer.data()), read.bytes);
+    if (const auto h2 = Decide()) HandOver(*h2);
+  }
+
+  std::optional<bool> Decide() const {
+    if (ssl_ != nullptr) {
+      const unsigned char* alpn = nullptr;
+      unsigned int length = 0;
+      SSL_get0_alpn_selected(ssl_, &alpn, &length);
+      const std::string_view chosen(reinterpret_cast<const char*>(alpn), length);
+      if (chosen == "h2") return true;
+      if (chosen == "http/1.1") return false;
+    }
+    const std::size_t n = std::min(first_.size(), kH2Preface.size());
+    if (std::string_view(first_).substr(0, n) != kH2Preface.substr(0, n)) return false;
+    if (first_.size() >= kH2Preface.size()) return true;
+    return std::nullopt;  // a prefix of the preface so far: read on
+  }
+
+  void HandOver(bool h2) {
+    owner_.loop().RemoveFd(fd_);
+    const int fd = std::exchange(fd_, -1);
+    SSL* const ssl = std::exchange(ssl_, nullptr);
+    closed_ = true;
+    owner_.HandOver(this, h2, fd, ssl, std::move(first_));
+  }
+
+  Loop& owner_;
+  int fd_;
+  SSL* ssl_;
+  bool closed_ = false;
+  std::string first_;
+};
+
+void H2Server::Loop::Adopt(int fd, SSL* ssl) {
+  {
+    const std::lock_guard lock(server_.mu_);
+    ++server_.open_connections_;
+  }
+  // With the HTTP face on, the first bytes (or ALPN) decide what the connection speaks.
+  if (server_.options_.http_handler) return Keep(std::make_unique<FirstBytes>(*this, fd, ssl));
+  Keep(std::make_unique<H2Connection>(loop_, fd, ssl, server_.router_, server_.options_.limits, *this));
+}
+
+namespace {
+
+// Finds `name` in the client's ALPN list (length-prefixed names).
+bool OfferAlpn(std::string_view name, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+               unsigned int inlen) {
   for (unsigned int i = 0; i < inlen;) {
     const unsigned int len = in[i];
     if (i + 1 + len > inlen) break;
-    if (len == 2 && std::memcmp(in + i + 1, "h2", 2) == 0) {
+    if (len == name.size() && std::memcmp(in + i + 1, name.data(), len) == 0) {
       *out = in + i + 1;
-      *outlen = 2;
-      return SSL_TLSEXT_ERR_OK;
+      *outlen = static_cast<unsigned char>(len);
+      return true;
     }
     i += 1 + len;
   }
+  return false;
+}
+
+// gRPC speaks only "h2"; with the HTTP face (`http` non-null) "http/1.1" is served too, h2 first.
+int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen,
+               void* http) {
+  if (OfferAlpn("h2", out, outlen, in, inlen)) return SSL_TLSEXT_ERR_OK;
+  if (http != nullptr && OfferAlpn("http/1.1", out, outlen, in, inlen)) return SSL_TLSEXT_ERR_OK;
   return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
@@ -153,7 +273,7 @@ std::string OpenSslError() {
   return buf;
 }
 
-SSL_CTX* MakeSslContext(const H2TlsFiles& tls) {
+SSL_CTX* MakeSslContext(const H2TlsFiles& tls, bool http) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
@@ -170,7 +290,8 @@ SSL_CTX* MakeSslContext(const H2TlsFiles& tls) {
     return nullptr;
   }
   if (tls.client_cert_auth) SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
-  SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, nullptr);
+  // Any non-null argument says "HTTP/1.1 too" (the callback only tests it).
+  SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, http ? static_cast<void*>(ctx) : nullptr);
   return ctx;
 }
 
@@ -229,7 +350,7 @@ bool H2Server::Listen() {
 }
 
 bool H2Server::Start() {
-  if (options_.tls.enabled() && (ssl_ctx_ = MakeSslContext(options_.tls)) == nullptr) return false;
+  if (options_.tls.enabled() && (ssl_ctx_ = MakeSslContext(options_.tls, static_cast<bool>(options_.http_handler))) == nullptr) return false;
   if (!Listen()) return false;
   for (auto& loop : loops_) loop->Start();
   running_ = true;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "transport/h2_connection.h"
+#include "transport/http1_connection.h"
 #include "transport/router.h"
 
 namespace esp {
@@ -34,6 +35,10 @@ struct H2ServerOptions {
   std::vector<std::shared_ptr<EventLoop>> shared_loops;
   H2Limits limits;
   H2TlsFiles tls;
+  // etcd's HTTP face on the same port: HTTP/1.1 (told apart from HTTP/2 by the first bytes, or by
+  // ALPN "http/1.1" over TLS) and HTTP/2 requests that are not gRPC go here. Empty: gRPC only.
+  HttpHandler http_handler;
+  Http1Limits http1_limits;
 };
 
 class H2Server {
@@ -50,6 +55,7 @@ class H2Server {
 
  private:
   class Loop;
+  class FirstBytes;
 
   bool Listen();
   void OnAcceptable();

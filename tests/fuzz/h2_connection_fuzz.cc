@@ -421,8 +421,8 @@ class Harness final : public H2ConnectionOwner {
           "header bytes held with no stream open");
   }
 
-  void OnDirty(H2Connection* c) override { dirty_.push_back(c); }
-  void OnClosed(H2Connection*) override {}
+  void OnDirty(ClientConnection* c) override { dirty_.push_back(c); }
+  void OnClosed(ClientConnection*) override {}
 
  private:
   // Runs `task` on the loop and waits until that turn (its posted work and flush) is over.
@@ -437,9 +437,9 @@ class Harness final : public H2ConnectionOwner {
 
   void EndOfTurn() {
     for (int round = 0; round < 4 && !dirty_.empty(); ++round) {
-      std::vector<H2Connection*> dirty;
+      std::vector<ClientConnection*> dirty;
       dirty.swap(dirty_);
-      for (H2Connection* c : dirty) {
+      for (ClientConnection* c : dirty) {
         c->ClearDirty();
         c->Flush();
       }
@@ -450,7 +450,7 @@ class Harness final : public H2ConnectionOwner {
   std::shared_ptr<EventLoop> loop_ = std::make_shared<EventLoop>();
   H2Limits limits_;
   std::unique_ptr<H2Connection> connection_;
-  std::vector<H2Connection*> dirty_;
+  std::vector<ClientConnection*> dirty_;
   std::promise<void>* turn_done_ = nullptr;
   std::string output_;  // written on the loop thread, read after the last Step
   std::size_t budget_ = SIZE_MAX;  // bytes the "socket" still takes this turn

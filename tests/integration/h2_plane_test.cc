@@ -376,7 +376,8 @@ TEST_F(H2PlaneTest, GarbageClosesOnlyThatConnection) {
   std::string junk(4096, '\0');
   for (auto& c : junk) c = static_cast<char>(rng());
   const std::vector<std::string> inputs = {
-      "GET / HTTP/1.1\r\nHost: x\r\n\r\n",               // HTTP/1.1 without an upgrade
+      // HTTP/1.1 is served since issue #18 (etcd's 404 here); asked to close, it closes.
+      "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
       std::string("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") + junk,  // a valid preface, then noise
       junk};
   for (const auto& input : inputs) {
