@@ -149,6 +149,7 @@ grpc::Status EtcdClient::WithFailover(Call call) {
 ESP_UNARY(Range, kv, RangeRequest, RangeResponse)
 ESP_UNARY(Put, kv, PutRequest, PutResponse)
 ESP_UNARY(DeleteRange, kv, DeleteRangeRequest, DeleteRangeResponse)
+ESP_UNARY(Compact, kv, CompactionRequest, CompactionResponse)
 ESP_UNARY(Txn, kv, TxnRequest, TxnResponse)
 ESP_UNARY(LeaseGrant, lease, LeaseGrantRequest, LeaseGrantResponse)
 ESP_UNARY(LeaseRevoke, lease, LeaseRevokeRequest, LeaseRevokeResponse)

@@ -42,6 +42,7 @@ class EtcdClient {
   grpc::Status Range(const etcdserverpb::RangeRequest& request, etcdserverpb::RangeResponse* response);
   grpc::Status Put(const etcdserverpb::PutRequest& request, etcdserverpb::PutResponse* response);
   grpc::Status DeleteRange(const etcdserverpb::DeleteRangeRequest& request, etcdserverpb::DeleteRangeResponse* response);
+  grpc::Status Compact(const etcdserverpb::CompactionRequest& request, etcdserverpb::CompactionResponse* response);
   grpc::Status Txn(const etcdserverpb::TxnRequest& request, etcdserverpb::TxnResponse* response);
   grpc::Status LeaseGrant(const etcdserverpb::LeaseGrantRequest& request, etcdserverpb::LeaseGrantResponse* response);
   grpc::Status LeaseRevoke(const etcdserverpb::LeaseRevokeRequest& request, etcdserverpb::LeaseRevokeResponse* response);

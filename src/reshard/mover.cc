@@ -84,6 +84,14 @@ bool BrokenSkipTail() {
   return broken != nullptr && std::string(broken) == "skip-tail";
 }
 
+// Test hooks: pages of ESP_MOVER_PAGE_KEYS keys with ESP_MOVER_PAGE_PAUSE_MS between them (a slow
+// copy, so that clients write behind it); ESP_MOVER_COMPACT_SOURCE_AFTER_COPY=1 compacts the
+// source once right after the copy (as an operator's compaction at that moment would).
+std::int64_t EnvNumber(const char* name, std::int64_t otherwise) {
+  const char* text = std::getenv(name);
+  return text != nullptr ? std::atoll(text) : otherwise;
+}
+
 void Check(const grpc::Status& status, const std::string& what) {
   if (status.ok()) return;
   if (status.error_message().find("required revision has been compacted") != std::string::npos) {
@@ -156,7 +164,12 @@ class MoverLock {
       put->set_lease(lease_);
       take.add_failure()->mutable_request_range()->set_key(key_);
       pb::TxnResponse taken;
-      Check(meta_.Txn(take, &taken), "meta store: the mover's lock");
+      const auto status = meta_.Txn(take, &taken);
+      if (status.error_message().find("requested lease not found") != std::string::npos) {
+        lease_ = 0;  // ours ended while we waited for the lock: take a new one
+        continue;
+      }
+      Check(status, "meta store: the mover's lock");
       if (taken.succeeded()) {
         valid_until_ = sent + ttl - Margin();
         break;
@@ -484,6 +497,7 @@ class Mover {
       try {
         const std::int64_t snapshot = CopyAll(move);
         CrashPoint("copied", io_);
+        CompactSourceOnceForTests(move);
         TailAndFence(move, snapshot);
         break;
       } catch (const SourceCompacted& e) {
@@ -492,6 +506,26 @@ class Mover {
     }
     CrashPoint("fenced", io_);
     return Switch(move);
+  }
+
+  void CompactSourceOnceForTests(const MoveRecord& m) {
+    static bool done = false;
+    if (done || EnvNumber("ESP_MOVER_COMPACT_SOURCE_AFTER_COPY", 0) == 0) return;
+    done = true;
+    // A write first, so that the compaction passes the copy's revision.
+    pb::PutRequest put;
+    put.set_key(m.start);
+    put.set_value("written before the test's compaction");
+    pb::PutResponse written;
+    Check(source_->Put(put, &written), "test hook: write");
+    pb::DeleteRangeRequest drop;
+    drop.set_key(m.start);
+    pb::DeleteRangeResponse dropped;
+    Check(source_->DeleteRange(drop, &dropped), "test hook: delete");
+    pb::CompactionRequest compact;
+    compact.set_revision(dropped.header().revision());
+    pb::CompactionResponse compacted;
+    Check(source_->Compact(compact, &compacted), "test hook: compaction");
   }
 
   void ClearTarget(const MoveRecord& m) {
@@ -515,7 +549,7 @@ class Mover {
       page.set_key(from);
       page.set_range_end(EtcdEnd(m.end));
       page.set_revision(snapshot);
-      page.set_limit(options_.page_keys);
+      page.set_limit(EnvNumber("ESP_MOVER_PAGE_KEYS", options_.page_keys));
       pb::RangeResponse answer;
       Check(source_->Range(page, &answer), "reading the source shard " + m.from);
       std::vector<pb::RequestOp> ops;
@@ -540,6 +574,9 @@ class Mover {
       WriteProgress(m, "copying", {{"snapshot_revision", snapshot}});
       if (!answer.more() || answer.kvs_size() == 0) break;
       from = answer.kvs(answer.kvs_size() - 1).key() + std::string("\0", 1);
+      if (const auto pause = EnvNumber("ESP_MOVER_PAGE_PAUSE_MS", 0); pause > 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(pause));
+      }
     }
     WriteProgress(m, "copied", {{"snapshot_revision", snapshot}});
     return snapshot;

@@ -1,7 +1,10 @@
 #include "watch/watch_stream.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <utility>
 
 #include "common/etcd_errors.h"
@@ -31,6 +34,23 @@ bool EmptyRange(const etcdserverpb::WatchCreateRequest& request) {
   const std::string key = request.key().empty() ? std::string(kRangeEndAll) : request.key();
   const std::string& end = request.range_end();
   return !end.empty() && end != kRangeEndAll && key >= end;
+}
+
+// A range move's fence key (shard/moving_range.h) is written on the source inside the moving
+// range at the cut-over; watches of that range see its event before the new map ends them. It is
+// the proxy's, not the client's: dropped. A NUL byte first, so ordinary keys cost one memchr.
+bool IsFenceEvent(const mvccpb::Event& event) {
+  const std::string& key = event.kv().key();
+  return std::memchr(key.data(), 0, key.size()) != nullptr && IsFenceKey(key);
+}
+
+bool HasFenceEvent(const etcdserverpb::WatchResponse& response) {
+  return std::any_of(response.events().begin(), response.events().end(), IsFenceEvent);
+}
+
+void DropFenceEvents(etcdserverpb::WatchResponse& response) {
+  auto* events = response.mutable_events();
+  events->erase(std::remove_if(events->begin(), events->end(), IsFenceEvent), events->end());
 }
 
 etcdserverpb::WatchResponse Response(const etcdserverpb::ResponseHeader& header, std::int64_t id) {
@@ -312,6 +332,12 @@ void WatchStream::OnPieceResponse(const std::shared_ptr<Piece>& piece, etcdserve
       // Compaction (compact_revision set) or another reason the shard gave: the whole watch ends.
       response.set_watch_id(watch->id);
       CancelWatchLocked(watch, std::move(response), release);
+    } else if (HasFenceEvent(response)) {
+      DropFenceEvents(response);
+      if (response.events_size() > 0) {
+        response.set_watch_id(watch->id);
+        EmitPieceLocked(watch, piece.get(), std::move(response));
+      }
     } else {
       response.set_watch_id(watch->id);
       EmitPieceLocked(watch, piece.get(), std::move(response));
@@ -400,6 +426,15 @@ void WatchStream::OnPieceShared(const std::shared_ptr<Piece>& piece,
   const auto& response = shared->response;
   last_header_ = response.header();
   TrackRevision(*piece, response);
+  if (HasFenceEvent(response)) {
+    auto own = response;
+    DropFenceEvents(own);
+    if (own.events_size() > 0) {
+      own.set_watch_id(watch->id);
+      EmitPieceLocked(watch, piece.get(), std::move(own));
+    }
+    return;
+  }
   const bool in_turn = watch->fragmenting == nullptr || watch->fragmenting == piece.get();
   if (watch->created_sent && watch->deferred.empty() && in_turn) {
     // The common case: straight out, the body serialized once for every member.
@@ -636,6 +671,8 @@ void WatchStream::OnMapChanged(const Topology& next) {
       }
     }
     for (const auto& watch : moved) CancelMovedLocked(watch, release);
+    spdlog::debug("map version {}: {} watch(es) of {} ended, their keys moved", next.map_version, moved.size(),
+                  watches_.size());
   }
   ReleaseAll(release);
 }
@@ -646,8 +683,9 @@ void WatchService::OnMapChanged(const Topology& next) {
     const std::lock_guard lock(streams_mu_);
     std::erase_if(streams_, [&live](const std::weak_ptr<WatchStream>& weak) {
       auto stream = weak.lock();
-      if (stream) live.push_back(std::move(stream));
-      return !stream;
+      if (!stream) return true;
+      live.push_back(std::move(stream));
+      return false;
     });
   }
   for (const auto& stream : live) stream->OnMapChanged(next);

@@ -190,6 +190,9 @@ class Watcher {
     });
   }
 
+  bool ended() { return client_.Locked([&] { return log_.end != WatchEnd::kOpen; }); }
+  WatchLog Snapshot() { return client_.Locked([&] { return log_; }); }
+
  private:
   bool Log(const WatchResponse& r) {
     for (const auto& e : r.events()) {
@@ -204,9 +207,6 @@ class Watcher {
     }
     return false;  // all is in the log
   }
-
-  bool ended() { return client_.Locked([&] { return log_.end != WatchEnd::kOpen; }); }
-  WatchLog Snapshot() { return client_.Locked([&] { return log_; }); }
 
  private:
   const int space_;
