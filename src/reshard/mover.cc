@@ -149,7 +149,7 @@ class MoverLock {
     for (;;) {
       const auto sent = SteadyClock::now();
       if (lease_ == 0) {
-        Check(meta_.LeaseGrant(grant, &granted), "meta store: lease for the mover's lock");
+        Check(meta_.LeaseGrant(grant, &granted), "meta store " + meta_.EndpointList() + ": lease for the mover's lock");
         lease_ = granted.id();
       }
       pb::TxnRequest take;

@@ -446,10 +446,11 @@ TEST_F(ReshardTest, BadInputIsRefusedAndChangesNothing) {
   EXPECT_NE(other.output.find("already in progress"), std::string::npos) << other.output;
   ASSERT_EQ(Reshard("abort --lock-ttl 2").exit_code, 0);
   // A meta store that does not answer.
+  const auto unchanged = Store().Load()->doc.ToJson();
   const auto no_meta = RunCommand(Binary() + " reshard move --range m n --to s0 --meta-endpoints 127.0.0.1:1");
   EXPECT_EQ(no_meta.exit_code, 1) << no_meta.output;
   EXPECT_NE(no_meta.output.find("127.0.0.1:1"), std::string::npos) << no_meta.output;
-  EXPECT_EQ(Store().Load()->doc.ToJson(), before);
+  EXPECT_EQ(Store().Load()->doc.ToJson(), unchanged);
 }
 
 // What clients see of a finished move: the watch on the range ends "compacted", a watch elsewhere
