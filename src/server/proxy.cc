@@ -284,6 +284,19 @@ void Proxy::RegisterGauges() {
   metrics_.AddSampledGauge("etcd_proxy_map_version", "Version of the shard map this proxy serves (0: a static YAML layout)",
                            [this] { return static_cast<double>(topology_.Get()->map_version); });
   if (follower_) {
+    // The running move's progress as its mover last wrote it to the meta store (reshard status).
+    const auto progress = [follower = follower_.get()](const char* field) {
+      const auto j = nlohmann::json::parse(follower->MoveProgress(), nullptr, false);
+      return j.is_object() && j.contains(field) && j[field].is_number() ? j[field].get<double>() : 0.0;
+    };
+    metrics_.AddSampledGauge("etcd_proxy_move_keys_copied", "Keys the running range move has copied (0: none running)",
+                             [progress] { return progress("keys_copied"); });
+    metrics_.AddSampledGauge("etcd_proxy_move_lag_revisions",
+                             "Revisions the running move's copy was behind its source when last measured",
+                             [progress] { return progress("lag"); });
+    metrics_.AddSampledGauge("etcd_proxy_self_fenced",
+                             "1 while this proxy serves no key because its meta-store registration may have lapsed",
+                             [] { return fence::SendAllowed() ? 0.0 : 1.0; });
     metrics_.AddSampledGauge("etcd_proxy_meta_store_up",
                              "1 while the meta store (shard map, proxy registration) is reachable",
                              [follower = follower_.get()] { return follower->connected() ? 1.0 : 0.0; });
