@@ -603,5 +603,130 @@ TEST_F(ReshardTest, SplitThenMoveBack) {
   EXPECT_GT(Store().Load()->doc.version, version);
 }
 
+// A lease that ends while its key's range is being copied: the key ends everywhere, not on the
+// new owner's copy alone; the other keys arrive.
+TEST_F(ReshardTest, ALeaseEndingDuringTheMoveEndsItsKeyOnTheNewOwner) {
+  const std::string from = Owner(kMoveStart);
+  const std::string to = Elsewhere();
+  const auto written = Seed("lease", 30);
+  auto lease = pb::Lease::NewStub(Connect(Proxy(0)));
+  pb::LeaseGrantRequest grant;
+  grant.set_ttl(2);
+  pb::LeaseGrantResponse granted;
+  ASSERT_TRUE(lease->LeaseGrant(Ctx().get(), grant, &granted).ok());
+  ASSERT_TRUE(Put(Proxy(0), "m/short-lived", "v", granted.id()).ok());
+  // One key per page, 100 ms apart: the copy outlasts the lease.
+  const auto moved = Move(to, "ESP_MOVER_PAGE_KEYS=1 ESP_MOVER_PAGE_PAUSE_MS=100");
+  ASSERT_EQ(moved.exit_code, 0) << moved.output;
+  ExpectMoved(written, to, from);
+  EXPECT_FALSE(Get(Proxy(0), "m/short-lived").has_value());
+  for (const auto& [key, value] : DirectKeys(Index(to))) EXPECT_NE(key, "m/short-lived");
+  pb::LeaseTimeToLiveRequest ask;
+  ask.set_id(granted.id());
+  pb::LeaseTimeToLiveResponse answer;
+  ASSERT_TRUE(lease->LeaseTimeToLive(Ctx().get(), ask, &answer).ok());
+  EXPECT_EQ(answer.ttl(), -1);
+}
+
+// With auth on the shards: the mover needs its own credentials (refused without, nothing changed),
+// clients keep writing with their tokens during the move, and their keys arrive.
+class ReshardAuthTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    meta_ = std::make_unique<EtcdCluster>(1, "meta");
+    meta_->Start();
+    for (int i = 0; i < 3; ++i) {
+      shards_.push_back(std::make_unique<EtcdCluster>(1, "ashard" + std::to_string(i), std::nullopt,
+                                                      std::vector<std::string>{"--bcrypt-cost", "4"}));
+      shards_.back()->Start();
+    }
+    const auto layout = (dir_.path() / "layout.yaml").string();
+    std::ofstream(layout) << "shards:\n"
+                          << "  - {name: s0, start: \"\", end: i, address: " << shards_[0]->ClientAddresses()[0] << "}\n"
+                          << "  - {name: s1, start: i, end: s, address: " << shards_[1]->ClientAddresses()[0] << "}\n"
+                          << "  - {name: s2, start: s, end: \"\", address: " << shards_[2]->ClientAddresses()[0] << "}\n";
+    const auto init = RunCommand(std::string(ESP_PROXY_BINARY_FOR_TESTS) + " map init --config " + layout +
+                                 " --meta-endpoints " + meta_->ClientAddresses()[0]);
+    ASSERT_EQ(init.exit_code, 0) << init.output;
+    proxy_ = std::make_unique<ProxyProcess>(
+        std::vector<ShardSpec>{{"", "", shards_[0]->ClientAddresses()}},
+        std::vector<std::string>{"--meta-endpoints", meta_->ClientAddresses()[0], "--meta-lease-ttl", "3"});
+    proxy_->Start();
+    for (const char* command : {"user add root:rootpw", "role add app", "role grant-permission app readwrite m n",
+                                "user add app:apppw", "user grant-role app app", "auth enable"}) {
+      const auto result = Etcdctl(proxy_->address(), command);
+      ASSERT_EQ(result.exit_code, 0) << command << ": " << result.output;
+    }
+    password_file_ = (dir_.path() / "root.password").string();
+    std::ofstream(password_file_) << "rootpw\n";
+    std::filesystem::permissions(password_file_, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  }
+
+  CommandResult Reshard(const std::string& args) {
+    return RunCommand(std::string(ESP_PROXY_BINARY_FOR_TESTS) + " reshard " + args + " --meta-endpoints " +
+                          meta_->ClientAddresses()[0],
+                      120s);
+  }
+
+  TempDir dir_;
+  std::unique_ptr<EtcdCluster> meta_;
+  std::vector<std::unique_ptr<EtcdCluster>> shards_;
+  std::unique_ptr<ProxyProcess> proxy_;
+  std::string password_file_;
+};
+
+TEST_F(ReshardAuthTest, TheMoverUsesItsOwnCredentialsWhileClientsUseTheirs) {
+  meta::EtcdClient meta_client(meta::EtcdClientOptions{.endpoints = {meta_->ClientAddresses()[0]}});
+  meta::MapStore store(meta_client);
+  const auto before = store.Load()->doc.ToJson();
+  const auto refused = Reshard("move --range m n --to s2");
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_NE(refused.output.find("user name is empty"), std::string::npos) << refused.output;
+  EXPECT_EQ(store.Load()->doc.ToJson(), before);
+
+  auto auth = pb::Auth::NewStub(Connect(proxy_->address()));
+  pb::AuthenticateRequest login;
+  login.set_name("app");
+  login.set_password("apppw");
+  pb::AuthenticateResponse token;
+  ASSERT_TRUE(auth->Authenticate(Ctx().get(), login, &token).ok());
+  std::atomic<bool> stop{false};
+  std::atomic<std::size_t> count{0};
+  std::vector<std::string> acknowledged;  // the writer's until it is joined
+  std::thread writer([&] {
+    auto kv = pb::KV::NewStub(Connect(proxy_->address()));
+    for (int i = 0; !stop; ++i) {
+      pb::PutRequest put;
+      put.set_key("m/auth/" + std::to_string(i));
+      put.set_value("v" + std::to_string(i));
+      pb::PutResponse response;
+      auto ctx = Ctx(15s);
+      ctx->AddMetadata("token", token.token());
+      if (kv->Put(ctx.get(), put, &response).ok()) {
+        acknowledged.push_back(put.key());
+        ++count;
+      }
+    }
+  });
+  ASSERT_TRUE(WaitFor([&] { return count >= 20; }, 10s));  // writes before the move
+  const auto moved = Reshard("move --range m n --to s2 --user root --password-file " + password_file_);
+  stop = true;
+  writer.join();
+  ASSERT_EQ(moved.exit_code, 0) << moved.output;
+  ASSERT_GT(acknowledged.size(), 20u);
+  auto kv = pb::KV::NewStub(Connect(proxy_->address()));
+  for (const auto& key : acknowledged) {
+    pb::RangeRequest get;
+    get.set_key(key);
+    pb::RangeResponse answer;
+    auto ctx = Ctx();
+    ctx->AddMetadata("token", token.token());
+    ASSERT_TRUE(kv->Range(ctx.get(), get, &answer).ok());
+    EXPECT_EQ(answer.kvs_size(), 1) << key << " lost";
+  }
+  const auto direct = Etcdctl(shards_[1]->ClientAddresses()[0], "--user root:rootpw get m n --keys-only");
+  EXPECT_EQ(direct.output.find("m/auth/"), std::string::npos) << "keys left on the old owner: " << direct.output;
+}
+
 }  // namespace
 }  // namespace esp::test
