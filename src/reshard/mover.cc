@@ -8,6 +8,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
@@ -317,6 +318,45 @@ class TargetWriter {
   EtcdClient& target_;
 };
 
+// Reads a watch stream on a thread of its own, so that the mover can wait for the next response
+// with a timeout (the blocking stream cannot).
+class WatchReader {
+ public:
+  explicit WatchReader(meta::WatchStream& stream) : stream_(stream), thread_([this] { Loop(); }) {}
+  ~WatchReader() { thread_.join(); }  // the owner cancels the stream's context first
+
+  // The next response; nullopt when the stream ended, or (timed_out set) when none came in time.
+  std::optional<pb::WatchResponse> Next(std::chrono::milliseconds timeout, bool* timed_out) {
+    std::unique_lock lock(mu_);
+    const bool ready = wake_.wait_for(lock, timeout, [this] { return !queue_.empty() || ended_; });
+    if (timed_out != nullptr) *timed_out = !ready;
+    if (queue_.empty()) return std::nullopt;
+    auto response = std::move(queue_.front());
+    queue_.pop_front();
+    return response;
+  }
+
+ private:
+  void Loop() {
+    pb::WatchResponse response;
+    while (stream_.Read(&response)) {
+      const std::lock_guard lock(mu_);
+      queue_.push_back(std::move(response));
+      wake_.notify_one();
+    }
+    const std::lock_guard lock(mu_);
+    ended_ = true;
+    wake_.notify_one();
+  }
+
+  meta::WatchStream& stream_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<pb::WatchResponse> queue_;
+  bool ended_ = false;
+  std::thread thread_;
+};
+
 class Mover {
  public:
   Mover(MapStore& store, EtcdClient& meta, const MoverOptions& options, CommandIo io)
@@ -596,10 +636,24 @@ class Mover {
     TargetWriter writer(*source_, *target_);
     const std::string fence = FenceKey(m.start, m.id);
     std::int64_t applied = snapshot;
-    // Reads responses, applying events one source revision per Txn, until `stop` says so.
-    const auto tail = [&](auto stop) {
-      pb::WatchResponse response;
-      while (stream->Read(&response)) {
+    WatchReader reader(*stream);
+    // Cancels the stream (ending the reader's thread) however this function is left.
+    struct Cancel {
+      grpc::ClientContext& context;
+      ~Cancel() { context.TryCancel(); }
+    } cancel{context};
+    // Reads responses, applying events one source revision per Txn, until `stop` says so. With
+    // `quiet` set, a pause of that long in the stream also stops it (returns false).
+    const auto tail = [&](auto stop, std::optional<std::chrono::milliseconds> quiet) {
+      for (;;) {
+        bool timed_out = false;
+        auto next = reader.Next(quiet.value_or(std::chrono::hours(1)), &timed_out);
+        if (!next) {
+          if (timed_out && quiet) return false;
+          if (timed_out) continue;
+          break;
+        }
+        const pb::WatchResponse& response = *next;
         if (response.canceled()) {
           if (response.compact_revision() != 0) {
             throw SourceCompacted("compacted at " + std::to_string(response.compact_revision()));
@@ -639,19 +693,24 @@ class Mover {
         }
         flush();
         const bool progress = response.events_size() == 0 && !response.created();
-        if (stop(response, progress, fence_seen)) return;
+        if (stop(response, progress, fence_seen)) return true;
       }
       throw MoveFailed("the source shard " + m.from + " ended the mover's watch");
     };
-    // Caught up: a progress answer promises every event up to its revision was delivered.
+    // Caught up (nearly): a progress answer (etcd 3.4 answers at once; 3.5 only once the stream's
+    // watchers are synced, and defers a request made before), or the stream quiet for a moment
+    // once the backlog is drained. Only the write pause depends on this: correctness comes from
+    // the fence below.
+    std::int64_t source_revision = snapshot;
     pb::WatchRequest progress;
     progress.mutable_progress_request();
     if (!stream->Write(progress)) throw MoveFailed("cannot ask the source shard for progress");
-    std::int64_t source_revision = snapshot;
-    tail([&](const pb::WatchResponse& r, bool is_progress, bool) {
-      if (is_progress) source_revision = r.header().revision();
-      return is_progress;
-    });
+    tail(
+        [&](const pb::WatchResponse& r, bool is_progress, bool) {
+          if (is_progress) source_revision = r.header().revision();
+          return is_progress;
+        },
+        std::chrono::milliseconds(300));
     WriteProgress(m, "tailing", {{"snapshot_revision", snapshot}, {"applied_revision", applied},
                                  {"source_revision", source_revision}, {"lag", source_revision - applied}});
     CrashPoint("caught-up", io_);
@@ -664,7 +723,7 @@ class Mover {
     pb::PutResponse fenced;
     Check(source_->Put(put, &fenced), "writing the fence on the source shard " + m.from);
     const auto fenced_at = SteadyClock::now();
-    tail([&](const pb::WatchResponse&, bool, bool fence_seen) { return fence_seen; });
+    tail([&](const pb::WatchResponse&, bool, bool fence_seen) { return fence_seen; }, std::nullopt);
     context.TryCancel();
     WriteProgress(m, "fenced", {{"fence_revision", fenced.header().revision()},
                                 {"applied_revision", applied},

@@ -196,7 +196,9 @@ class ReshardTest : public ::testing::Test {
 // A workload through both proxies while the range moves: the history the checker reads.
 class MoveRun {
  public:
-  explicit MoveRun(const std::vector<std::string>& proxies) : proxies_(proxies) {}
+  // Each run has keys and values of its own (the shards keep earlier runs' keys: a value read
+  // from one of them would be a phantom to this run's history).
+  explicit MoveRun(const std::vector<std::string>& proxies) : proxies_(proxies), run_(++runs_) {}
 
   // Starts clients (two per proxy) and watchers: one on the moving range through proxy 0, one on
   // "t" keys (never moving) through proxy 1, each from its shard's next revision.
@@ -206,7 +208,8 @@ class MoveRun {
     watchers_.push_back(std::make_unique<Watcher>(2, proxies_[1], "t", "u", ShardRevision(still_member) + 1, 2));
     for (int c = 0; c < 4; ++c) {
       threads_.emplace_back([this, c] {
-        Client client(c, proxies_[c % 2], history_, {"a", "m", "t"});
+        const std::string tag = "/r" + std::to_string(run_);
+        Client client(run_ * 10 + c, proxies_[c % 2], history_, {"a" + tag, "m" + tag, "t" + tag});
         while (!stop_) client.Run(History::Now() + std::chrono::milliseconds(200));
       });
     }
@@ -221,6 +224,8 @@ class MoveRun {
 
  private:
   std::vector<std::string> proxies_;
+  static inline int runs_ = 0;
+  const int run_;
   History history_;
   std::atomic<bool> stop_{false};
   std::vector<std::thread> threads_;
