@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -404,6 +405,50 @@ TEST_F(GatewayTest, HealthVersionMetricsOnTheClientPort) {
   EXPECT_NE(metrics.body.find("etcd_proxy_client_watches"), std::string::npos);
   EXPECT_EQ(Call(port(), "GET", "/livez").status, 200);
   EXPECT_EQ(Call(port(), "GET", "/readyz").status, 200);
+}
+
+// A shard endpoint that takes connections (the kernel's backlog) and never answers: the health
+// probe waits for it until its deadline, so the proxy's first probe takes a second.
+class SilentListener {
+ public:
+  SilentListener() : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    socklen_t length = sizeof addr;
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(fd_, 64) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
+      throw std::runtime_error("silent listener");
+    }
+    port_ = ntohs(addr.sin_port);
+  }
+  ~SilentListener() { close(fd_); }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int fd_;
+  int port_ = 0;
+};
+
+// The first /version after start, asked while the first probe is still waiting on a shard that
+// does not answer: it waits for that probe (bounded by its deadline) and answers the versions
+// of the shards that are up, as etcd would, not "not_decided".
+TEST_F(GatewayTest, FirstVersionWaitsForTheShardsVersions) {
+  SilentListener silent;
+  ProxyProcess fresh({{"", "gw/i", shards_[0]->ClientAddresses()}, {"gw/i", "", {silent.address()}}});
+  fresh.StartWithoutProbe();
+  const auto asked = std::chrono::steady_clock::now();
+  const Response version = Call(fresh.port(), "GET", "/version");
+  const auto waited = std::chrono::steady_clock::now() - asked;
+  EXPECT_EQ(version.status, 200);
+  const json v = json::parse(version.body, nullptr, false);
+  ASSERT_FALSE(v.is_discarded()) << version.body;
+  EXPECT_EQ(v["etcdserver"], EtcdServerVersion()) << version.body;
+  const json etcd_version = json::parse(Call(plain_port(), "GET", "/version").body);
+  EXPECT_EQ(v["etcdcluster"], etcd_version["etcdcluster"]) << version.body;
+  EXPECT_LT(waited, 5s);
+  // Later answers come at once, from the probe's snapshot.
+  EXPECT_EQ(json::parse(Call(fresh.port(), "GET", "/version").body)["etcdserver"], EtcdServerVersion());
 }
 
 double Gauge(int port, const std::string& name) {
