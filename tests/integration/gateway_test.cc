@@ -201,6 +201,19 @@ void Normalize(json& j) {
   }
 }
 
+// The HTTP status etcd 3.4's grpc-gateway gives, which the proxy answers with whatever the shards
+// run (docs/semantics.md): etcd 3.5's grpc-gateway maps FailedPrecondition to 400 (3.4: 412)
+// and Canceled to 499 (3.4: 408). Other codes map alike.
+int As34Status(int status, const json& body) {
+  if (!EtcdServerAtLeast(3, 5) || !body.is_object() || !body.contains("code") || !body["code"].is_number()) {
+    return status;
+  }
+  const int code = body["code"];
+  if (code == 9 && status == 400) return 412;
+  if (code == 1 && status == 499) return 408;
+  return status;
+}
+
 class GatewayTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -285,9 +298,10 @@ TEST_F(GatewayTest, SameAnswersAsPlainEtcd) {
   for (const Step& step : steps) {
     const Response a = Call(plain_port(), "POST", step.path, step.body);
     const Response b = Call(port(), "POST", step.path, step.body);
-    EXPECT_EQ(a.status, b.status) << step.path << " " << step.body << "\netcd: " << a.body << "\nproxy: " << b.body;
     json ja = json::parse(a.body, nullptr, false);
     json jb = json::parse(b.body, nullptr, false);
+    EXPECT_EQ(As34Status(a.status, ja), b.status)
+        << step.path << " " << step.body << "\netcd: " << a.body << "\nproxy: " << b.body;
     ASSERT_FALSE(jb.is_discarded()) << b.body;
     Normalize(ja);
     Normalize(jb);
