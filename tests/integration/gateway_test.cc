@@ -395,6 +395,15 @@ TEST_F(GatewayTest, KeepAliveAndPipelining) {
   EXPECT_EQ(json::parse(range->body)["kvs"][0]["value"], B64("2")) << range->body;
   EXPECT_EQ(json::parse(range->body)["kvs"][0]["version"], "2");
   EXPECT_EQ(missing->status, 404);
+  // An answer to HEAD is its head only (as Go's net/http): the next answer follows at once.
+  ASSERT_TRUE(http.Send("HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /livez HTTP/1.1\r\nHost: x\r\n\r\n"));
+  const auto head = http.Head();
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->status, 404);
+  const auto livez = http.Read();
+  ASSERT_TRUE(livez);
+  EXPECT_EQ(livez->status, 200);
+  EXPECT_EQ(livez->body, "ok\n");
   // The same connection goes on; `Connection: close` ends it after the answer.
   ASSERT_TRUE(http.Send("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
   const auto health = http.Read();
