@@ -474,6 +474,28 @@ TEST_F(GatewayTest, FirstVersionWaitsForTheShardsVersions) {
   EXPECT_EQ(json::parse(Call(fresh.port(), "GET", "/version").body)["etcdserver"], EtcdServerVersion());
 }
 
+// The operator port's /version (libmicrohttpd's thread) waits for the first probe the same way.
+TEST_F(GatewayTest, FirstVersionOnTheOperatorPortWaitsToo) {
+  SilentListener silent;
+  const int operator_port = FreePort();
+  ProxyProcess fresh({{"", "gw/i", shards_[0]->ClientAddresses()}, {"gw/i", "", {silent.address()}}},
+                     {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(operator_port)});
+  fresh.StartWithoutProbe();
+  // The operator listener starts after the client port: ask as soon as it takes connections.
+  std::optional<Response> version;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        RawHttp http(operator_port);
+        if (!http.connected() || !http.Send("GET /version HTTP/1.1\r\nHost: x\r\n\r\n")) return false;
+        version = http.Read();
+        return version.has_value();
+      },
+      10s));
+  EXPECT_EQ(version->status, 200);
+  const json v = json::parse(version->body, nullptr, false);
+  EXPECT_EQ(v["etcdserver"], EtcdServerVersion()) << version->body;
+}
+
 double Gauge(int port, const std::string& name) {
   const Response metrics = Call(port, "GET", "/metrics");
   const auto at = metrics.body.find("\n" + name + " ");
