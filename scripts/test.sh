@@ -8,6 +8,6 @@ cd build
 ctest --output-on-failure --timeout 900 "$@"
 cd ..
 # libFuzzer targets (clang, ASan+UBSan) for a bounded time each; ESP_SKIP_FUZZ=1 skips them.
-# 15 s each by default here (CI's budget), both at once; `ESP_FUZZ_SECONDS=300 scripts/fuzz.sh`
+# 15 s each by default here (CI's budget), two at a time (three targets: 30 s); `ESP_FUZZ_SECONDS=300 scripts/fuzz.sh`
 # for a real fuzzing session.
 [ "${ESP_SKIP_FUZZ:-0}" = 1 ] || ESP_FUZZ_SECONDS="${ESP_FUZZ_SECONDS:-15}" scripts/fuzz.sh -j2

@@ -36,6 +36,12 @@ void HttpFace::Serve(HttpCall call, CallContextPtr context, std::shared_ptr<Http
     return gateway_.Serve(*route, std::move(call), std::move(context), std::move(reply));
   }
   if (path.starts_with("/v3/")) return PlainText(*reply, 404, "Not Found\n");
+  if (const auto async = async_endpoints_.find(path); async != async_endpoints_.end()) {
+    // The reply is thread-safe: the answer may come from another thread, after this returns.
+    return async->second(HttpRequest{path, ParseQuery(call.query())}, [reply](HttpResponse response) {
+      reply->Send(response.status, {{"Content-Type", response.content_type}}, std::move(response.body));
+    });
+  }
   const auto endpoint = endpoints_.find(path);
   if (endpoint == endpoints_.end()) return PlainText(*reply, 404, "404 page not found\n");
   // The operator port's handlers read snapshots only: they answer at once, on this loop.

@@ -172,6 +172,8 @@ class JsonLinesSink final : public StreamSink {
 
 }  // namespace
 
+const std::vector<GatewayRoute>& AllRoutes() { return Routes(); }
+
 const GatewayRoute* FindRoute(std::string_view path) {
   for (const GatewayRoute& route : Routes()) {
     if (route.path == path) return &route;

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "transport/http_call.h"
 #include "transport/router.h"
@@ -34,6 +35,8 @@ struct GatewayRoute {
 
 // The route for an HTTP path, or null (etcd answers 404 for it).
 const GatewayRoute* FindRoute(std::string_view path);
+// Every route, in etcd's rpc.proto order (the fuzz target picks from them).
+const std::vector<GatewayRoute>& AllRoutes();
 
 struct DecodedRequest {
   Status status;      // InvalidArgument with the parser's words when the JSON is not a request

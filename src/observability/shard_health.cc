@@ -117,6 +117,33 @@ void ShardHealthMonitor::Stop() {
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
+  // No probe will come: whoever waits for one answers with what is known.
+  std::vector<std::function<void()>> waiters;
+  {
+    const std::lock_guard lock(mu_);
+    waiters.swap(probed_waiters_);
+  }
+  for (const auto& done : waiters) done();
+}
+
+namespace {
+
+bool AllProbed(const std::vector<ShardState>& states) {
+  return std::all_of(states.begin(), states.end(), [](const ShardState& s) { return s.probed; });
+}
+
+}  // namespace
+
+void ShardHealthMonitor::WhenProbed(std::function<void()> done) {
+  {
+    const std::lock_guard lock(mu_);
+    if (auto topology = topology_.Get(); topology != states_topology_) FollowTopologyLocked(std::move(topology));
+    if (!AllProbed(states_) && !stopping_) {
+      probed_waiters_.push_back(std::move(done));
+      return;
+    }
+  }
+  done();
 }
 
 std::vector<ShardState> ShardHealthMonitor::Snapshot() const {
@@ -171,6 +198,7 @@ void ShardHealthMonitor::ProbeOnce() {
   }
 
   std::vector<ShardState> snapshot;
+  std::vector<std::function<void()>> waiters;
   {
     const std::lock_guard lock(mu_);
     if (states_topology_ != topology) FollowTopologyLocked(topology);
@@ -230,7 +258,9 @@ void ShardHealthMonitor::ProbeOnce() {
       }
     }
     snapshot = states_;
+    if (AllProbed(states_)) waiters.swap(probed_waiters_);
   }
+  for (const auto& done : waiters) done();  // outside mu_: they read snapshots
   const bool serving = JudgeServing(snapshot).healthy;
   if (serving_ == serving) return;
   serving_ = serving;

@@ -74,6 +74,11 @@ class ShardHealthMonitor {
   void Start();
   void Stop();
   std::vector<ShardState> Snapshot() const;
+  // Runs `done` once every shard of the current map has been probed (answered or failed): at
+  // once on the caller's thread if so, else on the probe thread right after the probe that
+  // completes it (bounded by that probe's deadline), or at Stop. For answers that need what
+  // only a probe knows, such as /version's shard versions right after start.
+  void WhenProbed(std::function<void()> done);
 
  private:
   void Run();
@@ -94,6 +99,7 @@ class ShardHealthMonitor {
   mutable std::mutex mu_;
   std::condition_variable wake_;
   bool stopping_ = false;
+  std::vector<std::function<void()>> probed_waiters_;  // WhenProbed's, until every shard is probed
   // Mutable: a snapshot taken after a map change shows the new shards ("not probed yet").
   mutable std::vector<ShardState> states_;
   mutable std::shared_ptr<const Topology> states_topology_;  // which topology states_ is laid out for

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <set>
+#include <future>
 #include <sstream>
 
 #include "auth/cert_identity.h"
@@ -257,7 +258,9 @@ Proxy::Proxy(const Config& config, ProxyOptions options)
     h2.limits.keepalive_interval = options_.grpc_keepalive_interval;
     h2.limits.keepalive_timeout = options_.grpc_keepalive_timeout;
     h2.tls = {options_.tls.cert_file, options_.tls.key_file, options_.tls.trusted_ca_file, options_.tls.client_cert_auth};
-    http_face_ = std::make_unique<gateway::HttpFace>(router_, h2.limits.max_receive_bytes, SharedHttpEndpoints());
+    http_face_ = std::make_unique<gateway::HttpFace>(router_, h2.limits.max_receive_bytes, SharedHttpEndpoints(),
+                                                     std::map<std::string, gateway::AsyncEndpoint>{
+                                                         {"/version", VersionEndpoint()}});
     h2.http_handler = [face = http_face_.get()](HttpCall call, CallContextPtr context, std::shared_ptr<HttpReply> reply) {
       face->Serve(std::move(call), std::move(context), std::move(reply));
     };
@@ -390,14 +393,31 @@ std::map<std::string, HttpServer::Handler> Proxy::SharedHttpEndpoints() {
     return verdict.healthy ? HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}
                            : HttpResponse{503, "application/json", HealthJson(verdict)};
   };
-  endpoints["/version"] = [this](const HttpRequest&) {
-    return HttpResponse{200, "application/json", VersionJson(health_->Snapshot())};
-  };
   return endpoints;
+}
+
+gateway::AsyncEndpoint Proxy::VersionEndpoint() {
+  return [this](const HttpRequest&, std::function<void(HttpResponse)> answer) {
+    // At once once every shard has been probed; else right after the probe that completes it
+    // (bounded by the probe's own deadline), on the probe thread.
+    health_->WhenProbed([this, answer = std::move(answer)] {
+      answer(HttpResponse{200, "application/json", VersionJson(health_->Snapshot())});
+    });
+  };
 }
 
 void Proxy::RegisterHttpEndpoints() {
   for (auto& [path, handler] : SharedHttpEndpoints()) http_->Handle(path, std::move(handler));
+  // The operator listener answers on its own thread (never the data plane's): it may wait there
+  // for the first probe, which its deadline bounds; past kVersionWait it answers what is known.
+  http_->Handle("/version", [endpoint = VersionEndpoint()](const HttpRequest& request) {
+    constexpr auto kVersionWait = std::chrono::seconds(3);
+    auto promise = std::make_shared<std::promise<HttpResponse>>();
+    auto future = promise->get_future();
+    endpoint(request, [promise](HttpResponse response) { promise->set_value(std::move(response)); });
+    if (future.wait_for(kVersionWait) == std::future_status::ready) return future.get();
+    return HttpResponse{200, "application/json", R"({"etcdserver":"not_decided","etcdcluster":"not_decided"})"};
+  });
   http_->Handle("/shards", [this](const HttpRequest&) {
     return HttpResponse{200, "application/json", ShardsJson(health_->Snapshot(), topology_.Get()->map_version)};
   });

@@ -109,6 +109,9 @@ class Proxy {
   void RegisterHttpEndpoints();
   // The endpoints the operator port and the client port's HTTP face share: one handler each.
   std::map<std::string, HttpServer::Handler> SharedHttpEndpoints();
+  // /version: the shards' versions come from the health probe, so an answer asked before the
+  // first probe has completed waits for it instead of saying "not_decided" while shards are up.
+  gateway::AsyncEndpoint VersionEndpoint();
 
   ProxyOptions options_;
   Metrics metrics_;

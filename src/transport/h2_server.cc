@@ -20,6 +20,8 @@
 #include <thread>
 #include <unordered_map>
 
+#include "transport/first_bytes.h"
+
 namespace esp {
 
 // One event loop and the connections it owns. Everything but the constructor, Start/Stop and
@@ -149,12 +151,6 @@ class H2Server::Loop final : public H2ConnectionOwner {
 };
 
 
-namespace {
-
-constexpr std::string_view kH2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-}  // namespace
-
 // A new connection until its first bytes say what it speaks, as etcd's cmux does on its client
 // port: the HTTP/2 client preface (gRPC, or HTTP/2 with prior knowledge) or anything else
 // (HTTP/1.1). Over TLS, ALPN decides when the client offered it. It reads, never writes: both
@@ -202,18 +198,14 @@ class H2Server::FirstBytes final : public ClientConnection {
   }
 
   std::optional<bool> Decide() const {
+    std::string_view chosen;
     if (ssl_ != nullptr) {
       const unsigned char* alpn = nullptr;
       unsigned int length = 0;
       SSL_get0_alpn_selected(ssl_, &alpn, &length);
-      const std::string_view chosen(reinterpret_cast<const char*>(alpn), length);
-      if (chosen == "h2") return true;
-      if (chosen == "http/1.1") return false;
+      chosen = std::string_view(reinterpret_cast<const char*>(alpn), length);
     }
-    const std::size_t n = std::min(first_.size(), kH2Preface.size());
-    if (std::string_view(first_).substr(0, n) != kH2Preface.substr(0, n)) return false;
-    if (first_.size() >= kH2Preface.size()) return true;
-    return std::nullopt;  // a prefix of the preface so far: read on
+    return SpeaksHttp2(first_, chosen);
   }
 
   void HandOver(bool h2) {

@@ -303,6 +303,7 @@ void Http1Connection::Next() {
     active_ = std::make_shared<Http1Exchange>();
     active_->connection = this;
     active_->keep_alive = next.keep_alive && !draining_;
+    active_->head_only = next.call.method == "HEAD";
     active_->context = std::make_shared<CallContext>(std::nullopt, Metadata());
     active_->reply = std::make_shared<Http1Reply>(loop_, active_);
     // The reply posts: a handler answering at once never re-enters this loop from in here.
@@ -333,7 +334,7 @@ void Http1Connection::ReplyHead(Http1Exchange& exchange, int status, const HttpH
 }
 
 void Http1Connection::ReplyBody(Http1Exchange& exchange, std::string_view piece) {
-  if (exchange.ended || piece.empty()) return;
+  if (exchange.ended || piece.empty() || exchange.head_only) return;
   if (outbuf_.pending() > limits_.max_pending_bytes) {
     spdlog::warn("http: {} bytes queued for a client that does not read; closing the connection", outbuf_.pending());
     Close();
@@ -353,7 +354,7 @@ void Http1Connection::ReplyEnd(Http1Exchange& exchange) {
   if (exchange.ended) return;
   if (!exchange.head_sent) ReplyHead(exchange, 200, {}, /*chunked=*/false, 0);
   exchange.ended = true;
-  if (exchange.chunked) outbuf_.Append(reinterpret_cast<const std::uint8_t*>("0\r\n\r\n"), 5);
+  if (exchange.chunked && !exchange.head_only) outbuf_.Append(reinterpret_cast<const std::uint8_t*>("0\r\n\r\n"), 5);
   exchange.connection = nullptr;
   // The request is over: whatever still serves it (a watch that ended itself) lets go now.
   if (exchange.context) exchange.context->cancellation().Cancel();

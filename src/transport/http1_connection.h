@@ -42,6 +42,9 @@ struct Http1Exchange {
   Http1Connection* connection = nullptr;
   CallContextPtr context;
   bool keep_alive = true;
+  // A HEAD request: the answer's head as for GET, never a body (Go's net/http drops it too); a
+  // body would be read by the client as the start of the next answer.
+  bool head_only = false;
   bool head_sent = false;
   bool chunked = false;
   bool ended = false;

@@ -1,6 +1,9 @@
-// libFuzzer target for the server side of the h2 data plane: what a client sends on one
-// connection. Inputs starting with the client preface ("PRI ") are raw bytes (the captured seeds);
-// any other input is a script of client actions (see Script below) that this file turns into
+// libFuzzer target for the server side of the client port: what a client sends on one
+// connection. Inputs starting with an upper-case letter (a method, or the preface's "PRI ") are
+// raw client bytes (the captured seeds, HTTP/1.1 requests), handed to the connection the server's
+// first-bytes decision picks (transport/first_bytes.h): the HTTP/2 preface to H2Connection, anything
+// else to Http1Connection (see Http1Run below); any other input is a script of HTTP/2 client
+// actions (see Script below) that this file turns into
 // well-formed frames, so that mutations explore gRPC call states (resets mid-call, deadlines,
 // tiny windows, bad prefixes) instead of dying in HPACK. They go through H2Connection's receive path (nghttp2 server session, our
 // callbacks, gRPC deframing, the Router) exactly as in production, minus the socket: the
@@ -25,11 +28,14 @@
 #include <utility>
 #include <vector>
 
+#include <http_parser.h>
 #include <nghttp2/nghttp2.h>
 
 #include "transport/event_loop.h"
+#include "transport/first_bytes.h"
 #include "transport/grpc_framing.h"
 #include "transport/h2_connection.h"
+#include "transport/http1_connection.h"
 #include "transport/router.h"
 
 namespace esp {
@@ -340,6 +346,219 @@ std::uint32_t MaxClientStream(const std::vector<Turn>& turns) {
   return max;
 }
 
+// The HTTP/1.1 side: raw request bytes into an Http1Connection built without a socket, on a real
+// EventLoop, with an HttpHandler that answers as the HTTP face's kinds of answer do: at once, a
+// turn later, streamed and left open (a watch), streamed and ended (a keep-alive), or never
+// (the client goes first). Checked besides ASan/UBSan: the output is a sequence of HTTP/1.1
+// responses http-parser reads without error, in request order (each answer carries its request's
+// number), no more of them than requests; every call's context is cancelled once the connection
+// is gone (a watch left open ends with its client); no reply callback runs after that.
+class Http1Harness final : public ClientConnectionOwner {
+ public:
+  Http1Harness() {
+    limits_.max_body_bytes = 4096;
+    limits_.headers = {.max_list_bytes = 2048, .max_fields = 64, .max_connection_bytes = 16384};
+    limits_.max_pending_bytes = 16 * 1024;
+    limits_.max_waiting_requests = 4;
+    limits_.max_waiting_bytes = 8 * 1024;
+    handler_ = [this](HttpCall call, CallContextPtr context, std::shared_ptr<HttpReply> reply) {
+      Serve(std::move(call), std::move(context), std::move(reply));
+    };
+    loop_->SetEndOfTurn([this] { EndOfTurn(); });
+    loop_->Start();
+  }
+
+  void Run(const std::uint8_t* data, std::size_t size) {
+    std::vector<Turn> turns = RawTurns(data, size);
+    // Some turns the "socket" takes only a little: answers wait in the connection's buffer.
+    std::uint32_t seed = static_cast<std::uint32_t>(size) * 40503u + 7u;
+    for (Turn& turn : turns) {
+      seed = seed * 1103515245u + 12345u;
+      if ((seed >> 28) < 5) turn.write_budget = (seed >> 12) % 700;
+    }
+    output_.clear();
+    calls_ = 0;
+    head_calls_.clear();
+    contexts_.clear();
+    Step([this] {
+      connection_ = std::make_unique<Http1Connection>(
+          loop_,
+          [this](std::string_view bytes) {
+            const std::size_t n = std::min(bytes.size(), budget_);
+            budget_ -= n;
+            output_.append(bytes.substr(0, n));
+            return n;
+          },
+          handler_, limits_, *this);
+      Check(connection_->Start(), "http1 start");
+    });
+    for (const Turn& turn : turns) {
+      Step([this, &turn] {
+        budget_ = turn.write_budget;
+        connection_->Flush();  // writable again (EPOLLOUT in production)
+        AnswerLater();
+        const auto* p = reinterpret_cast<const std::uint8_t*>(turn.bytes.data());
+        const std::size_t first = std::min(turn.bytes.size() / 2 + turn.bytes.size() % 5, turn.bytes.size());
+        connection_->Receive(p, first);
+        connection_->Receive(p + first, turn.bytes.size() - first);
+      });
+    }
+    Step([this] {
+      budget_ = SIZE_MAX;
+      connection_->Flush();
+      AnswerLater();
+      connection_->Drain();
+    });
+    Step([this] {
+      budget_ = SIZE_MAX;
+      connection_->Flush();
+      connection_.reset();
+      dirty_.clear();
+    });
+    // Replies still held (never answered) and streams left open find nothing now.
+    Step([this] {
+      AnswerLater();
+      for (auto& reply : streams_) reply->Write("late\n");
+      streams_.clear();
+    });
+    for (const auto& weak : contexts_) {
+      const auto context = weak.lock();
+      Check(!context || context->cancellation().cancelled(), "a call outlived its HTTP/1.1 connection uncancelled");
+    }
+    CheckResponses(output_, calls_, head_calls_);
+  }
+
+  void OnDirty(ClientConnection* c) override { dirty_.push_back(c); }
+  void OnClosed(ClientConnection*) override {}
+
+ private:
+  // On the loop, as the HTTP face is called. The path picks the kind of answer.
+  void Serve(HttpCall call, CallContextPtr context, std::shared_ptr<HttpReply> reply) {
+    const std::string number = std::to_string(calls_++);
+    if (call.method == "HEAD") head_calls_.push_back(calls_ - 1);
+    contexts_.push_back(context);
+    HttpHeaders headers = {{"X-Seq", number}, {"Content-Type", "application/json"}};
+    const std::string_view path = call.path();
+    if (path == "/v3/kv/put") {
+      later_.emplace_back(reply, number);  // answered at the start of the next turn
+    } else if (path == "/v3/watch") {
+      reply->Begin(200, std::move(headers));
+      reply->Write("{\"result\":{\"created\":true}}\n");
+      if (!call.body.empty()) reply->Write(call.body);
+      streams_.push_back(reply);  // written to every turn, never ended by the server
+    } else if (path == "/v3/lease/keepalive") {
+      reply->Begin(200, std::move(headers));
+      reply->Write(call.body);
+      reply->Write(std::string(call.body.size() % 3000, 'k'));
+      reply->End();
+      reply->Write("after the end");  // dropped
+    } else if (path == "/v3/kv/range") {
+      reply->Send(200, std::move(headers), std::move(call.body));
+      reply->Send(500, {}, "twice");  // ignored: one answer per request
+    } else if (path == "/never") {
+      // No answer: the request holds the connection until the client goes.
+    } else {
+      reply->Send(404, std::move(headers), "404 page not found\n");
+    }
+  }
+
+  void AnswerLater() {
+    auto later = std::move(later_);
+    later_.clear();
+    for (auto& [reply, number] : later) reply->Send(200, {{"X-Seq", number}}, "{\"header\":{}}");
+    for (auto& reply : streams_) reply->Write("{\"result\":{\"events\":[]}}\n");
+  }
+
+  // The output as a client reads it: whole responses in request order, the last one possibly cut
+  // (the connection closed under a stream, or a refusal cut a stream short).
+  // Answers to HEAD requests carry no body: read as the client reads them (F_SKIPBODY), a body
+  // there would be taken for the next answer and fail to parse.
+  static void CheckResponses(const std::string& out, std::size_t calls, const std::vector<std::size_t>& head_calls) {
+    struct State {
+      std::size_t complete = 0;
+      std::size_t interim = 0;  // 100 Continue
+      long last_seq = -1;
+      bool seq_field = false;
+      bool head_answer = false;
+      const std::vector<std::size_t>* head_calls = nullptr;
+    } state;
+    state.head_calls = &head_calls;
+    http_parser parser;
+    http_parser_init(&parser, HTTP_RESPONSE);
+    parser.data = &state;
+    http_parser_settings settings;
+    http_parser_settings_init(&settings);
+    settings.on_header_field = [](http_parser* p, const char* at, std::size_t n) {
+      auto* st = static_cast<State*>(p->data);
+      st->seq_field = std::string_view(at, n) == "X-Seq";
+      return 0;
+    };
+    settings.on_header_value = [](http_parser* p, const char* at, std::size_t n) {
+      auto* st = static_cast<State*>(p->data);
+      if (!st->seq_field) return 0;
+      const long seq = std::strtol(std::string(at, n).c_str(), nullptr, 10);
+      Check(seq == st->last_seq + 1, "HTTP/1.1 answers out of request order");
+      st->last_seq = seq;
+      st->head_answer = std::find(st->head_calls->begin(), st->head_calls->end(), static_cast<std::size_t>(seq)) !=
+                        st->head_calls->end();
+      return 0;
+    };
+    settings.on_headers_complete = [](http_parser* p) {
+      auto* st = static_cast<State*>(p->data);
+      if (p->status_code / 100 == 1) ++st->interim;
+      const bool skip_body = std::exchange(st->head_answer, false);
+      return skip_body ? 1 : 0;  // 1: no body follows (http-parser's answer-to-HEAD signal)
+    };
+    settings.on_message_complete = [](http_parser* p) {
+      ++static_cast<State*>(p->data)->complete;
+      return 0;
+    };
+    const std::size_t used = http_parser_execute(&parser, &settings, out.data(), out.size());
+    if (HTTP_PARSER_ERRNO(&parser) != HPE_OK || used != out.size()) {
+      std::fprintf(stderr, "http-parser on the server's output: %s at %zu of %zu\n",
+                   http_errno_description(HTTP_PARSER_ERRNO(&parser)), used, out.size());
+      Check(false, "the HTTP/1.1 output is not a sequence of responses");
+    }
+    // Each call answers once; the connection's own refusal (400, 413, 431) comes on top.
+    Check(state.complete - std::min(state.complete, state.interim) <= calls + 1, "more HTTP/1.1 answers than requests");
+  }
+
+  void Step(std::function<void()> task) {
+    std::promise<void> done;
+    loop_->Post([this, task = std::move(task), &done] {
+      task();
+      turn_done_ = &done;
+    });
+    done.get_future().wait();
+  }
+
+  void EndOfTurn() {
+    for (int round = 0; round < 4 && !dirty_.empty(); ++round) {
+      std::vector<ClientConnection*> dirty;
+      dirty.swap(dirty_);
+      for (ClientConnection* c : dirty) {
+        c->ClearDirty();
+        c->Flush();
+      }
+    }
+    if (turn_done_ != nullptr) std::exchange(turn_done_, nullptr)->set_value();
+  }
+
+  std::shared_ptr<EventLoop> loop_ = std::make_shared<EventLoop>();
+  Http1Limits limits_;
+  HttpHandler handler_;
+  std::unique_ptr<Http1Connection> connection_;
+  std::vector<ClientConnection*> dirty_;
+  std::promise<void>* turn_done_ = nullptr;
+  std::string output_;
+  std::size_t budget_ = SIZE_MAX;
+  std::size_t calls_ = 0;
+  std::vector<std::size_t> head_calls_;  // numbers of the calls that were HEAD requests
+  std::vector<std::weak_ptr<CallContext>> contexts_;
+  std::vector<std::pair<std::shared_ptr<HttpReply>, std::string>> later_;
+  std::vector<std::shared_ptr<HttpReply>> streams_;
+};
+
 // Plays the per-loop connection table (H2Server's Loop) for one connection at a time.
 class Harness final : public H2ConnectionOwner {
  public:
@@ -357,7 +576,11 @@ class Harness final : public H2ConnectionOwner {
     std::vector<Turn> turns;
     // Raw input may raise SETTINGS_MAX_FRAME_SIZE and open any stream: only framing is checked.
     std::size_t max_frame = (1u << 24) - 1;
-    if (size >= 4 && std::memcmp(data, "PRI ", 4) == 0) {
+    if (size > 0 && data[0] >= 'A' && data[0] <= 'Z') {
+      // Raw client bytes: the server's own decision says which connection reads them.
+      const auto h2 = SpeaksHttp2(std::string_view(reinterpret_cast<const char*>(data), size));
+      if (!h2) return;  // a strict prefix of the preface: the server reads on, then the client is gone
+      if (!*h2) return http1_.Run(data, size);
       turns = RawTurns(data, size);
     } else {
       Reader in(data, size);
@@ -454,6 +677,7 @@ class Harness final : public H2ConnectionOwner {
   std::promise<void>* turn_done_ = nullptr;
   std::string output_;  // written on the loop thread, read after the last Step
   std::size_t budget_ = SIZE_MAX;  // bytes the "socket" still takes this turn
+  Http1Harness http1_;  // its own loop thread, for inputs the server would read as HTTP/1.1
 };
 
 }  // namespace

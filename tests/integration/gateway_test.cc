@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -200,6 +201,19 @@ void Normalize(json& j) {
   }
 }
 
+// The HTTP status etcd 3.4's grpc-gateway gives, which the proxy answers with whatever the shards
+// run (docs/semantics.md): etcd 3.5's grpc-gateway maps FailedPrecondition to 400 (3.4: 412)
+// and Canceled to 499 (3.4: 408). Other codes map alike.
+int As34Status(int status, const json& body) {
+  if (!EtcdServerAtLeast(3, 5) || !body.is_object() || !body.contains("code") || !body["code"].is_number()) {
+    return status;
+  }
+  const int code = body["code"];
+  if (code == 9 && status == 400) return 412;
+  if (code == 1 && status == 499) return 408;
+  return status;
+}
+
 class GatewayTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -284,9 +298,10 @@ TEST_F(GatewayTest, SameAnswersAsPlainEtcd) {
   for (const Step& step : steps) {
     const Response a = Call(plain_port(), "POST", step.path, step.body);
     const Response b = Call(port(), "POST", step.path, step.body);
-    EXPECT_EQ(a.status, b.status) << step.path << " " << step.body << "\netcd: " << a.body << "\nproxy: " << b.body;
     json ja = json::parse(a.body, nullptr, false);
     json jb = json::parse(b.body, nullptr, false);
+    EXPECT_EQ(As34Status(a.status, ja), b.status)
+        << step.path << " " << step.body << "\netcd: " << a.body << "\nproxy: " << b.body;
     ASSERT_FALSE(jb.is_discarded()) << b.body;
     Normalize(ja);
     Normalize(jb);
@@ -380,6 +395,15 @@ TEST_F(GatewayTest, KeepAliveAndPipelining) {
   EXPECT_EQ(json::parse(range->body)["kvs"][0]["value"], B64("2")) << range->body;
   EXPECT_EQ(json::parse(range->body)["kvs"][0]["version"], "2");
   EXPECT_EQ(missing->status, 404);
+  // An answer to HEAD is its head only (as Go's net/http): the next answer follows at once.
+  ASSERT_TRUE(http.Send("HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /livez HTTP/1.1\r\nHost: x\r\n\r\n"));
+  const auto head = http.Head();
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->status, 404);
+  const auto livez = http.Read();
+  ASSERT_TRUE(livez);
+  EXPECT_EQ(livez->status, 200);
+  EXPECT_EQ(livez->body, "ok\n");
   // The same connection goes on; `Connection: close` ends it after the answer.
   ASSERT_TRUE(http.Send("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
   const auto health = http.Read();
@@ -404,6 +428,72 @@ TEST_F(GatewayTest, HealthVersionMetricsOnTheClientPort) {
   EXPECT_NE(metrics.body.find("etcd_proxy_client_watches"), std::string::npos);
   EXPECT_EQ(Call(port(), "GET", "/livez").status, 200);
   EXPECT_EQ(Call(port(), "GET", "/readyz").status, 200);
+}
+
+// A shard endpoint that takes connections (the kernel's backlog) and never answers: the health
+// probe waits for it until its deadline, so the proxy's first probe takes a second.
+class SilentListener {
+ public:
+  SilentListener() : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    socklen_t length = sizeof addr;
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(fd_, 64) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
+      throw std::runtime_error("silent listener");
+    }
+    port_ = ntohs(addr.sin_port);
+  }
+  ~SilentListener() { close(fd_); }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int fd_;
+  int port_ = 0;
+};
+
+// The first /version after start, asked while the first probe is still waiting on a shard that
+// does not answer: it waits for that probe (bounded by its deadline) and answers the versions
+// of the shards that are up, as etcd would, not "not_decided".
+TEST_F(GatewayTest, FirstVersionWaitsForTheShardsVersions) {
+  SilentListener silent;
+  ProxyProcess fresh({{"", "gw/i", shards_[0]->ClientAddresses()}, {"gw/i", "", {silent.address()}}});
+  fresh.StartWithoutProbe();
+  const auto asked = std::chrono::steady_clock::now();
+  const Response version = Call(fresh.port(), "GET", "/version");
+  const auto waited = std::chrono::steady_clock::now() - asked;
+  EXPECT_EQ(version.status, 200);
+  const json v = json::parse(version.body, nullptr, false);
+  ASSERT_FALSE(v.is_discarded()) << version.body;
+  EXPECT_EQ(v["etcdserver"], EtcdServerVersion()) << version.body;
+  const json etcd_version = json::parse(Call(plain_port(), "GET", "/version").body);
+  EXPECT_EQ(v["etcdcluster"], etcd_version["etcdcluster"]) << version.body;
+  EXPECT_LT(waited, 5s);
+  // Later answers come at once, from the probe's snapshot.
+  EXPECT_EQ(json::parse(Call(fresh.port(), "GET", "/version").body)["etcdserver"], EtcdServerVersion());
+}
+
+// The operator port's /version (libmicrohttpd's thread) waits for the first probe the same way.
+TEST_F(GatewayTest, FirstVersionOnTheOperatorPortWaitsToo) {
+  SilentListener silent;
+  const int operator_port = FreePort();
+  ProxyProcess fresh({{"", "gw/i", shards_[0]->ClientAddresses()}, {"gw/i", "", {silent.address()}}},
+                     {"--listen-metrics-addr", "127.0.0.1:" + std::to_string(operator_port)});
+  fresh.StartWithoutProbe();
+  // The operator listener starts after the client port: ask as soon as it takes connections.
+  std::optional<Response> version;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        RawHttp http(operator_port);
+        if (!http.connected() || !http.Send("GET /version HTTP/1.1\r\nHost: x\r\n\r\n")) return false;
+        version = http.Read();
+        return version.has_value();
+      },
+      10s));
+  EXPECT_EQ(version->status, 200);
+  const json v = json::parse(version->body, nullptr, false);
+  EXPECT_EQ(v["etcdserver"], EtcdServerVersion()) << version->body;
 }
 
 double Gauge(int port, const std::string& name) {
@@ -441,11 +531,8 @@ TEST_F(GatewayTest, WatchStreamsAcrossShardsAndEndsWithTheClient) {
       << Gauge(port(), "etcd_proxy_client_watches") << " of " << open;
 }
 
-// OPEN (see the report of issue #18 part A): a gateway watch spanning the three shards gets its
-// `created` but none of the events below within 10 s in this fixture, while the same request by
-// curl or a raw socket against a two-shard proxy gets every event. Not yet explained; disabled so
-// the rest of the suite runs, and to be looked at with the watch service's owner.
-TEST_F(GatewayTest, DISABLED_WatchSpanningThreeShards) {
+// A gateway watch spanning the three shards sees each shard's event, one JSON line each.
+TEST_F(GatewayTest, WatchSpanningThreeShards) {
   RawHttp spanning(port());
   ASSERT_TRUE(spanning.Send(Post("/v3/watch", json({{"create_request", {{"key", B64("gw/")}, {"range_end", B64("gw0")}}}}).dump())));
   ASSERT_TRUE(spanning.Head());
@@ -460,10 +547,15 @@ TEST_F(GatewayTest, DISABLED_WatchSpanningThreeShards) {
   while (seen.size() < 3) {
     const auto chunk = spanning.NextChunk();
     ASSERT_TRUE(chunk) << "saw " << seen.size() << " eof " << spanning.eof();
-    for (const auto& ev : json::parse(*chunk)["result"]["events"]) seen.insert(ev["kv"]["key"].get<std::string>());
+    // The parsed line must outlive the loop over its events: a range-for over
+    // `json::parse(...)["result"]["events"]` iterates a reference into a temporary that is
+    // already destroyed (C++20 extends no temporary through operator[]), which read every event
+    // and counted none.
+    const json line = json::parse(*chunk, nullptr, false);
+    ASSERT_FALSE(line.is_discarded()) << *chunk;
+    for (const auto& ev : line["result"]["events"]) seen.insert(ev["kv"]["key"].get<std::string>());
   }
   EXPECT_EQ(seen, (std::set<std::string>{B64("gw/b"), B64("gw/n"), B64("gw/y")}));
-
 }
 
 TEST_F(GatewayTest, SlowWatchReaderIsCutOffNotBuffered) {
