@@ -318,6 +318,16 @@ class TargetWriter {
   EtcdClient& target_;
 };
 
+// "[#########-----------]  45%" for a terminal.
+std::string Bar(std::int64_t done, std::int64_t total) {
+  constexpr int kWidth = 30;
+  const double part = total > 0 ? std::min(1.0, static_cast<double>(done) / static_cast<double>(total)) : 0.0;
+  const int filled = static_cast<int>(part * kWidth);
+  char percent[8];
+  std::snprintf(percent, sizeof percent, "%3d%%", static_cast<int>(part * 100));
+  return "[" + std::string(filled, '#') + std::string(kWidth - filled, '-') + "] " + percent;
+}
+
 // Reads a watch stream on a thread of its own, so that the mover can wait for the next response
 // with a timeout (the blocking stream cannot).
 class WatchReader {
@@ -583,6 +593,16 @@ class Mover {
     const std::int64_t snapshot = CurrentRevision(*source_, m.start, "the source shard " + m.from);
     TargetWriter writer(*source_, *target_);
     copied_keys_ = copied_bytes_ = 0;
+    {
+      pb::RangeRequest count;
+      count.set_key(m.start);
+      count.set_range_end(EtcdEnd(m.end));
+      count.set_revision(snapshot);
+      count.set_count_only(true);
+      pb::RangeResponse counted;
+      Check(source_->Range(count, &counted), "counting the range on the source shard " + m.from);
+      keys_total_ = counted.count();
+    }
     std::string from = m.start;
     for (;;) {
       pb::RangeRequest page;
@@ -661,26 +681,27 @@ class Mover {
           throw MoveFailed("the source shard canceled the mover's watch: " + response.cancel_reason());
         }
         bool fence_seen = false;
-        std::vector<pb::RequestOp> ops;
-        std::int64_t revision = 0;
+        // The target's state before the switch is read by no one: changes of several source
+        // revisions go as one Txn, the last change of each key only, at most kMaxTxnOps keys.
+        std::map<std::string, pb::RequestOp> pending;
         const auto flush = [&] {
-          if (ops.empty()) return;
+          if (pending.empty()) return;
           lock_->Ensure();
+          std::vector<pb::RequestOp> ops;
+          ops.reserve(pending.size());
+          for (auto& [key, op] : pending) ops.push_back(std::move(op));
+          pending.clear();
           if (!BrokenSkipTail()) writer.Apply(std::move(ops));
-          ops.clear();
         };
         for (const auto& event : response.events()) {
           const auto& kv = event.kv();
-          if (kv.mod_revision() != revision) {
-            flush();
-            revision = kv.mod_revision();
-          }
           if (kv.key() == fence) {
             fence_seen = true;
             continue;
           }
           if (IsFenceKey(kv.key())) continue;
-          auto& op = ops.emplace_back();
+          if (pending.size() == kMaxTxnOps && !pending.contains(kv.key())) flush();
+          pb::RequestOp op;
           if (event.type() == mvccpb::Event::DELETE) {
             op.mutable_request_delete_range()->set_key(kv.key());
           } else {
@@ -689,6 +710,7 @@ class Mover {
             put->set_value(kv.value());
             put->set_lease(kv.lease());
           }
+          pending[kv.key()] = std::move(op);
           applied = kv.mod_revision();
         }
         flush();
@@ -711,6 +733,24 @@ class Mover {
           return is_progress;
         },
         std::chrono::milliseconds(300));
+    // etcd 3.4 answers that request before an unsynced watcher's backlog (etcd #15220): the
+    // range's newest change at the answered revision may still be on its way. Wait for it too.
+    if (source_revision > applied) {
+      pb::RangeRequest newest;
+      newest.set_key(m.start);
+      newest.set_range_end(EtcdEnd(m.end));
+      newest.set_revision(source_revision);
+      newest.set_sort_order(pb::RangeRequest::DESCEND);
+      newest.set_sort_target(pb::RangeRequest::MOD);
+      newest.set_limit(1);
+      newest.set_keys_only(true);
+      pb::RangeResponse answer;
+      Check(source_->Range(newest, &answer), "reading the source shard " + m.from);
+      const std::int64_t wanted = answer.kvs_size() > 0 ? answer.kvs(0).mod_revision() : 0;
+      if (wanted > applied) {
+        tail([&](const pb::WatchResponse&, bool, bool) { return applied >= wanted; }, std::chrono::milliseconds(300));
+      }
+    }
     WriteProgress(m, "tailing", {{"snapshot_revision", snapshot}, {"applied_revision", applied},
                                  {"source_revision", source_revision}, {"lag", source_revision - applied}});
     CrashPoint("caught-up", io_);
@@ -812,6 +852,7 @@ class Mover {
            {"to", m.to},
            {"step", step},
            {"keys_copied", copied_keys_},
+           {"keys_total", keys_total_},
            {"bytes_copied", copied_bytes_},
            {"mover", MoverName()},
            {"updated_at", meta::NowRfc3339()}};
@@ -822,7 +863,8 @@ class Mover {
     pb::PutResponse written;
     Check(meta_.Put(put, &written), "meta store: the move's progress");
     if (options_.progress_bar) {
-      io_.out << "\r" << step << ": " << copied_keys_ << " keys, " << copied_bytes_ / 1024 << " KiB copied   " << std::flush;
+      io_.out << "\r" << Bar(copied_keys_, keys_total_) << " " << step << ": " << copied_keys_ << "/" << keys_total_
+              << " keys, " << copied_bytes_ / 1024 << " KiB copied   " << std::flush;
       if (step != "copying") io_.out << "\n";
     }
   }
@@ -843,7 +885,9 @@ class Mover {
   std::unique_ptr<EtcdClient> target_;
   std::int64_t copied_keys_ = 0;
   std::int64_t copied_bytes_ = 0;
+  std::int64_t keys_total_ = 0;  // in the range at the copy's revision
 };
+
 
 template <class F>
 int Guarded(CommandIo io, F run) {
@@ -936,7 +980,10 @@ int Status(MapStore& store, meta::OutputFormat format, CommandIo io) {
            << move->to << "\n  state: " << move->state << " (map version " << stored->doc.version << "), started "
            << move->started_at << "\n";
     if (!progress.empty()) {
-      io.out << "  step: " << progress.value("step", "?") << ", keys copied: " << progress.value("keys_copied", 0)
+      const std::int64_t copied = progress.value("keys_copied", 0);
+      const std::int64_t total = progress.value("keys_total", 0);
+      if (isatty(STDOUT_FILENO) != 0) io.out << "  " << Bar(copied, total) << "\n";
+      io.out << "  step: " << progress.value("step", "?") << ", keys copied: " << copied << " of " << total
              << ", bytes copied: " << progress.value("bytes_copied", 0);
       if (progress.contains("lag")) io.out << ", revisions behind: " << progress["lag"].get<std::int64_t>();
       io.out << "\n  mover: " << progress.value("mover", "?") << ", updated " << progress.value("updated_at", "?") << "\n";

@@ -157,11 +157,20 @@ class H2Server::Loop final : public H2ConnectionOwner {
 // protocols start with the client.
 class H2Server::FirstBytes final : public ClientConnection {
  public:
-  FirstBytes(Loop& owner, int fd, SSL* ssl) : owner_(owner), fd_(fd), ssl_(ssl) {}
+  // `silence`: how long a client may send nothing at all before it is closed (what the HTTP/2
+  // connection's keepalive enforcement, interval + timeout, would allow it); zero: forever.
+  FirstBytes(Loop& owner, int fd, SSL* ssl, std::chrono::steady_clock::duration silence)
+      : owner_(owner), fd_(fd), ssl_(ssl), silence_(silence) {}
   ~FirstBytes() override { Close(); }
 
   bool Start() override {
     owner_.loop().AddFd(fd_, EPOLLIN, [this](std::uint32_t) { OnReadable(); });
+    if (silence_ > std::chrono::steady_clock::duration::zero()) {
+      timer_ = owner_.loop().AddTimer(std::chrono::steady_clock::now() + silence_, [this] {
+        timer_ = 0;
+        Close();
+      });
+    }
     return true;
   }
   void Flush() override {}
@@ -171,6 +180,7 @@ class H2Server::FirstBytes final : public ClientConnection {
   void Close() override {
     if (closed_) return;
     closed_ = true;
+    CancelTimer();
     if (fd_ >= 0) {
       owner_.loop().RemoveFd(fd_);
       if (ssl_ != nullptr) SSL_free(ssl_);
@@ -208,7 +218,12 @@ class H2Server::FirstBytes final : public ClientConnection {
     return SpeaksHttp2(first_, chosen);
   }
 
+  void CancelTimer() {
+    if (timer_ != 0) owner_.loop().CancelTimer(std::exchange(timer_, 0));
+  }
+
   void HandOver(bool h2) {
+    CancelTimer();
     owner_.loop().RemoveFd(fd_);
     const int fd = std::exchange(fd_, -1);
     SSL* const ssl = std::exchange(ssl_, nullptr);
@@ -219,6 +234,8 @@ class H2Server::FirstBytes final : public ClientConnection {
   Loop& owner_;
   int fd_;
   SSL* ssl_;
+  const std::chrono::steady_clock::duration silence_;
+  EventLoop::TimerId timer_ = 0;
   bool closed_ = false;
   std::string first_;
 };
@@ -229,7 +246,14 @@ void H2Server::Loop::Adopt(int fd, SSL* ssl) {
     ++server_.open_connections_;
   }
   // With the HTTP face on, the first bytes (or ALPN) decide what the connection speaks.
-  if (server_.options_.http_handler) return Keep(std::make_unique<FirstBytes>(*this, fd, ssl));
+  if (server_.options_.http_handler) {
+    const auto& limits = server_.options_.limits;
+    const bool enforced = limits.keepalive_interval > std::chrono::steady_clock::duration::zero() &&
+                          limits.keepalive_timeout > std::chrono::steady_clock::duration::zero();
+    return Keep(std::make_unique<FirstBytes>(*this, fd, ssl,
+                                             enforced ? limits.keepalive_interval + limits.keepalive_timeout
+                                                      : std::chrono::steady_clock::duration::zero()));
+  }
   Keep(std::make_unique<H2Connection>(loop_, fd, ssl, server_.router_, server_.options_.limits, *this));
 }
 

@@ -633,6 +633,30 @@ TEST_F(ReshardTest, ALeaseEndingDuringTheMoveEndsItsKeyOnTheNewOwner) {
   EXPECT_EQ(answer.ttl(), -1);
 }
 
+// A delete of more keys than one Txn may hold, in the moving range while the mover copies: one
+// source revision with 200 delete events, applied on the target in several Txns.
+TEST_F(ReshardTest, ABigDeleteDuringTheCopyArrives) {
+  const std::string from = Owner(kMoveStart);
+  const std::string to = Elsewhere();
+  for (int i = 0; i < 200; ++i) ASSERT_TRUE(Put(Proxy(0), "m/bulk/" + std::to_string(1000 + i), "v").ok());
+  const auto written = Seed("bulk-kept", 5);
+  CommandResult moved;
+  std::thread mover([&] { moved = Move(to, "ESP_MOVER_PAGE_KEYS=10 ESP_MOVER_PAGE_PAUSE_MS=50"); });
+  ASSERT_TRUE(WaitFor([] { return Status().value("progress", nlohmann::json::object()).value("step", "") == "copying"; }, 10s));
+  auto kv = pb::KV::NewStub(Connect(Proxy(1)));
+  pb::DeleteRangeRequest bulk;
+  bulk.set_key("m/bulk/");
+  bulk.set_range_end("m/bulk0");
+  pb::DeleteRangeResponse deleted;
+  const auto status = kv->DeleteRange(Ctx(15s).get(), bulk, &deleted);
+  mover.join();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(deleted.deleted(), 200);
+  ASSERT_EQ(moved.exit_code, 0) << moved.output;
+  ExpectMoved(written, to, from);
+  for (const auto& [key, value] : DirectKeys(Index(to))) EXPECT_EQ(key.rfind("m/bulk/", 0), std::string::npos) << key;
+}
+
 // With auth on the shards: the mover needs its own credentials (refused without, nothing changed),
 // clients keep writing with their tokens during the move, and their keys arrive.
 class ReshardAuthTest : public ::testing::Test {
