@@ -24,6 +24,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <thread>
 
 #include "etcdserverpb/rpc.grpc.pb.h"
@@ -113,6 +114,7 @@ TEST_F(SoakMoves, SplitThenMoveBackUnderLoad) {
   std::vector<double> move_seconds;
   std::map<OpKind, long> acked;
   long violations = 0;
+  long copy_reputs = 0;
   int moves_done = 0;
   std::string first_violations;
   const auto started = std::chrono::steady_clock::now();
@@ -136,9 +138,14 @@ TEST_F(SoakMoves, SplitThenMoveBackUnderLoad) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(g_gap_ms));
     bool failed = false;
+    // Revisions of each shard that moves into it wrote (after the shard's revision when the mover
+    // started, up to the floor the mover reports): where copies land.
+    std::vector<std::tuple<int, std::int64_t, std::int64_t>> copies;
     for (int i = 0; i < g_moves_per_batch && moves_done < g_moves; ++i, ++moves_done) {
       const bool away = moves_done % 2 == 0;
       const std::string target = (moves_done / 2) % 2 == 0 ? "s2" : "s0";
+      const int into = away ? target[1] - '0' : 1;
+      const std::int64_t into_before = ShardRevision(Member(into));
       const auto t0 = std::chrono::steady_clock::now();
       const auto result = away ? Reshard("split --at m --to " + target) : Reshard("move --range m s --to s1");
       move_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -147,6 +154,9 @@ TEST_F(SoakMoves, SplitThenMoveBackUnderLoad) {
         failed = true;
         break;
       }
+      static const std::regex switched("switched: s([0-9]) serves .* from revision ([0-9]+)");
+      std::smatch m;
+      if (std::regex_search(result.output, m, switched)) copies.emplace_back(std::stoi(m[1]), into_before, std::stoll(m[2]));
       std::this_thread::sleep_for(std::chrono::milliseconds(g_gap_ms));
     }
     stop = true;
@@ -182,7 +192,28 @@ TEST_F(SoakMoves, SplitThenMoveBackUnderLoad) {
       for (const auto& kv_pair : resp.kvs()) scan.emplace_back(kv_pair.key(), kv_pair.value());
     }
     history.RecordFinalScan(std::move(scan));
-    const auto report = CheckHistory(history);
+    auto report = CheckHistory(history);
+    // The checker's R5 on a shard's own log knows nothing of moves: a key whose value no client
+    // overwrote while the range was away is put again, with that same value, when the range comes
+    // back (the copy). Such a "duplicate" whose second revision is one a move's copy wrote into that
+    // shard is the copy, not a write applied twice; it is counted apart. A real double apply by a
+    // copy would also break R2/R3 (a stale or lost value), which stay counted.
+    static const std::regex twice("in shard ([0-9]) \\(revisions ([0-9]+) and ([0-9]+)\\)");
+    std::erase_if(report.violations, [&](const Violation& v) {
+      std::smatch m;
+      if (v.kind != ViolationKind::kDuplicate || !std::regex_search(v.message, m, twice)) return false;
+      const int shard = std::stoi(m[1]);
+      const std::int64_t second = std::stoll(m[3]);
+      for (const auto& [into, after, floor] : copies) {
+        if (into == shard && second > after && second <= floor) {
+          ++copy_reputs;
+          std::printf("  (a move's copy put %s = %s again in shard %d at revision %lld: not counted)\n", v.key.c_str(),
+                      v.value.c_str(), shard, static_cast<long long>(second));
+          return true;
+        }
+      }
+      return false;
+    });
     std::map<OpKind, long> batch_acked;
     long unknown = 0;
     for (const auto& op : history.operations()) {
@@ -202,10 +233,10 @@ TEST_F(SoakMoves, SplitThenMoveBackUnderLoad) {
   for (const auto& [k, n] : acked) ops += n;
   std::printf(
       "REPORT moves=%d seconds=%.0f move_p50_s=%.3f move_p99_s=%.3f move_max_s=%.3f acknowledged=%ld (puts %ld, gets %ld, "
-      "deletes %ld, increments %ld) violations=%ld\n",
+      "deletes %ld, increments %ld) violations=%ld copy_reputs_not_counted=%ld\n",
       moves_done, total, Percentile(move_seconds, 0.5), Percentile(move_seconds, 0.99),
       move_seconds.empty() ? 0.0 : *std::max_element(move_seconds.begin(), move_seconds.end()), ops, acked[OpKind::kPut],
-      acked[OpKind::kGet], acked[OpKind::kDelete], acked[OpKind::kCasIncrement], violations);
+      acked[OpKind::kGet], acked[OpKind::kDelete], acked[OpKind::kCasIncrement], violations, copy_reputs);
   EXPECT_EQ(moves_done, g_moves);
   EXPECT_EQ(violations, 0) << first_violations;
 }
