@@ -408,7 +408,7 @@ int main(int argc, char** argv) {
     const auto& run = runs[i];
     const auto window_end = run.exited + std::chrono::milliseconds(settle_ms / 2);
     const auto events = watch.Events(run.launched, window_end);
-    std::optional<Clock::time_point> acked_at, copied_at, fenced_at, switch_at, proxies_at;
+    std::optional<Clock::time_point> acked_at, copied_at, fenced_at, switch_at, proxies_at, start_map_at, done_map_at;
     std::map<int, std::int64_t> ticks_acked, ticks_copied;
     double tail_after_fence = -1;
     std::int64_t keys = 0, bytes = 0, switch_version = 0;
@@ -429,6 +429,10 @@ int main(int argc, char** argv) {
       } else if (e.kind == MetaEvent::kMap && e.move_state == "cleanup" && !switch_at) {
         switch_at = e.at;
         switch_version = e.map_version;
+      } else if (e.kind == MetaEvent::kMap && e.move_state == "copying" && !start_map_at) {
+        start_map_at = e.at;
+      } else if (e.kind == MetaEvent::kMap && e.move_state.empty() && switch_at && !done_map_at) {
+        done_map_at = e.at;
       }
     }
     if (switch_at) {
@@ -446,6 +450,7 @@ int main(int argc, char** argv) {
     // Writers: the longest gap between consecutive acknowledged puts while the move ran, and the
     // gap spanning the fence.
     double max_gap = 0, max_latency = 0, cut_gap = 0;
+    std::optional<Clock::time_point> max_gap_end;
     std::optional<Clock::time_point> cut_gap_start, cut_gap_end;
     std::int64_t puts = 0;
     for (const auto& w : writers) {
@@ -462,7 +467,7 @@ int main(int argc, char** argv) {
         }
         if (previous) {
           const double gap = Ms(s.complete - *previous);
-          max_gap = std::max(max_gap, gap);
+          if (gap > max_gap) max_gap = gap, max_gap_end = s.complete;
           if (fence_at && *previous <= *fence_at && s.complete >= *fence_at && gap > cut_gap) {
             cut_gap = gap;
             cut_gap_start = *previous;
@@ -477,6 +482,11 @@ int main(int argc, char** argv) {
     Json m{{"move", i},          {"from", run.from},      {"to", run.to},           {"exit", run.exit_code},
            {"wall_ms", wall},    {"puts", puts},          {"max_gap_ms", max_gap},  {"cutover_gap_ms", cut_gap},
            {"max_put_latency_ms", max_latency}, {"mover_cpu_s", run.mover_cpu_s}};
+    // When things happened, in ms after the mover was started: where the longest gap ended,
+    // against the map's three changes (start, switch, done) and the fence.
+    const auto at = [&](const std::optional<Clock::time_point>& t) { return t ? Json(Ms(*t - run.launched)) : Json(); };
+    m["timeline_ms"] = Json{{"map_start", at(start_map_at)}, {"fence", at(fence_at)},  {"map_switch", at(switch_at)},
+                            {"map_done", at(done_map_at)},   {"max_gap_end", at(max_gap_end)}};
     walls.push_back(wall);
     mover_cpu.push_back(run.mover_cpu_s);
     if (!writers.empty()) {
