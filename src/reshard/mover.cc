@@ -719,36 +719,28 @@ class Mover {
       }
       throw MoveFailed("the source shard " + m.from + " ended the mover's watch");
     };
-    // Caught up (nearly): a progress answer (etcd 3.4 answers at once; 3.5 only once the stream's
-    // watchers are synced, and defers a request made before), or the stream quiet for a moment
-    // once the backlog is drained. Only the write pause depends on this: correctness comes from
-    // the fence below.
+    // Caught up (nearly) before the fence, so that the pause after it stays short: the tail has
+    // applied the range's newest change as of now (read once; a progress request cannot serve:
+    // etcd 3.5 defers its answer while the watch catches up, and 3.4 answers before the backlog,
+    // etcd #15220). Bounded: a stream quiet for 300 ms, or 10 s in all, ends it too. Only the
+    // pause depends on this: correctness comes from the fence below.
     std::int64_t source_revision = snapshot;
-    pb::WatchRequest progress;
-    progress.mutable_progress_request();
-    if (!stream->Write(progress)) throw MoveFailed("cannot ask the source shard for progress");
-    tail(
-        [&](const pb::WatchResponse& r, bool is_progress, bool) {
-          if (is_progress) source_revision = r.header().revision();
-          return is_progress;
-        },
-        std::chrono::milliseconds(300));
-    // etcd 3.4 answers that request before an unsynced watcher's backlog (etcd #15220): the
-    // range's newest change at the answered revision may still be on its way. Wait for it too.
-    if (source_revision > applied) {
+    {
       pb::RangeRequest newest;
       newest.set_key(m.start);
       newest.set_range_end(EtcdEnd(m.end));
-      newest.set_revision(source_revision);
       newest.set_sort_order(pb::RangeRequest::DESCEND);
       newest.set_sort_target(pb::RangeRequest::MOD);
       newest.set_limit(1);
       newest.set_keys_only(true);
       pb::RangeResponse answer;
       Check(source_->Range(newest, &answer), "reading the source shard " + m.from);
+      source_revision = answer.header().revision();
       const std::int64_t wanted = answer.kvs_size() > 0 ? answer.kvs(0).mod_revision() : 0;
+      const auto give_up = SteadyClock::now() + std::chrono::seconds(10);
       if (wanted > applied) {
-        tail([&](const pb::WatchResponse&, bool, bool) { return applied >= wanted; }, std::chrono::milliseconds(300));
+        tail([&](const pb::WatchResponse&, bool, bool) { return applied >= wanted || SteadyClock::now() > give_up; },
+             std::chrono::milliseconds(300));
       }
     }
     WriteProgress(m, "tailing", {{"snapshot_revision", snapshot}, {"applied_revision", applied},
