@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh
 cd build
-ctest --output-on-failure --timeout 900 "$@"
+ctest --output-on-failure --timeout 900 -j"${ESP_TEST_JOBS:-2}" "$@"
 cd ..
 # libFuzzer targets (clang, ASan+UBSan) for a bounded time each; ESP_SKIP_FUZZ=1 skips them.
 # 15 s each by default here (CI's budget), two at a time (three targets: 30 s); `ESP_FUZZ_SECONDS=300 scripts/fuzz.sh`
