@@ -459,6 +459,15 @@ TEST_F(ReshardTest, BadInputIsRefusedAndChangesNothing) {
   EXPECT_EQ(other.exit_code, 1) << other.output;
   EXPECT_NE(other.output.find("already in progress"), std::string::npos) << other.output;
   ASSERT_EQ(Reshard("abort --lock-ttl 2").exit_code, 0);
+  // A target that does not answer (s0's only member stopped for a moment).
+  const auto before_dead = Store().Load()->doc.ToJson();
+  shards_[0]->KillMember(0);
+  const auto unreachable = Reshard("move --range m n --to s0 --lock-ttl 2");
+  shards_[0]->StartMember(0);
+  shards_[0]->WaitReady();
+  EXPECT_EQ(unreachable.exit_code, 1) << unreachable.output;
+  EXPECT_NE(unreachable.output.find("the target shard s0"), std::string::npos) << unreachable.output;
+  EXPECT_EQ(Store().Load()->doc.ToJson(), before_dead);
   // A meta store that does not answer.
   const auto unchanged = Store().Load()->doc.ToJson();
   const auto no_meta = RunCommand(Binary() + " reshard move --range m n --to s0 --meta-endpoints 127.0.0.1:1");
