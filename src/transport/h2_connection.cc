@@ -191,13 +191,13 @@ class H2Sink final : public StreamSink, public std::enable_shared_from_this<H2Si
 
 // The HTTP face's handle on a plain HTTP request carried by an HTTP/2 stream: thread-safe, every
 // method posts to the connection's loop and reaches the stream through a weak pointer.
-class H2HttpReply final : public HttpReply {
+class H2HttpReply final : public LoopHttpReply<H2Connection, H2Stream> {
  public:
-  H2HttpReply(std::shared_ptr<EventLoop> loop, std::weak_ptr<H2Stream> stream)
-      : loop_(std::move(loop)), stream_(std::move(stream)) {}
+  using LoopHttpReply::LoopHttpReply;
 
   void Send(int status, HttpHeaders headers, std::string body) override {
-    queued_.fetch_add(body.size(), std::memory_order_relaxed);
+    if (!MarkEnded()) return;
+    Queue(body.size());
     OnLoop([status, headers = std::move(headers), body = std::move(body)](H2Connection& c, H2Stream& s) {
       c.SendHttpHead(s, status, headers);
       c.SendHttpBody(s, body);
@@ -208,35 +208,15 @@ class H2HttpReply final : public HttpReply {
     OnLoop([status, headers = std::move(headers)](H2Connection& c, H2Stream& s) { c.SendHttpHead(s, status, headers); });
   }
   bool Write(std::string piece) override {
-    const auto s = stream_.lock();
-    if (!s || ended_.load(std::memory_order_acquire)) return false;
-    queued_.fetch_add(piece.size(), std::memory_order_relaxed);
+    if (!Writable()) return false;
+    Queue(piece.size());
     OnLoop([piece = std::move(piece)](H2Connection& c, H2Stream& st) { c.SendHttpBody(st, piece); });
     return true;
   }
   void End() override {
-    if (ended_.exchange(true)) return;
+    if (!MarkEnded()) return;
     OnLoop([](H2Connection& c, H2Stream& s) { c.EndHttp(s); });
   }
-  std::size_t QueuedBytes() const override { return queued_.load(std::memory_order_relaxed); }
-  void OnSent(std::size_t n) {
-    std::size_t current = queued_.load(std::memory_order_relaxed);
-    while (!queued_.compare_exchange_weak(current, current - std::min(current, n), std::memory_order_relaxed)) {
-    }
-  }
-
- private:
-  template <class Task>
-  void OnLoop(Task task) {
-    loop_->Post([stream = stream_, task = std::move(task)]() mutable {
-      if (const auto s = stream.lock(); s && s->connection != nullptr) task(*s->connection, *s);
-    });
-  }
-
-  std::shared_ptr<EventLoop> loop_;
-  std::weak_ptr<H2Stream> stream_;
-  std::atomic<std::size_t> queued_{0};
-  std::atomic<bool> ended_{false};
 };
 
 namespace {

@@ -17,14 +17,13 @@ namespace esp {
 
 // The HTTP face's handle on one HTTP/1.1 request: thread-safe, every method posts to the loop
 // and reaches the exchange through a weak pointer (a reply for a closed connection finds nothing).
-class Http1Reply final : public HttpReply {
+class Http1Reply final : public LoopHttpReply<Http1Connection, Http1Exchange> {
  public:
-  Http1Reply(std::shared_ptr<EventLoop> loop, std::weak_ptr<Http1Exchange> exchange)
-      : loop_(std::move(loop)), exchange_(std::move(exchange)) {}
+  using LoopHttpReply::LoopHttpReply;
 
   void Send(int status, HttpHeaders headers, std::string body) override {
-    if (ended_.exchange(true)) return;
-    queued_.fetch_add(body.size(), std::memory_order_relaxed);
+    if (!MarkEnded()) return;
+    Queue(body.size());
     OnLoop([status, headers = std::move(headers), body = std::move(body)](Http1Connection& c, Http1Exchange& e) {
       c.ReplyHead(e, status, headers, /*chunked=*/false, body.size());
       c.ReplyBody(e, body);
@@ -37,34 +36,15 @@ class Http1Reply final : public HttpReply {
     });
   }
   bool Write(std::string piece) override {
-    if (ended_.load(std::memory_order_acquire) || exchange_.expired()) return false;
-    queued_.fetch_add(piece.size(), std::memory_order_relaxed);
+    if (!Writable()) return false;
+    Queue(piece.size());
     OnLoop([piece = std::move(piece)](Http1Connection& c, Http1Exchange& e) { c.ReplyBody(e, piece); });
     return true;
   }
   void End() override {
-    if (ended_.exchange(true)) return;
+    if (!MarkEnded()) return;
     OnLoop([](Http1Connection& c, Http1Exchange& e) { c.ReplyEnd(e); });
   }
-  std::size_t QueuedBytes() const override { return queued_.load(std::memory_order_relaxed); }
-  void OnSent(std::size_t n) {
-    std::size_t current = queued_.load(std::memory_order_relaxed);
-    while (!queued_.compare_exchange_weak(current, current - std::min(current, n), std::memory_order_relaxed)) {
-    }
-  }
-
- private:
-  template <class Task>
-  void OnLoop(Task task) {
-    loop_->Post([exchange = exchange_, task = std::move(task)]() mutable {
-      if (const auto e = exchange.lock(); e && e->connection != nullptr) task(*e->connection, *e);
-    });
-  }
-
-  std::shared_ptr<EventLoop> loop_;
-  std::weak_ptr<Http1Exchange> exchange_;
-  std::atomic<std::size_t> queued_{0};
-  std::atomic<bool> ended_{false};
 };
 
 namespace {

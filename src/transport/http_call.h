@@ -3,6 +3,8 @@
 // /version, /metrics). The HTTP/1.1 connection and the HTTP/2 connection (a request that is not
 // gRPC) both hand an `HttpCall` and an `HttpReply` to one `HttpHandler`; the handler never sees
 // either connection. Cancellation of the call's context says the client went away.
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "transport/call_context.h"
+#include "transport/event_loop.h"
 
 namespace esp {
 
@@ -56,6 +59,43 @@ class HttpReply {
   virtual void End() = 0;
   // Bytes written and not yet taken by the socket: how far a streaming client lags.
   virtual std::size_t QueuedBytes() const = 0;
+};
+
+// What the HTTP/1.1 and the HTTP/2 replies share: thread-safe bookkeeping of the bytes queued
+// towards the client and of the end, and every operation posted to the connection's loop, where
+// it runs only while `Exchange` (reached through a weak pointer: the request's stream or
+// exchange) still has its `connection`. A reply for a closed connection finds nothing.
+template <class Connection, class Exchange>
+class LoopHttpReply : public HttpReply {
+ public:
+  LoopHttpReply(std::shared_ptr<EventLoop> loop, std::weak_ptr<Exchange> exchange)
+      : loop_(std::move(loop)), exchange_(std::move(exchange)) {}
+
+  std::size_t QueuedBytes() const final { return queued_.load(std::memory_order_relaxed); }
+  // The socket took `n` queued bytes.
+  void OnSent(std::size_t n) {
+    std::size_t current = queued_.load(std::memory_order_relaxed);
+    while (!queued_.compare_exchange_weak(current, current - std::min(current, n), std::memory_order_relaxed)) {
+    }
+  }
+
+ protected:
+  // True the first time only: what ends the reply runs once.
+  bool MarkEnded() { return !ended_.exchange(true); }
+  bool Writable() const { return !ended_.load(std::memory_order_acquire) && !exchange_.expired(); }
+  void Queue(std::size_t bytes) { queued_.fetch_add(bytes, std::memory_order_relaxed); }
+  template <class Task>
+  void OnLoop(Task task) {
+    loop_->Post([exchange = exchange_, task = std::move(task)]() mutable {
+      if (const auto e = exchange.lock(); e && e->connection != nullptr) task(*e->connection, *e);
+    });
+  }
+
+ private:
+  std::shared_ptr<EventLoop> loop_;
+  std::weak_ptr<Exchange> exchange_;
+  std::atomic<std::size_t> queued_{0};
+  std::atomic<bool> ended_{false};
 };
 
 using HttpHandler = std::function<void(HttpCall call, CallContextPtr context, std::shared_ptr<HttpReply> reply)>;
