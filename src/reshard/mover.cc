@@ -662,7 +662,7 @@ class Mover {
       grpc::ClientContext& context;
       ~Cancel() { context.TryCancel(); }
     } cancel{context};
-    // Reads responses, applying events one source revision per Txn, until `stop` says so. With
+    // Reads responses, applying their events (coalesced per key), until `stop` says so. With
     // `quiet` set, a pause of that long in the stream also stops it (returns false).
     const auto tail = [&](auto stop, std::optional<std::chrono::milliseconds> quiet) {
       for (;;) {

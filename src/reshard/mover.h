@@ -12,8 +12,9 @@
 //                 registration expired (it fenced itself first: upstream/upstream_fence.h)
 //   3. copied     the target's part of the range is cleared, then the source's keys at one
 //                 revision R are copied (value and lease), in pages
-//   4. tailing    the source's changes after R are applied on the target, one source revision as
-//                 one Txn, until the target has caught up
+//   4. tailing    the source's changes after R are applied on the target (the last change of
+//                 each key, at most 128 keys per Txn: nothing reads the target before the switch)
+//                 until it has the range's newest change as read after the copy
 //   5. fenced     the fence key is written on the source (the cut-over, point of no return): the
 //                 source refuses every guarded request from then on; the tail runs up to the
 //                 fence's own event, so the target holds exactly the source's final state
