@@ -54,39 +54,15 @@ std::string PrefixEndOf(const std::string& prefix) {
   return end;
 }
 
-// Every event of a shard from `from` up to `to`, read from the shard itself.
-std::vector<WatchEvent> ShardLogFrom(int space, const std::string& member, std::int64_t from, std::int64_t to) {
-  std::vector<WatchEvent> events;
-  WatchClient client(member, "", [&](const WatchResponse& r) {
-    for (const auto& e : r.events()) {
-      const auto type = e.type() == mvccpb::Event::DELETE ? EventType::kDelete : EventType::kPut;
-      events.push_back(WatchEvent{space, type, e.kv().key(), e.kv().value(), e.kv().mod_revision()});
-    }
-    return false;
-  });
-  client.Create(kAll, kAll, 0, from);
-  const auto done = [&] { return to < from || (!events.empty() && events.back().mod_revision >= to); };
-  EXPECT_TRUE(client.AwaitThen(done, 30s, done)) << "shard " << space << "'s log did not reach revision " << to;
-  return client.Locked([&] { return events; });
-}
 
 class SoakMoves : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::make_unique<TempDir>();
-    meta_ = std::make_unique<EtcdCluster>(1, "soakmeta");
-    meta_->Start();
-    for (int i = 0; i < 3; ++i) {
-      shards_.push_back(std::make_unique<EtcdCluster>(1, "soak" + std::to_string(i)));
-      shards_.back()->Start();
-    }
-    const auto layout = (dir_->path() / "layout.yaml").string();
-    std::ofstream(layout) << "shards:\n"
-                          << "  - {name: s0, start: \"\", end: i, address: " << Member(0) << "}\n"
-                          << "  - {name: s1, start: i, end: s, address: " << Member(1) << "}\n"
-                          << "  - {name: s2, start: s, end: \"\", address: " << Member(2) << "}\n";
-    const auto init = RunCommand(Binary() + " map init --config " + layout + " --meta-endpoints " + MetaAddress());
-    ASSERT_EQ(init.exit_code, 0) << init.output;
+    auto setup = StartMetaShards(Binary(), "soak");
+    ASSERT_EQ(setup.init.exit_code, 0) << setup.init.output;
+    dir_ = std::move(setup.dir);
+    meta_ = std::move(setup.meta);
+    shards_ = std::move(setup.shards);
     for (int i = 0; i < 2; ++i) {
       proxies_.push_back(std::make_unique<ProxyProcess>(
           std::vector<ShardSpec>{{"", "", shards_[0]->ClientAddresses()}},
@@ -165,7 +141,7 @@ TEST_F(SoakMoves, SplitThenMoveBackUnderLoad) {
 
     // What the checker compares the history with: each shard's log since the batch began, what
     // each watcher got, and the batch's keys read through proxy 0.
-    for (int s = 0; s < 3; ++s) history.RecordShardLog(s, ShardLogFrom(s, Member(s), from[s], ShardRevision(Member(s))));
+    for (int s = 0; s < 3; ++s) history.RecordShardLog(s, ShardLog(s, Member(s), ShardRevision(Member(s)), from[s]));
     const auto logs = history.shard_logs();
     for (auto& w : watchers) {
       WatchLog log = w->Snapshot();

@@ -24,20 +24,12 @@ constexpr int kLeaseTtlSeconds = 3;
 class MetaMapTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = std::make_unique<TempDir>();
-    meta_ = std::make_unique<EtcdCluster>(1, "meta");
-    meta_->Start();
-    for (int i = 0; i < 4; ++i) {
-      shards_.push_back(std::make_unique<EtcdCluster>(1, "shard" + std::to_string(i)));
-      shards_.back()->Start();
-    }
-    layout_ = (dir_->path() / "layout.yaml").string();
-    std::ofstream(layout_) << "shards:\n"
-                           << "  - {name: s0, start: \"\", end: i, address: " << shards_[0]->ClientAddresses()[0] << "}\n"
-                           << "  - {name: s1, start: i, end: s, address: " << shards_[1]->ClientAddresses()[0] << "}\n"
-                           << "  - {name: s2, start: s, end: \"\", address: " << shards_[2]->ClientAddresses()[0] << "}\n";
-    const auto init = Map("init --config " + layout_);
-    ASSERT_EQ(init.exit_code, 0) << init.output;
+    auto setup = StartMetaShards(ESP_PROXY_BINARY_FOR_TESTS, "", /*spare=*/1);
+    ASSERT_EQ(setup.init.exit_code, 0) << setup.init.output;
+    dir_ = std::move(setup.dir);
+    meta_ = std::move(setup.meta);
+    shards_ = std::move(setup.shards);
+    layout_ = setup.layout;
     for (int i = 0; i < 3; ++i) proxies_.push_back(NewProxy());
   }
   static void TearDownTestSuite() {

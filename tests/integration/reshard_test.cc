@@ -35,20 +35,12 @@ const std::string kMoveEnd = "n";
 class ReshardTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = std::make_unique<TempDir>();
-    meta_ = std::make_unique<EtcdCluster>(1, "meta");
-    meta_->Start();
-    for (int i = 0; i < 3; ++i) {
-      shards_.push_back(std::make_unique<EtcdCluster>(1, "shard" + std::to_string(i)));
-      shards_.back()->Start();
-    }
-    layout_ = (dir_->path() / "layout.yaml").string();
-    std::ofstream(layout_) << "shards:\n"
-                           << "  - {name: s0, start: \"\", end: i, address: " << shards_[0]->ClientAddresses()[0] << "}\n"
-                           << "  - {name: s1, start: i, end: s, address: " << shards_[1]->ClientAddresses()[0] << "}\n"
-                           << "  - {name: s2, start: s, end: \"\", address: " << shards_[2]->ClientAddresses()[0] << "}\n";
-    const auto init = RunCommand(Binary() + " map init --config " + layout_ + " --meta-endpoints " + MetaAddress());
-    ASSERT_EQ(init.exit_code, 0) << init.output;
+    auto setup = StartMetaShards(Binary(), "");
+    ASSERT_EQ(setup.init.exit_code, 0) << setup.init.output;
+    dir_ = std::move(setup.dir);
+    meta_ = std::move(setup.meta);
+    shards_ = std::move(setup.shards);
+    layout_ = setup.layout;
     for (int i = 0; i < 2; ++i) proxies_.push_back(NewProxy());
   }
   static void TearDownTestSuite() {
@@ -680,21 +672,11 @@ TEST_F(ReshardTest, ABigDeleteDuringTheCopyArrives) {
 class ReshardAuthTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    meta_ = std::make_unique<EtcdCluster>(1, "meta");
-    meta_->Start();
-    for (int i = 0; i < 3; ++i) {
-      shards_.push_back(std::make_unique<EtcdCluster>(1, "ashard" + std::to_string(i), std::nullopt,
-                                                      std::vector<std::string>{"--bcrypt-cost", "4"}));
-      shards_.back()->Start();
-    }
-    const auto layout = (dir_.path() / "layout.yaml").string();
-    std::ofstream(layout) << "shards:\n"
-                          << "  - {name: s0, start: \"\", end: i, address: " << shards_[0]->ClientAddresses()[0] << "}\n"
-                          << "  - {name: s1, start: i, end: s, address: " << shards_[1]->ClientAddresses()[0] << "}\n"
-                          << "  - {name: s2, start: s, end: \"\", address: " << shards_[2]->ClientAddresses()[0] << "}\n";
-    const auto init = RunCommand(std::string(ESP_PROXY_BINARY_FOR_TESTS) + " map init --config " + layout +
-                                 " --meta-endpoints " + meta_->ClientAddresses()[0]);
-    ASSERT_EQ(init.exit_code, 0) << init.output;
+    auto setup = StartMetaShards(ESP_PROXY_BINARY_FOR_TESTS, "a", 0, {"--bcrypt-cost", "4"});
+    ASSERT_EQ(setup.init.exit_code, 0) << setup.init.output;
+    dir_ = std::move(setup.dir);
+    meta_ = std::move(setup.meta);
+    shards_ = std::move(setup.shards);
     proxy_ = std::make_unique<ProxyProcess>(
         std::vector<ShardSpec>{{"", "", shards_[0]->ClientAddresses()}},
         std::vector<std::string>{"--meta-endpoints", meta_->ClientAddresses()[0], "--meta-lease-ttl", "3"});
@@ -704,7 +686,7 @@ class ReshardAuthTest : public ::testing::Test {
       const auto result = Etcdctl(proxy_->address(), command);
       ASSERT_EQ(result.exit_code, 0) << command << ": " << result.output;
     }
-    password_file_ = (dir_.path() / "root.password").string();
+    password_file_ = (dir_->path() / "root.password").string();
     std::ofstream(password_file_) << "rootpw\n";
     std::filesystem::permissions(password_file_, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
   }
@@ -715,7 +697,7 @@ class ReshardAuthTest : public ::testing::Test {
                       120s);
   }
 
-  TempDir dir_;
+  std::unique_ptr<TempDir> dir_;
   std::unique_ptr<EtcdCluster> meta_;
   std::vector<std::unique_ptr<EtcdCluster>> shards_;
   std::unique_ptr<ProxyProcess> proxy_;

@@ -535,4 +535,23 @@ bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds t
   }
 }
 
+MetaShards StartMetaShards(const std::string& binary, const std::string& name, int spare,
+                           std::vector<std::string> shard_args) {
+  MetaShards setup;
+  setup.dir = std::make_unique<TempDir>();
+  setup.meta = std::make_unique<EtcdCluster>(1, name + "meta");
+  setup.meta->Start();
+  for (int i = 0; i < 3 + spare; ++i) {
+    setup.shards.push_back(std::make_unique<EtcdCluster>(1, name + "shard" + std::to_string(i), std::nullopt, shard_args));
+    setup.shards.back()->Start();
+  }
+  setup.layout = (setup.dir->path() / "layout.yaml").string();
+  std::ofstream(setup.layout) << "shards:\n"
+                              << "  - {name: s0, start: \"\", end: i, address: " << setup.shards[0]->ClientAddresses()[0] << "}\n"
+                              << "  - {name: s1, start: i, end: s, address: " << setup.shards[1]->ClientAddresses()[0] << "}\n"
+                              << "  - {name: s2, start: s, end: \"\", address: " << setup.shards[2]->ClientAddresses()[0] << "}\n";
+  setup.init = RunCommand(binary + " map init --config " + setup.layout + " --meta-endpoints " + setup.MetaAddress());
+  return setup;
+}
+
 }  // namespace esp::test

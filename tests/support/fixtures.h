@@ -187,6 +187,21 @@ CommandResult RunCommand(const std::string& command_line, std::chrono::seconds t
 // `etcdctl --endpoints <address> <args>` with ETCDCTL_API=3.
 CommandResult Etcdctl(const std::string& address, const std::string& args);
 
+// A meta etcd and shard clusters (one member each), with the shard map written into the meta
+// store from the original project's three-range layout: s0 ["", i), s1 [i, s), s2 [s, "").
+// `spare` more shards are started and left out of the map. `binary` runs `map init`; `init`
+// says how it went (the caller asserts it).
+struct MetaShards {
+  std::unique_ptr<TempDir> dir;
+  std::unique_ptr<EtcdCluster> meta;
+  std::vector<std::unique_ptr<EtcdCluster>> shards;
+  std::string layout;  // the YAML file map init read
+  CommandResult init;
+  std::string MetaAddress() const { return meta->ClientAddresses()[0]; }
+};
+MetaShards StartMetaShards(const std::string& binary, const std::string& name, int spare = 0,
+                           std::vector<std::string> shard_args = {});
+
 // The version of the etcd server the fixtures start (`etcd --version` of the one on PATH, e.g.
 // "3.4.23"), for the few expectations where etcd's own answer changed between releases.
 const std::string& EtcdServerVersion();

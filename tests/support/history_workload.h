@@ -4,6 +4,7 @@
 // Used by the history test and the range-move tests.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -225,7 +226,10 @@ inline std::int64_t ShardRevision(const std::string& member) {
 }
 
 // Every event of a shard up to `revision`, read from the shard itself (nothing is compacted).
-inline std::vector<WatchEvent> ShardLog(int space, const std::string& member, std::int64_t revision) {
+// Every event of a shard from revision `from` up to `revision`, read from the shard itself
+// (nothing there compacted).
+inline std::vector<WatchEvent> ShardLog(int space, const std::string& member, std::int64_t revision,
+                                        std::int64_t from = 1) {
   std::vector<WatchEvent> events;
   WatchClient client(member, "", [&](const WatchResponse& r) {
     for (const auto& e : r.events()) {
@@ -234,10 +238,9 @@ inline std::vector<WatchEvent> ShardLog(int space, const std::string& member, st
     }
     return false;
   });
-  client.Create(kAll, kAll, 0, 1);
-  const bool complete = client.AwaitThen(
-      [&] { return revision <= 1 || (!events.empty() && events.back().mod_revision >= revision); }, 10s,
-      [&] { return revision <= 1 || (!events.empty() && events.back().mod_revision >= revision); });
+  client.Create(kAll, kAll, 0, from);
+  const auto reached = [&] { return revision < std::max<std::int64_t>(from, 2) || (!events.empty() && events.back().mod_revision >= revision); };
+  const bool complete = client.AwaitThen(reached, 30s, reached);
   EXPECT_TRUE(complete) << "shard " << space << "'s log did not reach revision " << revision;
   return client.Locked([&] { return events; });
 }
