@@ -353,7 +353,62 @@ std::uint32_t MaxClientStream(const std::vector<Turn>& turns) {
 // responses http-parser reads without error, in request order (each answer carries its request's
 // number), no more of them than requests; every call's context is cancelled once the connection
 // is gone (a watch left open ends with its client); no reply callback runs after that.
-class Http1Harness final : public ClientConnectionOwner {
+// What both harnesses share: a loop thread playing the per-loop connection table (H2Server's
+// Loop) for one connection at a time, turns run one after the other, and a "socket" that takes
+// only `budget_` bytes a turn.
+class LoopHarness : public ClientConnectionOwner {
+ public:
+  void OnDirty(ClientConnection* c) override { dirty_.push_back(c); }
+  void OnClosed(ClientConnection*) override {}
+
+ protected:
+  LoopHarness() {
+    loop_->SetEndOfTurn([this] { EndOfTurn(); });
+    loop_->Start();
+  }
+
+  // Runs `task` on the loop and waits until that turn (its posted work and flush) is over.
+  void Step(std::function<void()> task) {
+    std::promise<void> done;
+    loop_->Post([this, task = std::move(task), &done] {
+      task();
+      turn_done_ = &done;
+    });
+    done.get_future().wait();
+  }
+
+  // The connection's socket writer: takes what this turn's budget allows into output_.
+  std::function<std::size_t(std::string_view)> Socket() {
+    return [this](std::string_view bytes) {
+      const std::size_t n = std::min(bytes.size(), budget_);
+      budget_ -= n;
+      output_.append(bytes.substr(0, n));
+      return n;
+    };
+  }
+
+  std::shared_ptr<EventLoop> loop_ = std::make_shared<EventLoop>();
+  std::vector<ClientConnection*> dirty_;
+  std::string output_;  // written on the loop thread, read after the last Step
+  std::size_t budget_ = SIZE_MAX;  // bytes the "socket" still takes this turn
+
+ private:
+  void EndOfTurn() {
+    for (int round = 0; round < 4 && !dirty_.empty(); ++round) {
+      std::vector<ClientConnection*> dirty;
+      dirty.swap(dirty_);
+      for (ClientConnection* c : dirty) {
+        c->ClearDirty();
+        c->Flush();
+      }
+    }
+    if (turn_done_ != nullptr) std::exchange(turn_done_, nullptr)->set_value();
+  }
+
+  std::promise<void>* turn_done_ = nullptr;
+};
+
+class Http1Harness final : public LoopHarness {
  public:
   Http1Harness() {
     limits_.max_body_bytes = 4096;
@@ -364,8 +419,6 @@ class Http1Harness final : public ClientConnectionOwner {
     handler_ = [this](HttpCall call, CallContextPtr context, std::shared_ptr<HttpReply> reply) {
       Serve(std::move(call), std::move(context), std::move(reply));
     };
-    loop_->SetEndOfTurn([this] { EndOfTurn(); });
-    loop_->Start();
   }
 
   void Run(const std::uint8_t* data, std::size_t size) {
@@ -383,12 +436,7 @@ class Http1Harness final : public ClientConnectionOwner {
     Step([this] {
       connection_ = std::make_unique<Http1Connection>(
           loop_,
-          [this](std::string_view bytes) {
-            const std::size_t n = std::min(bytes.size(), budget_);
-            budget_ -= n;
-            output_.append(bytes.substr(0, n));
-            return n;
-          },
+          Socket(),
           handler_, limits_, *this);
       Check(connection_->Start(), "http1 start");
     });
@@ -427,9 +475,6 @@ class Http1Harness final : public ClientConnectionOwner {
     }
     CheckResponses(output_, calls_, head_calls_);
   }
-
-  void OnDirty(ClientConnection* c) override { dirty_.push_back(c); }
-  void OnClosed(ClientConnection*) override {}
 
  private:
   // On the loop, as the HTTP face is called. The path picks the kind of answer.
@@ -523,35 +568,9 @@ class Http1Harness final : public ClientConnectionOwner {
     Check(state.complete - std::min(state.complete, state.interim) <= calls + 1, "more HTTP/1.1 answers than requests");
   }
 
-  void Step(std::function<void()> task) {
-    std::promise<void> done;
-    loop_->Post([this, task = std::move(task), &done] {
-      task();
-      turn_done_ = &done;
-    });
-    done.get_future().wait();
-  }
-
-  void EndOfTurn() {
-    for (int round = 0; round < 4 && !dirty_.empty(); ++round) {
-      std::vector<ClientConnection*> dirty;
-      dirty.swap(dirty_);
-      for (ClientConnection* c : dirty) {
-        c->ClearDirty();
-        c->Flush();
-      }
-    }
-    if (turn_done_ != nullptr) std::exchange(turn_done_, nullptr)->set_value();
-  }
-
-  std::shared_ptr<EventLoop> loop_ = std::make_shared<EventLoop>();
   Http1Limits limits_;
   HttpHandler handler_;
   std::unique_ptr<Http1Connection> connection_;
-  std::vector<ClientConnection*> dirty_;
-  std::promise<void>* turn_done_ = nullptr;
-  std::string output_;
-  std::size_t budget_ = SIZE_MAX;
   std::size_t calls_ = 0;
   std::vector<std::size_t> head_calls_;  // numbers of the calls that were HEAD requests
   std::vector<std::weak_ptr<CallContext>> contexts_;
@@ -559,8 +578,9 @@ class Http1Harness final : public ClientConnectionOwner {
   std::vector<std::shared_ptr<HttpReply>> streams_;
 };
 
-// Plays the per-loop connection table (H2Server's Loop) for one connection at a time.
-class Harness final : public H2ConnectionOwner {
+// HTTP/2 inputs (scripted frames, or raw bytes the server reads as HTTP/2); the others go to the
+// HTTP/1.1 harness.
+class Harness final : public LoopHarness {
  public:
   Harness() {
     // Small limits so that inputs reach them: oversize messages, slow-reader resets.
@@ -568,8 +588,6 @@ class Harness final : public H2ConnectionOwner {
     limits_.max_pending_bytes_per_stream = 16 * 1024;
     limits_.max_concurrent_streams = 100;
     limits_.headers = {.max_list_bytes = 2048, .max_fields = 64, .max_connection_bytes = 16384};
-    loop_->SetEndOfTurn([this] { EndOfTurn(); });
-    loop_->Start();
   }
 
   void Run(const std::uint8_t* data, std::size_t size) {
@@ -592,12 +610,7 @@ class Harness final : public H2ConnectionOwner {
     Step([this] {
       connection_ = std::make_unique<H2Connection>(
           loop_,
-          [this](std::string_view bytes) {
-            const std::size_t n = std::min(bytes.size(), budget_);
-            budget_ -= n;
-            output_.append(bytes.substr(0, n));
-            return n;
-          },
+          Socket(),
           TestRouter(), limits_, *this);
       Check(connection_->Start(), "start");
     });
@@ -644,39 +657,9 @@ class Harness final : public H2ConnectionOwner {
           "header bytes held with no stream open");
   }
 
-  void OnDirty(ClientConnection* c) override { dirty_.push_back(c); }
-  void OnClosed(ClientConnection*) override {}
-
  private:
-  // Runs `task` on the loop and waits until that turn (its posted work and flush) is over.
-  void Step(std::function<void()> task) {
-    std::promise<void> done;
-    loop_->Post([this, task = std::move(task), &done] {
-      task();
-      turn_done_ = &done;
-    });
-    done.get_future().wait();
-  }
-
-  void EndOfTurn() {
-    for (int round = 0; round < 4 && !dirty_.empty(); ++round) {
-      std::vector<ClientConnection*> dirty;
-      dirty.swap(dirty_);
-      for (ClientConnection* c : dirty) {
-        c->ClearDirty();
-        c->Flush();
-      }
-    }
-    if (turn_done_ != nullptr) std::exchange(turn_done_, nullptr)->set_value();
-  }
-
-  std::shared_ptr<EventLoop> loop_ = std::make_shared<EventLoop>();
   H2Limits limits_;
   std::unique_ptr<H2Connection> connection_;
-  std::vector<ClientConnection*> dirty_;
-  std::promise<void>* turn_done_ = nullptr;
-  std::string output_;  // written on the loop thread, read after the last Step
-  std::size_t budget_ = SIZE_MAX;  // bytes the "socket" still takes this turn
   Http1Harness http1_;  // its own loop thread, for inputs the server would read as HTTP/1.1
 };
 
