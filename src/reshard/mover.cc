@@ -662,7 +662,7 @@ class Mover {
       grpc::ClientContext& context;
       ~Cancel() { context.TryCancel(); }
     } cancel{context};
-    // Reads responses, applying their events (coalesced per key), until `stop` says so. With
+    // Reads responses, applying their events (coalesced per key), until `stop(fence_seen)` says so. With
     // `quiet` set, a pause of that long in the stream also stops it (returns false).
     const auto tail = [&](auto stop, std::optional<std::chrono::milliseconds> quiet) {
       for (;;) {
@@ -714,8 +714,7 @@ class Mover {
           applied = kv.mod_revision();
         }
         flush();
-        const bool progress = response.events_size() == 0 && !response.created();
-        if (stop(response, progress, fence_seen)) return true;
+        if (stop(fence_seen)) return true;
       }
       throw MoveFailed("the source shard " + m.from + " ended the mover's watch");
     };
@@ -739,8 +738,7 @@ class Mover {
       const std::int64_t wanted = answer.kvs_size() > 0 ? answer.kvs(0).mod_revision() : 0;
       const auto give_up = SteadyClock::now() + std::chrono::seconds(10);
       if (wanted > applied) {
-        tail([&](const pb::WatchResponse&, bool, bool) { return applied >= wanted || SteadyClock::now() > give_up; },
-             std::chrono::milliseconds(300));
+        tail([&](bool) { return applied >= wanted || SteadyClock::now() > give_up; }, std::chrono::milliseconds(300));
       }
     }
     WriteProgress(m, "tailing", {{"snapshot_revision", snapshot}, {"applied_revision", applied},
@@ -755,7 +753,7 @@ class Mover {
     pb::PutResponse fenced;
     Check(source_->Put(put, &fenced), "writing the fence on the source shard " + m.from);
     const auto fenced_at = SteadyClock::now();
-    tail([&](const pb::WatchResponse&, bool, bool fence_seen) { return fence_seen; }, std::nullopt);
+    tail([](bool fence_seen) { return fence_seen; }, std::nullopt);
     context.TryCancel();
     WriteProgress(m, "fenced", {{"fence_revision", fenced.header().revision()},
                                 {"applied_revision", applied},
